@@ -1,0 +1,366 @@
+"""Typed configuration: dataclasses as the single source of defaults, with CLI flags and YAML/JSON files derived.
+
+A config is a tree of dataclasses. `add_arguments` turns every leaf field into one flat `--flag` (field names are
+unique across the tree, so `--lr` rather than `--optim.lr`); `from_dict` builds the tree from a nested mapping and
+rejects unknown keys and values of the wrong type, naming them. Precedence: defaults < config file < CLI flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from vlm.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """`X | None` -> (X, True); anything else -> (tp, False)."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert: int->float, list->tuple, str->number from the CLI) `value` against `tp`."""
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: null is not allowed (expected {_type_name(inner)})")
+    if _is_dataclass_type(inner):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {inner.__name__} fields, got {value!r}")
+        return from_dict(inner, value, where=where)
+    origin = get_origin(inner)
+    if origin is Literal:
+        choices = get_args(inner)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(inner)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))]
+        else:
+            items = [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if inner is str:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{where}: unsupported config field type {tp!r}")  # a programming error, not user input
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError; both say where the syntax broke
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI: one flat flag per leaf field.
+
+
+def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field, Any]]:
+    hints = _field_types(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        inner, _ = _strip_optional(tp)
+        if _is_dataclass_type(inner):
+            out.extend(_leaves(inner, (*path, f.name)))
+        else:
+            out.append(((*path, f.name), f, tp))
+    return out
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened)."""
+    seen: dict[str, tuple[str, ...]] = {}
+    for path, f, tp in _leaves(cls):
+        name = path[-1]
+        if name in exclude:
+            continue
+        if name in seen:
+            raise TypeError(f"config field name {name!r} is used twice: {seen[name]} and {path}")
+        seen[name] = path
+        flag = "--" + name.replace("_", "-")
+        inner, _ = _strip_optional(tp)
+        help_text = f.metadata.get("help", "")
+        default = _default_of(f)
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
+        if inner is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif get_origin(inner) is Literal:
+            parser.add_argument(flag, choices=list(get_args(inner)), **kwargs)
+        elif get_origin(inner) in (tuple, list):
+            parser.add_argument(flag, nargs="+", metavar=name.upper(), **kwargs)
+        else:
+            parser.add_argument(flag, metavar=name.upper(), **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The nested mapping of the config flags actually given on the command line."""
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if not key.startswith("cfg__"):
+            continue
+        path = key[len("cfg__") :].split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested mappings; `override` wins."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:
+    """Defaults < `config_file` < flags given in `args`."""
+    data = load_file(config_file) if config_file else {}
+    return from_dict(cls, merge(data, overrides_from_args(args)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training configuration. Defaults follow CLIP (Radford et al. 2021) and open_clip_train where they apply.
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    model: str = dataclasses.field(
+        default="vlm-small", metadata=_help("open_clip architecture, checkpoint dir or hf-hub: id")
+    )
+    pretrained: str | None = dataclasses.field(
+        default=None, metadata=_help("pretrained tag or weights file; none = from scratch")
+    )
+    precision: Literal["auto", "fp32", "amp", "amp_bf16"] = dataclasses.field(
+        default="auto",
+        metadata=_help("auto = bf16 autocast on GPUs that have it, fp16 autocast on older GPUs, fp32 on CPU"),
+    )
+    grad_checkpointing: bool = dataclasses.field(default=False, metadata=_help("trade compute for activation memory"))
+    lock_image: bool = dataclasses.field(default=False, metadata=_help("freeze the image tower (LiT)"))
+    lock_image_unlocked_groups: int = dataclasses.field(
+        default=0, metadata=_help("last N image layer groups left trainable")
+    )
+    lock_text: bool = dataclasses.field(default=False, metadata=_help("freeze the text tower"))
+    lock_text_unlocked_layers: int = dataclasses.field(default=0, metadata=_help("last N text layers left trainable"))
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train_data: str | None = dataclasses.field(
+        default=None,
+        metadata=_help("pairs: CSV/TSV/JSONL file, image folder with .txt captions, HF dataset dir, or .tar shards"),
+    )
+    data_format: Literal["auto", "csv", "tsv", "jsonl", "folder", "hf", "webdataset"] = "auto"
+    image_key: str | None = dataclasses.field(
+        default=None, metadata=_help("image column (auto: image/path/filepath/...)")
+    )
+    caption_key: str | None = dataclasses.field(
+        default=None, metadata=_help("caption column (auto: caption/text/title/...)")
+    )
+    data_root: str | None = dataclasses.field(
+        default=None, metadata=_help("image paths are relative to this (default: the file's folder)")
+    )
+    val_data: str | None = dataclasses.field(
+        default=None, metadata=_help("separate validation pairs; default: split off train_data")
+    )
+    val_fraction: float = dataclasses.field(default=0.1, metadata=_help("share of train_data held out for validation"))
+    strict: bool = dataclasses.field(default=False, metadata=_help("stop at the first bad row instead of skipping it"))
+    verify_images: bool = dataclasses.field(default=True, metadata=_help("decode every image once before training"))
+    workers: int = dataclasses.field(default=2, metadata=_help("DataLoader worker processes per rank"))
+    augment: bool = dataclasses.field(
+        default=False, metadata=_help("open_clip's random-resized-crop training augmentation")
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = dataclasses.field(default=5e-4, metadata=_help("peak learning rate (AdamW)"))
+    weight_decay: float = dataclasses.field(
+        default=0.2, metadata=_help("decoupled weight decay on matrices only (CLIP: 0.2)")
+    )
+    beta1: float = 0.9
+    beta2: float = dataclasses.field(default=0.98, metadata=_help("CLIP uses 0.98 for stability with large batches"))
+    eps: float = 1e-6
+    warmup_steps: int = dataclasses.field(default=100, metadata=_help("linear warm-up steps before cosine decay"))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = dataclasses.field(default=0.0, metadata=_help("cosine floor as a fraction of lr"))
+    grad_clip: float | None = dataclasses.field(default=1.0, metadata=_help("max global grad norm; none = no clipping"))
+    accum_steps: int = dataclasses.field(
+        default=1, metadata=_help("micro-batches per step; features are cached so every micro-batch sees all negatives")
+    )
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    loss: Literal["clip", "siglip"] = dataclasses.field(
+        default="clip", metadata=_help("symmetric InfoNCE or sigmoid loss")
+    )
+    local_loss: bool = dataclasses.field(
+        default=False, metadata=_help("with several processes: local rows against global columns (less memory)")
+    )
+    gather_with_grad: bool = dataclasses.field(default=True, metadata=_help("all-gather features with gradients"))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    output_dir: str = dataclasses.field(
+        default="runs/train", metadata=_help("run directory: checkpoints, metrics, logs")
+    )
+    batch_size: int = dataclasses.field(
+        default=128, metadata=_help("global batch per optimizer step, over all processes")
+    )
+    epochs: int = dataclasses.field(
+        default=10, metadata=_help("passes over the training pairs (ignored if steps is set)")
+    )
+    steps: int | None = dataclasses.field(default=None, metadata=_help("total optimizer steps; overrides epochs"))
+    seed: int = 0
+    save_every: int = dataclasses.field(default=500, metadata=_help("write a resumable checkpoint every N steps"))
+    keep_last: int = dataclasses.field(default=2, metadata=_help("step checkpoints kept on disk"))
+    val_every: int = dataclasses.field(
+        default=500, metadata=_help("validate every N steps (and at the end); 0 = only at the end")
+    )
+    log_every: int = dataclasses.field(default=10, metadata=_help("write metrics every N steps"))
+    resume: bool = dataclasses.field(default=False, metadata=_help("continue from the newest checkpoint in output_dir"))
+    tensorboard: bool = True
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("save_every", "val_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
