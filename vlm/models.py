@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -294,7 +295,7 @@ def load(
             clip, preprocess_train, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=weights, precision="fp32", device="cpu", cache_dir=cache_dir
             )
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, pickle.UnpicklingError) as e:
         if needs_hub and not online:
             raise ModelError(_offline_help(model, pretrained)) from e
         raise ModelError(f"cannot load {source}: {e}") from e

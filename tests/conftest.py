@@ -1,0 +1,19 @@
+"""Shared fixtures: tiny models and on-the-fly data; no network, no ../shared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests run on 2 cores next to DataLoader workers; more threads only add contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders():
+    from vlm import models
+
+    torch.manual_seed(0)
+    return models.load("vlm-tiny", device="cpu")

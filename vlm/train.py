@@ -1,0 +1,558 @@
+"""The CLIP-style contrastive trainer: symmetric InfoNCE (or SigLIP) on the user's own image-text pairs.
+
+One `Trainer` with named steps instead of one long `main`: set up processes, build the model, read the data, build
+the optimizer and schedule, resume, then loop (step, log, validate, checkpoint). Launch one process with
+`vlm train ...`, or several with `torchrun --nproc_per_node N -m vlm train ...` (NCCL on GPUs, gloo on CPU).
+
+Exact resume: a checkpoint holds weights, optimizer, schedule, grad-scaler and RNG state and the step; the data
+order is a pure function of (seed, epoch) and every sample's randomness of (seed, epoch, index), so a resumed run
+replays the same batches as an uninterrupted one, whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from vlm import __version__, checkpoint, distributed, models
+from vlm.atomic import atomic_write_json, atomic_write_text
+from vlm.config import TrainConfig, to_dict
+from vlm.data import Pair, PairDataset, read_pairs, split
+from vlm.errors import CheckpointError, ConfigError, DataError
+from vlm.loss import ClipLoss, SigLipLoss
+
+LOG = logging.getLogger(__name__)
+
+LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the learned temperature so logits never exceed 100
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = math.log(10.0), -10.0  # Zhai et al. 2023, section 3.2
+# Fields that may change between a run and its resume without changing what is being computed.
+RESUME_FREE_FIELDS = {"resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    final_checkpoint: Path
+    steps: int
+    metrics: dict[str, float]  # the last validation metrics (empty without a validation split)
+
+
+def lr_at(step: int, *, lr: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up to `lr` over `warmup` steps, then cosine decay to `min_ratio * lr` at `total` (or constant)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = lr * min_ratio
+    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepSampler(Sampler[tuple[int, int]]):
+    """Yields this rank's `(epoch, index)` items for steps `start_step .. total_steps-1`, in order.
+
+    Global step s reads rows `pos*B .. (pos+1)*B` of the permutation of epoch `s // steps_per_epoch` (seeded by
+    (seed, epoch)); rank r takes its contiguous slice of that global batch. Tail samples that do not fill a batch are
+    left out of that epoch (a contrastive batch must be full) and come back in another order next epoch.
+    """
+
+    def __init__(self, n: int, global_batch: int, rank: int, world_size: int, seed: int, start: int, total: int):
+        self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
+        self.seed, self.start, self.total = seed, start, total
+        self.steps_per_epoch = n // global_batch
+        self.local_batch = global_batch // world_size
+
+    def __len__(self) -> int:
+        return (self.total - self.start) * self.local_batch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        perm, perm_epoch = None, -1
+        for step in range(self.start, self.total):
+            epoch, pos = divmod(step, self.steps_per_epoch)
+            if epoch != perm_epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm, perm_epoch = torch.randperm(self.n, generator=g), epoch
+            lo = pos * self.global_batch + self.rank * self.local_batch
+            for i in perm[lo : lo + self.local_batch].tolist():
+                yield epoch, i
+
+
+class ClipForward(nn.Module):
+    """The training forward: unnormalised features of both towers plus the temperature (and SigLIP bias).
+
+    Returning the scale from forward keeps every trainable parameter inside DDP's forward, as open_clip does.
+    """
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        image_features = self.clip.encode_image(images)  # (b, D)
+        text_features = self.clip.encode_text(tokens)  # (b, D)
+        bias = self.clip.logit_bias if getattr(self.clip, "logit_bias", None) is not None else None
+        return image_features, text_features, self.clip.logit_scale.exp(), bias
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and embeddings (ndim >= 2); never biases, norms, the temperature or the SigLIP bias."""
+    decay, no_decay = [], []
+    for _, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def keys_digest(pairs: Sequence[Pair]) -> str:
+    """Identity of a training split, so a resume on different data is refused."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in pairs:
+        h.update(p.key.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_FREE_FIELDS:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: checkpoint {a!r} vs now {b!r}")
+    return diffs
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) and, optionally, TensorBoard; written by the main process only."""
+
+    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, start_step: int):
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        if start_step > 0 and self.path.exists():
+            self._truncate_after(start_step)  # a resumed run rewrites what came after its checkpoint
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
+
+    def _truncate_after(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    """Build everything from a `TrainConfig`, then `run()`."""
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.output_dir)
+
+    # -- set-up -----------------------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.dist = distributed.init()
+        per_step = self.dist.world_size * cfg.optim.accum_steps
+        if cfg.batch_size % per_step:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by processes x accum_steps = {per_step}")
+        self.micro_batch = cfg.batch_size // per_step
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.resume_from = self._find_resume_point()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+
+    def _find_resume_point(self) -> Path | None:
+        latest = checkpoint.latest(self.out)
+        if self.cfg.resume:
+            if latest is None:
+                LOG.info("--resume: no checkpoint in %s yet, starting from step 0", self.out)
+            return latest
+        if latest is not None:
+            raise CheckpointError(
+                f"{self.out} already holds checkpoints (newest: {latest.name}); pass --resume to continue that run, "
+                f"or choose another --output-dir (nothing was overwritten)"
+            )
+        return None
+
+    def _build_model(self) -> None:
+        mc = self.cfg.model
+        self.encoders = models.load(mc.model, mc.pretrained, device=self.dist.device, precision=mc.precision)
+        clip = self.encoders.model
+        if self.cfg.loss.loss == "siglip" and getattr(clip, "logit_bias", None) is None:
+            # A model made for InfoNCE gets SigLIP's temperature and bias; the saved config records the bias.
+            clip.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_BIAS, device=self.dist.device))
+            with torch.no_grad():
+                clip.logit_scale.fill_(SIGLIP_INIT_SCALE)
+            self.encoders.model_cfg = {**self.encoders.model_cfg, "init_logit_bias": SIGLIP_INIT_BIAS}
+        if mc.lock_image:
+            clip.lock_image_tower(unlocked_groups=mc.lock_image_unlocked_groups, freeze_bn_stats=True)
+        if mc.lock_text:
+            clip.lock_text_tower(unlocked_layers=mc.lock_text_unlocked_layers, freeze_layer_norm=True)
+        if mc.grad_checkpointing:
+            clip.set_grad_checkpointing(True)
+        clip.train()
+        self.forward = ClipForward(clip)
+        trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
+        LOG.info("model %s: %s trainable parameters", self.encoders.source, f"{trainable:,}")
+
+    def _read(self, source: str) -> tuple[list[Pair], list]:
+        dc = self.cfg.data
+        table = read_pairs(
+            source,
+            format=dc.data_format,
+            image_key=dc.image_key,
+            caption_key=dc.caption_key,
+            root=dc.data_root,
+            strict=dc.strict,
+            verify_images=dc.verify_images,
+            workers=max(1, dc.workers),
+            progress=self.progress,
+        )
+        LOG.info(table.summary())
+        return table.pairs, table.bad
+
+    def _build_data(self) -> None:
+        cfg, dc = self.cfg, self.cfg.data
+        if not dc.train_data:
+            raise ConfigError(
+                "no training data: pass --train-data (a CSV/TSV/JSONL file, folder, HF dataset or shards)"
+            )
+        if self.dist.is_main:
+            pairs, bad = self._read(dc.train_data)
+            val_pairs, val_bad = self._read(dc.val_data) if dc.val_data else ([], [])
+            train_pairs, held_out = split(pairs, 0.0 if dc.val_data else dc.val_fraction, seed=cfg.seed)
+            val_pairs = val_pairs or held_out
+            self._write_bad_rows(bad + val_bad)
+            loaded = (train_pairs, val_pairs)
+        else:
+            loaded = None
+        self.train_pairs, self.val_pairs = distributed.broadcast_object(loaded, self.dist)
+        if len(self.train_pairs) < cfg.batch_size:
+            raise DataError(
+                f"only {len(self.train_pairs)} training pairs for a batch of {cfg.batch_size}: lower --batch-size "
+                f"or add data"
+            )
+        self.steps_per_epoch = len(self.train_pairs) // cfg.batch_size
+        self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        transform = self.encoders.preprocess_train if dc.augment else self.encoders.preprocess
+        self.dataset = PairDataset(self.train_pairs, transform, self.encoders.tokenizer, seed=cfg.seed)
+        LOG.info(
+            "%d training pairs, %d validation pairs; %d steps of batch %d (%d per epoch)",
+            len(self.train_pairs),
+            len(self.val_pairs),
+            self.total_steps,
+            cfg.batch_size,
+            self.steps_per_epoch,
+        )
+
+    def _write_bad_rows(self, bad: list) -> None:
+        if not bad:
+            return
+        lines = "".join(json.dumps(dataclasses.asdict(b)) + "\n" for b in bad)
+        atomic_write_text(self.out / "bad_rows.jsonl", lines)
+        LOG.warning("%d bad rows skipped; see %s", len(bad), self.out / "bad_rows.jsonl")
+
+    def _build_optimizer(self) -> None:
+        oc = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.encoders.model, oc.weight_decay), lr=oc.lr, betas=(oc.beta1, oc.beta2), eps=oc.eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_at(
+                s,
+                lr=1.0,
+                warmup=oc.warmup_steps,
+                total=self.total_steps,
+                schedule=oc.schedule,
+                min_ratio=oc.min_lr_ratio,
+            ),
+        )
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.encoders.precision == "amp")
+        lc = self.cfg.loss
+        if lc.loss == "clip":
+            self.loss_fn = ClipLoss(
+                local_loss=lc.local_loss,
+                gather_with_grad=lc.gather_with_grad,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+        else:
+            self.loss_fn = SigLipLoss(rank=self.dist.rank, world_size=self.dist.world_size)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+
+    def _resume(self) -> int:
+        if self.resume_from is None:
+            return 0
+        state = checkpoint.load_train_state(self.resume_from)
+        diffs = _config_differences(state["config"], to_dict(self.cfg))
+        if state.get("train_keys") != keys_digest(self.train_pairs):
+            diffs.append("the training pairs differ from the checkpoint's")
+        if diffs:
+            raise CheckpointError(f"cannot resume from {self.resume_from}: " + "; ".join(diffs))
+        weights = load_file(str(self.resume_from / checkpoint.WEIGHTS_NAME), device=str(self.dist.device))
+        self.encoders.model.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        LOG.info("resumed from %s at step %d", self.resume_from, state["step"])
+        return int(state["step"])
+
+    def _provenance(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "trained_by": f"vlm {__version__}",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "initial_weights": self.encoders.source,
+            "train_data": self.cfg.data.train_data,
+            "train_pairs": len(self.train_pairs),
+            "val_pairs": len(self.val_pairs),
+            "steps": step,
+            "seed": self.cfg.seed,
+            "batch_size": self.cfg.batch_size,
+            "world_size": self.dist.world_size,
+            "metrics": metrics,
+            "config": to_dict(self.cfg),
+        }
+
+    def _save(self, step: int, metrics: dict[str, float]) -> Path:
+        train_state = {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "config": to_dict(self.cfg),
+            "train_keys": keys_digest(self.train_pairs),
+        }
+        path = models.save(
+            self.encoders,
+            self.out / "checkpoints" / checkpoint.step_dir_name(step),
+            provenance=self._provenance(step, metrics),
+            train_state=train_state,
+        )
+        checkpoint.prune(self.out, self.cfg.keep_last)
+        return path
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def _loader(self, start_step: int) -> DataLoader:
+        sampler = StepSampler(
+            len(self.dataset),
+            self.cfg.batch_size,
+            self.dist.rank,
+            self.dist.world_size,
+            self.cfg.seed,
+            start_step,
+            self.total_steps,
+        )
+        workers = self.cfg.data.workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.dist.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
+
+    def _loss(self, image_features, text_features, scale, bias) -> torch.Tensor:
+        if isinstance(self.loss_fn, SigLipLoss):
+            return self.loss_fn(image_features, text_features, scale, bias)
+        return self.loss_fn(image_features, text_features, scale)
+
+    def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """One optimizer step over `accum_steps` micro-batches; returns the loss."""
+        model, dev = self.model, self.dist.device
+        autocast = self.encoders.autocast
+        micro_batches = [(x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)) for x, t in micro_batches]
+        if len(micro_batches) == 1:
+            with autocast():
+                img, txt, scale, bias = model(*micro_batches[0])
+            loss = self._loss(img, txt, scale, bias)
+            self.scaler.scale(loss).backward()
+        else:
+            # Contrastive accumulation (open_clip's scheme): embed every micro-batch without gradients, then redo
+            # each one with gradients against the cached features of the others, so every micro-batch sees all
+            # the step's negatives. Averaging per-micro-batch losses instead would shrink the negatives and change
+            # the objective. The temperature's gradient is taken once, in the last pass.
+            with torch.no_grad(), autocast():
+                cached = [model(x, t)[:2] for x, t in micro_batches]
+            for j, (x, t) in enumerate(micro_batches):
+                last = j == len(micro_batches) - 1
+                sync = contextlib.nullcontext() if last or not self.dist.distributed else model.no_sync()
+                with sync:
+                    with autocast():
+                        img_j, txt_j, scale, bias = model(x, t)
+                    if not last:
+                        scale = scale.detach()
+                        bias = bias.detach() if bias is not None else None
+                    img = torch.cat([img_j if i == j else c[0] for i, c in enumerate(cached)])
+                    txt = torch.cat([txt_j if i == j else c[1] for i, c in enumerate(cached)])
+                    loss = self._loss(img, txt, scale, bias)
+                    self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.encoders.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        with torch.no_grad():
+            self.encoders.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        return float(loss.detach())
+
+    def _validate(self) -> dict[str, float]:
+        if not self.val_pairs:
+            return {}
+        metrics: dict[str, float] = {}
+        if self.dist.is_main:
+            from eval.retrieval import evaluate_pairs
+
+            metrics = evaluate_pairs(
+                self.encoders,
+                self.val_pairs,
+                batch_size=max(self.micro_batch, 64),
+                workers=self.cfg.data.workers,
+            )
+            self.encoders.model.train()
+        distributed.barrier(self.dist)
+        return metrics
+
+    def run(self) -> TrainResult:
+        self._setup()
+        try:
+            return self._run()
+        finally:
+            distributed.cleanup(self.dist)
+
+    def _run(self) -> TrainResult:
+        cfg = self.cfg
+        self._build_model()
+        self._build_data()
+        self._build_optimizer()
+        start = self._resume()
+        main = self.dist.is_main
+        if main:
+            atomic_write_json(self.out / "config.json", to_dict(cfg))
+        clip_forward = self.forward
+        self.model = (
+            DistributedDataParallel(
+                clip_forward, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            )
+            if self.dist.distributed
+            else clip_forward
+        )
+        log = MetricsLog(self.out, enabled=main, tensorboard=cfg.tensorboard, start_step=start)
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (main and self.progress))
+        step, micro, pending = start, [], []
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            for batch in self._loader(start):
+                micro.append(batch)
+                if len(micro) < cfg.optim.accum_steps:
+                    continue
+                loss = self._train_step(micro)
+                micro = []
+                step += 1
+                window_steps += 1
+                pending.append(loss)
+                if main and (step % max(cfg.log_every, 1) == 0 or step == self.total_steps):
+                    elapsed = time.perf_counter() - window_start
+                    values = {
+                        "train/loss": sum(pending) / len(pending),
+                        "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/logit_scale": self.encoders.logit_scale,
+                        "train/samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
+                        "train/epoch": step / self.steps_per_epoch,
+                    }
+                    log.write(step, values)
+                    bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
+                    pending, window_start, window_steps = [], time.perf_counter(), 0
+                bar.update(1)
+                if cfg.val_every and step % cfg.val_every == 0 and step != self.total_steps:
+                    metrics = self._validate()
+                    if main and metrics:
+                        log.write(step, {f"val/{k}": v for k, v in metrics.items()})
+                        LOG.info("step %d validation: %s", step, _fmt(metrics))
+                if cfg.save_every and step % cfg.save_every == 0 and step != self.total_steps and main:
+                    self._save(step, metrics)
+        except KeyboardInterrupt:
+            if main and step > start:
+                LOG.warning("interrupted: saving step %d so that --resume continues from here", step)
+                self._save(step, metrics)
+            raise
+        finally:
+            bar.close()
+        metrics = self._validate()
+        if main:
+            if metrics:
+                log.write(step, {f"val/{k}": v for k, v in metrics.items()})
+                LOG.info("final validation: %s", _fmt(metrics))
+            if step > start or checkpoint.latest(self.out) is None:
+                self._save(step, metrics)
+            models.save(self.encoders, self.out / "final", provenance=self._provenance(step, metrics))
+            result = {"steps": step, "metrics": metrics, "final_checkpoint": str(self.out / "final")}
+            atomic_write_json(self.out / "result.json", result)
+        log.close()
+        distributed.barrier(self.dist)
+        return TrainResult(self.out, self.out / "final", step, metrics)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train (or resume) according to `cfg`; returns where the final checkpoint is and the last metrics."""
+    return Trainer(cfg, progress=progress).run()
