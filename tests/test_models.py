@@ -56,7 +56,7 @@ def test_checkpoint_loads_in_open_clip_unchanged(tiny_encoders, tmp_path):
     assert ours.provenance == {"note": "test"}
     torch.testing.assert_close(ours.encode_image(x), enc.encode_image(x))
     # open_clip itself, by registered name + weights file, and through its local-dir schema.
-    m, _, preprocess = open_clip.create_model_and_transforms("vlm-tiny", pretrained=str(path / "model.safetensors"))
+    m, _, _ = open_clip.create_model_and_transforms("vlm-tiny", pretrained=str(path / "model.safetensors"))
     m2, _, _ = open_clip.create_model_and_transforms(f"local-dir:{path}")
     tok = open_clip.get_tokenizer(f"local-dir:{path}")
     with torch.no_grad():
