@@ -35,12 +35,10 @@ from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, to_dict
 from vlm.data import Pair, PairDataset, read_pairs, split
 from vlm.errors import CheckpointError, ConfigError, DataError
-from vlm.loss import ClipLoss, SigLipLoss
+from vlm.loss import LOGIT_SCALE_MAX, SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, ClipLoss, SigLipLoss
 
 LOG = logging.getLogger(__name__)
 
-LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the learned temperature so logits never exceed 100
-SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = math.log(10.0), -10.0  # Zhai et al. 2023, section 3.2
 # Fields that may change between a run and its resume without changing what is being computed.
 RESUME_FREE_FIELDS = {"resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict"}
 
@@ -222,10 +220,10 @@ class Trainer:
         clip = self.encoders.model
         if self.cfg.loss.loss == "siglip" and getattr(clip, "logit_bias", None) is None:
             # A model made for InfoNCE gets SigLIP's temperature and bias; the saved config records the bias.
-            clip.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_BIAS, device=self.dist.device))
+            clip.logit_bias = nn.Parameter(torch.tensor(SIGLIP_LOGIT_BIAS_INIT, device=self.dist.device))
             with torch.no_grad():
-                clip.logit_scale.fill_(SIGLIP_INIT_SCALE)
-            self.encoders.model_cfg = {**self.encoders.model_cfg, "init_logit_bias": SIGLIP_INIT_BIAS}
+                clip.logit_scale.fill_(SIGLIP_LOGIT_SCALE_INIT)
+            self.encoders.model_cfg = {**self.encoders.model_cfg, "init_logit_bias": SIGLIP_LOGIT_BIAS_INIT}
         if mc.lock_image:
             clip.lock_image_tower(unlocked_groups=mc.lock_image_unlocked_groups, freeze_bn_stats=True)
         if mc.lock_text:
@@ -250,7 +248,6 @@ class Trainer:
             workers=max(1, dc.workers),
             progress=self.progress,
         )
-        LOG.info(table.summary())
         return table.pairs, table.bad
 
     def _build_data(self) -> None:
@@ -448,8 +445,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         with torch.no_grad():
-            self.encoders.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-        return float(loss.detach())
+            self.encoders.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)  # CLIP: logits never exceed 100
+        # In local-loss mode and for SigLIP each rank holds only its rows' loss; the global loss is their mean.
+        return float(distributed.all_reduce_mean(loss.detach(), self.dist))
 
     def _validate(self) -> dict[str, float]:
         if not self.val_pairs:

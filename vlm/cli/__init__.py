@@ -1,0 +1,48 @@
+"""The `vlm` command line. One module per command; each parses its flags, calls one library function and prints
+the result, so everything the CLI does is also a library call.
+
+    vlm synth DIR --scenes N --seed S        make the synthetic shapes dataset
+    vlm train --train-data pairs.csv ...     train or fine-tune encoders (torchrun for several processes)
+    vlm info MODEL [--pretrained TAG]        load a model and describe it
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vlm.errors import VLMError
+
+# Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
+COMMANDS = ["synth", "train", "info"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"vlm.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.run(args)
+    except VLMError as e:
+        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,32 @@
+"""`vlm train`: train or fine-tune image and text encoders on image-text pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlm import config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune image and text encoders on image-text pairs",
+        description="Contrastive training (symmetric InfoNCE or SigLIP). Several processes: "
+        "torchrun --nproc_per_node N -m vlm train ...",
+    )
+    p.add_argument("--config", help="YAML or JSON file of settings; flags given here override it")
+    config.add_arguments(p, config.TrainConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from vlm.train import train
+
+    cfg = config.resolve(config.TrainConfig, args, args.config)
+    result = train(cfg)
+    print(
+        json.dumps(
+            {"final_checkpoint": str(result.final_checkpoint), "steps": result.steps, **result.metrics}, indent=2
+        )
+    )
