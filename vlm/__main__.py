@@ -2,4 +2,5 @@ import sys
 
 from vlm.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # DataLoader / multiprocessing workers started by spawn re-import this module
+    sys.exit(main())

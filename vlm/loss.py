@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -196,7 +197,11 @@ def _all_gather(features: Tensor, *, with_grad: bool, rank: int, world_size: int
         # Imported here: torch.distributed.nn is absent from builds without distributed support.
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(features), dim=0)
+        with warnings.catch_warnings():
+            # Deprecated in favour of a private API (_functional_collectives) whose backward we would have to
+            # trust blindly; this one is what open_clip uses and what the 2-process tests verify.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(features), dim=0)
     shards = [torch.empty_like(features) for _ in range(world_size)]
     dist.all_gather(shards, features.detach().contiguous())
     # dist.all_gather writes into plain buffers outside autograd, so no gathered shard has a gradient, this rank's own

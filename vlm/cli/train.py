@@ -6,6 +6,7 @@ import argparse
 import json
 
 from vlm import config
+from vlm.cli import is_main_process
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,9 @@ def run(args: argparse.Namespace) -> None:
 
     cfg = config.resolve(config.TrainConfig, args, args.config)
     result = train(cfg)
-    print(
-        json.dumps(
-            {"final_checkpoint": str(result.final_checkpoint), "steps": result.steps, **result.metrics}, indent=2
+    if is_main_process():
+        print(
+            json.dumps(
+                {"final_checkpoint": str(result.final_checkpoint), "steps": result.steps, **result.metrics}, indent=2
+            )
         )
-    )
