@@ -7,7 +7,6 @@ printed for context. Every record names the machine, so figures from different m
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
