@@ -1,0 +1,828 @@
+"""`Collection`: a searchable set of images (FAISS index + SQLite metadata + vectors), versioned on disk.
+
+    coll = Collection.create("runs/photos.coll", "demo", root="photos/")    # or an Encoders object
+    coll.add("photos/")                                                      # a folder, CSV/JSONL, dataset, files
+    hits = coll.search_text("a red circle", k=10)                            # Hits: ids, scores (nq, k), records
+    coll.remove(paths=["holiday/blurry.jpg"])
+    reader = Collection.open("runs/photos.coll")                             # read-only; searches are thread-safe
+
+On disk (see indexing/README.md for why):
+    CURRENT              the name of the published version, e.g. "v000007", replaced atomically
+    v000007/             manifest.json (model, counts, chunks, index settings), index.faiss, meta.sqlite
+    chunks/c000007_0.npy immutable vectors: a structured array of (id int64, vector float32|float16 (D,))
+    staging/             the add in progress: job.json and embedded shards (`indexing.embed`)
+    LOCK                 held (flock) by the one writer; readers take no lock
+A write builds the next version in a temporary folder, fsyncs it, renames it into place and only then replaces
+CURRENT; versions other than the newest two and chunks no kept version lists are then deleted. A crash at any
+point leaves CURRENT naming a complete version, and the next writer clears the debris.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+
+from indexing import embed as embedding
+from indexing import faiss_index
+from indexing.errors import IndexingError, ModelMismatchError
+from indexing.faiss_index import IndexConfig, IndexInfo
+from indexing.sources import Gathered, Item, gather
+from indexing.store import Filter, ImageRecord, Store, ref_json
+from vlm import distributed
+from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
+from vlm.data import BadRow, ImageRef
+from vlm.models import Encoders
+
+LOG = logging.getLogger(__name__)
+
+FORMAT = "vlm-collection"
+FORMAT_VERSION = 1
+CURRENT, LOCK, STAGING, CHUNKS = "CURRENT", "LOCK", "staging", "chunks"
+MANIFEST, INDEX, STORE = "manifest.json", "index.faiss", "meta.sqlite"
+KEEP_VERSIONS = 2  # the current one and the one before, for readers that opened it a moment ago
+COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of removed images than this and than live
+_VERSION = re.compile(r"^v(\d{6})$")
+_TMP = re.compile(r"^\.tmp-v(\d{6})-\d+$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records returned to callers.
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: str | None  # what `vlm.models.load` takes to load it again; None when built from an Encoders object
+    pretrained: str | None
+    source: str  # for people: "checkpoint runs/demo/final", "ViT-B-32 + laion2b_s34b_b79k"
+    fingerprint: str
+    embed_dim: int
+
+
+class Hits(NamedTuple):
+    """Search results, shaped as in faiss."""
+
+    ids: np.ndarray  # (nq, k) int64; -1 where fewer than k images match
+    scores: np.ndarray  # (nq, k) float32 cosine similarities, best first; -inf where ids is -1
+    records: list[list[ImageRecord]]  # per query, the metadata of the ids found, in rank order
+
+
+@dataclass
+class AddResult:
+    added: int
+    ids: np.ndarray  # (added,) int64, in input order
+    already_present: int  # inputs whose path was already in the collection (not re-embedded)
+    duplicates: list[tuple[str, str]]  # (input, path of the image with the same pixels) for inputs not added
+    bad: list[BadRow]  # inputs that could not be used, with the reason
+    version: int
+    embed: embedding.EmbedStats | None
+
+    def summary(self) -> str:
+        text = f"added {self.added:,} image(s) (version {self.version})"
+        parts = [f"{self.already_present:,} already present"] if self.already_present else []
+        parts += [f"{len(self.duplicates):,} duplicate(s)"] if self.duplicates else []
+        parts += [f"{len(self.bad):,} unusable"] if self.bad else []
+        return text + (f"; skipped {', '.join(parts)}" if parts else "")
+
+
+@dataclass
+class RemoveResult:
+    removed: np.ndarray  # ids removed, int64
+    not_found: list[str | int]
+    version: int
+
+
+@dataclass
+class Stats:
+    path: str
+    version: int
+    count: int
+    dim: int
+    dtype: str
+    root: str | None
+    model: ModelSpec
+    index: IndexInfo
+    chunk_rows: int  # vectors stored, including those of removed images until chunks are compacted
+    disk_bytes: int  # of the current version and its chunks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vectors (chunks) and one published version.
+
+
+def _chunk_dtype(dim: int, dtype: str) -> np.dtype:
+    return np.dtype([("id", "<i8"), ("vector", dtype, (dim,))])
+
+
+class _Vectors:
+    """The vectors of one version: its chunk files, memory-mapped; the id lookup is built on first use."""
+
+    def __init__(self, folder: Path, names: Sequence[str], dim: int):
+        self.arrays = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in names]
+        self.dim = dim
+        self._lock = threading.Lock()
+        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(a) for a in self.arrays)
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted ids, chunk of each, row in its chunk)."""
+        with self._lock:
+            if self._lookup is None:
+                arrays = self.arrays
+                ids = np.concatenate([a["id"] for a in arrays]) if arrays else np.empty(0, np.int64)
+                chunk = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)]) if arrays else ids
+                row = np.concatenate([np.arange(len(a)) for a in arrays]) if arrays else ids
+                order = np.argsort(ids, kind="stable")
+                self._lookup = (ids[order], chunk[order], row[order])
+            return self._lookup
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), D) float32: the vectors of `ids`, each of which must be stored."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), np.float32)
+        if not len(ids):
+            return out
+        table_ids, chunk, row = self._table()
+        at = np.minimum(np.searchsorted(table_ids, ids), max(len(table_ids) - 1, 0))
+        if not len(table_ids) or not np.array_equal(table_ids[at], ids):
+            raise IndexingError("an id has no stored vector: the collection is inconsistent (run verify)")
+        for i, array in enumerate(self.arrays):
+            mine = np.flatnonzero(chunk[at] == i)
+            if len(mine):
+                out[mine] = array["vector"][row[at][mine]]
+        return out
+
+
+@dataclass
+class _Version:
+    number: int
+    folder: Path
+    manifest: dict[str, Any]
+    info: IndexInfo
+    index: faiss.Index
+    store: Store
+    vectors: _Vectors
+    gpu_index: faiss.Index | None = None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def _version_name(number: int) -> str:
+    return f"v{number:06d}"
+
+
+def _load_version(root: Path, name: str, index: faiss.Index | None = None) -> _Version:
+    folder = root / name
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise IndexingError(f"cannot read {folder / MANIFEST}: {e}") from e
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexingError(
+            f"{folder} is not a {FORMAT} version {FORMAT_VERSION} (found {manifest.get('format')!r} "
+            f"{manifest.get('format_version')!r}); rebuild it with `vlm index build`"
+        )
+    index = index if index is not None else faiss_index.read(str(folder / INDEX))
+    store = Store.open_readonly(folder / STORE)
+    vectors = _Vectors(root / CHUNKS, [c["name"] for c in manifest["chunks"]], manifest["model"]["embed_dim"])
+    count = manifest["count"]
+    if not index.ntotal == store.count() == count or vectors.rows < count:
+        raise IndexingError(
+            f"{folder} is inconsistent: manifest count {count}, index {index.ntotal}, store {store.count()}, "
+            f"stored vectors {vectors.rows}; restore from a copy or rebuild with `vlm index build`"
+        )
+    info = IndexInfo(**manifest["index"])
+    gpu = faiss_index.to_gpu(index) if faiss_index.gpu_count() and index.ntotal else None
+    return _Version(_number(name), folder, manifest, info, index, store, vectors, gpu)
+
+
+def _number(name: str) -> int:
+    m = _VERSION.match(name)
+    if m is None:
+        raise IndexingError(f"not a version folder name: {name!r}")
+    return int(m.group(1))
+
+
+def _read_current(root: Path) -> str:
+    try:
+        name = (root / CURRENT).read_text().strip()
+    except FileNotFoundError as e:
+        raise IndexingError(f"{root} is not a collection (no {CURRENT} file); create one with `vlm index build`") from e
+    _number(name)
+    return name
+
+
+def _open_latest(root: Path) -> _Version:
+    """The version CURRENT names; retried if a writer replaced and deleted it between the two reads."""
+    for _ in range(5):
+        name = _read_current(root)
+        try:
+            return _load_version(root, name)
+        except IndexingError:
+            if _read_current(root) == name:
+                raise
+    raise IndexingError(f"{root} changed five times while it was being opened; try again")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The collection.
+
+
+class Collection:
+    """A searchable, versioned image collection. Create with `Collection.create`, open with `Collection.open`."""
+
+    def __init__(self, root: Path, version: _Version, *, lock_fd: int | None, encoders: Encoders | None, device):
+        self.root = root
+        self._v = version
+        self._lock_fd = lock_fd
+        self._encoders = encoders
+        self._device = device
+        self._encoders_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        if encoders is not None:
+            self._check_model(encoders.fingerprint, encoders.source)
+
+    # Opening.
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        model: str | Encoders,
+        *,
+        pretrained: str | None = None,
+        root: str | Path | None = None,
+        index: IndexConfig | None = None,
+        dtype: str = "float32",
+        device: str | torch.device | None = None,
+        exist_ok: bool = False,
+        encoders: Encoders | None = None,
+    ) -> Collection:
+        """A new empty collection at `path`, for images embedded by `model` (a name `vlm.models.load` takes, or
+        an Encoders object). Stored paths are relative to `root` when images are inside it. With `exist_ok`, an
+        existing collection built by the same model is opened for writing instead. `encoders`: `model` already
+        loaded by the caller (its name is still what the collection records, to load it again later)."""
+        path = Path(path)
+        if isinstance(model, Encoders):
+            encoders = model
+        elif encoders is None:
+            encoders = _load_model(model, pretrained, device)
+        if (path / CURRENT).exists():
+            if not exist_ok:
+                raise IndexingError(f"{path} already holds a collection; open it, or choose another folder")
+            return cls.open(path, read_only=False, encoders=encoders, device=device)
+        if dtype not in embedding.DTYPES:
+            raise IndexingError(f"unknown vector dtype {dtype!r}; choose one of {list(embedding.DTYPES)}")
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p.name not in (LOCK,) for p in path.iterdir()):
+            raise IndexingError(f"{path} is not empty; a new collection needs an empty or new folder")
+        lock_fd = _lock(path)
+        try:
+            spec = ModelSpec(
+                model=None if isinstance(model, Encoders) else _reloadable(model),
+                pretrained=None if isinstance(model, Encoders) else pretrained,
+                source=encoders.source,
+                fingerprint=encoders.fingerprint,
+                embed_dim=encoders.embed_dim,
+            )
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "created": time.time(),
+                "model": dataclasses.asdict(spec),
+                "root": str(Path(root).resolve()) if root is not None else None,
+                "dtype": dtype,
+                "config": dataclasses.asdict(index or IndexConfig()),
+                "count": 0,
+                "next_id": 0,
+                "chunks": [],
+            }
+            first = _publish_first(path, manifest, encoders.embed_dim)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(path, first, lock_fd=lock_fd, encoders=encoders, device=device)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        read_only: bool = True,
+        encoders: Encoders | None = None,
+        device: str | torch.device | None = None,
+    ) -> Collection:
+        """Open the published version. Writable opens take the collection's lock (one writer at a time) and clear
+        what a crashed writer left. Text and image searches load the recorded model unless `encoders` is given."""
+        path = Path(path)
+        _read_current(path)
+        lock_fd = None if read_only else _lock(path)
+        try:
+            coll = cls(path, _open_latest(path), lock_fd=lock_fd, encoders=encoders, device=device)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        if not read_only:
+            coll._collect_garbage()
+        return coll
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> bool:
+        """Switch to the newest published version if another process wrote one; True if it changed."""
+        if _read_current(self.root) == self._v.name:
+            return False
+        self._v = _open_latest(self.root)
+        return True
+
+    # Model.
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec(**self._v.manifest["model"])
+
+    @property
+    def root_dir(self) -> Path | None:
+        root = self._v.manifest["root"]
+        return Path(root) if root is not None else None
+
+    @property
+    def encoders(self) -> Encoders:
+        """The model that built the collection: the one given at open/create, else loaded from the manifest."""
+        with self._encoders_lock:
+            if self._encoders is None:
+                spec = self.model
+                if spec.model is None:
+                    raise IndexingError(
+                        f"{self.root} was built from an in-memory model ({spec.source}); pass encoders= to open it"
+                    )
+                encoders = _load_model(spec.model, spec.pretrained, self._device)
+                self._check_model(encoders.fingerprint, encoders.source)
+                self._encoders = encoders
+            return self._encoders
+
+    def _check_model(self, fingerprint: str, source: str) -> None:
+        spec = self.model
+        if fingerprint != spec.fingerprint:
+            raise ModelMismatchError(
+                f"{self.root} holds vectors of {spec.source} (fingerprint {spec.fingerprint}), but the model given "
+                f"is {source} (fingerprint {fingerprint}); vectors of different weights cannot be compared. Use the "
+                f"model that built the collection, or build a new collection with this one: "
+                f"vlm index build NEW_COLLECTION INPUTS --model ..."
+            )
+
+    # Adding and removing.
+
+    def add(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        embed: embedding.EmbedConfig | None = None,
+        progress: bool = True,
+    ) -> AddResult:
+        """Embed and add images (see `indexing.sources` for the inputs). Inputs whose path is already in the
+        collection are skipped; an image whose pixels equal an image in the collection is not added twice.
+        An interrupted add resumes from its embedded shards when called again with the same inputs."""
+        cfg = embed or embedding.EmbedConfig()
+        with self._writing():
+            todo, gathered, present = self._plan(inputs)
+            job = embedding.Job.for_items(todo, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
+            staging = self.root / STAGING
+            embedding.prepare(staging, job)
+            stats = embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress) if todo else None
+            result = self._commit_staged(todo, job, gathered, present, stats)
+            shutil.rmtree(staging)
+        LOG.info("%s", result.summary())
+        return result
+
+    @property
+    def dtype(self) -> str:
+        return self._v.manifest["dtype"]
+
+    def _plan(self, inputs) -> tuple[list[Item], Gathered, int]:
+        gathered = gather(inputs, root=self.root_dir)
+        present = self._v.store.by_paths([item.key for item in gathered.items])
+        todo = [item for item in gathered.items if item.key not in present]
+        return todo, gathered, len(present)
+
+    def _commit_staged(
+        self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats
+    ) -> AddResult:
+        done = embedding.collect(self.root / STAGING, job)
+        in_store = self._v.store.by_hashes(done.sha256)
+        first_seen: dict[str, str] = {}
+        next_id = self._v.manifest["next_id"]
+        records, rows, duplicates = [], [], []
+        now = time.time()
+        for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
+            item = todo[position]
+            twin = in_store[sha].path if sha in in_store else first_seen.get(sha)
+            if twin is not None:
+                duplicates.append((item.key, twin))
+                continue
+            first_seen[sha] = item.key
+            size, mtime = int(done.size[row]), float(done.mtime[row])
+            ref = ref_json(item.ref)
+            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            rows.append(row)
+            next_id += 1
+        bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        if records:
+            self._commit(records=records, vectors=done.vectors[rows], remove_ids=np.empty(0, np.int64))
+        return AddResult(len(records), ids, present, duplicates, bad, self._v.number, stats)
+
+    def remove(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = ()) -> RemoveResult:
+        """Remove images by id and/or by path (as stored, or a file path that resolves to a stored one)."""
+        with self._writing():
+            store = self._v.store
+            found = store.get([int(i) for i in ids])
+            not_found: list[str | int] = [int(i) for i in ids if int(i) not in found]
+            keys = {str(p): _stored_key(p, self.root_dir) for p in paths}
+            by_path = store.by_paths(list({*keys, *keys.values()}))
+            for given, key in keys.items():
+                record = by_path.get(given) or by_path.get(key)
+                if record is None:
+                    not_found.append(given)
+                else:
+                    found[record.id] = record
+            removed = np.array(sorted(found), dtype=np.int64)
+            if len(removed):
+                self._commit(records=[], vectors=None, remove_ids=removed)
+        return RemoveResult(removed, not_found, self._v.number)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        if self._lock_fd is None:
+            raise IndexingError(f"{self.root} was opened read-only; open it with read_only=False to change it")
+        with self._write_lock:
+            yield
+
+    def _commit(self, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray) -> None:
+        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`."""
+        old = self._v
+        number = self._next_number()
+        tmp = self.root / f".tmp-{_version_name(number)}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            manifest = dict(old.manifest)
+            chunks = list(manifest["chunks"])
+            ids = np.array([r.id for r in records], dtype=np.int64)
+            if len(ids):
+                chunks.append(self._write_chunk(f"c{number:06d}_0.npy", ids, vectors))
+            store = old.store.copy_to(tmp / STORE)
+            store.delete(remove_ids)
+            store.insert(records)
+            live = store.ids()
+            store.close()
+            chunks = self._compact(chunks, live, number)
+            index, info = self._next_index(
+                old, _Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim), live
+            )
+            faiss_index.write(index, str(tmp / INDEX))
+            manifest.update(
+                version=number,
+                updated=time.time(),
+                count=len(live),
+                next_id=int(max(manifest["next_id"], (ids.max() + 1) if len(ids) else 0)),
+                chunks=chunks,
+                index=dataclasses.asdict(info),
+            )
+            atomic_write_json(tmp / MANIFEST, manifest)
+            publish_dir(tmp, self.root / _version_name(number))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(self.root / CURRENT, _version_name(number) + "\n")  # the commit point
+        self._v = _load_version(self.root, _version_name(number), index=index)
+        self._collect_garbage()
+
+    @property
+    def dim(self) -> int:
+        return int(self._v.manifest["model"]["embed_dim"])
+
+    @property
+    def config(self) -> IndexConfig:
+        return IndexConfig(**self._v.manifest["config"])
+
+    def _write_chunk(self, name: str, ids: np.ndarray, vectors: np.ndarray) -> dict[str, Any]:
+        table = np.empty(len(ids), dtype=_chunk_dtype(self.dim, self.dtype))
+        table["id"] = ids
+        table["vector"] = vectors
+        atomic_write_with(self.root / CHUNKS / name, lambda tmp: _save_npy(tmp, table))
+        return {"name": name, "rows": len(ids)}
+
+    def _compact(self, chunks: list[dict[str, Any]], live: np.ndarray, number: int) -> list[dict[str, Any]]:
+        """Once most stored vectors belong to removed images, rewrite the live ones into one chunk."""
+        rows = sum(c["rows"] for c in chunks)
+        if rows - len(live) <= max(len(live), COMPACT_MIN_DEAD):
+            return chunks
+        vectors = _Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim).get(live)
+        LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
+        return [self._write_chunk(f"c{number:06d}_1.npy", live, vectors)] if len(live) else []
+
+    def _next_index(self, old: _Version, vectors: _Vectors, live: np.ndarray) -> tuple[faiss.Index, IndexInfo]:
+        cfg = self.config
+        if faiss_index.rebuild_needed(old.info, len(live), self.dim, cfg):
+            if not len(live):
+                return faiss_index.empty_index(self.dim)
+            return faiss_index.build(vectors.get(live), live, cfg)
+        index = faiss.clone_index(old.index)
+        old_ids = faiss_index.index_ids(old.index)
+        gone = np.setdiff1d(old_ids, live, assume_unique=True)
+        new = np.setdiff1d(live, old_ids, assume_unique=True)
+        if len(gone):
+            index.remove_ids(faiss_index.selector_for(gone))
+        if len(new):
+            index.add_with_ids(vectors.get(new), new)
+        info = dataclasses.replace(old.info)
+        if faiss_index.retune_needed(info, len(live)):
+            tuned = faiss_index.tune(index, vectors.get(live), live, cfg)
+            info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
+            info.tuned_count = len(live)
+        return index, info
+
+    def _next_number(self) -> int:
+        numbers = [self._v.number]
+        for p in self.root.iterdir():
+            m = _VERSION.match(p.name) or _TMP.match(p.name)
+            if m:
+                numbers.append(int(m.group(1)))
+        return max(numbers) + 1
+
+    def _collect_garbage(self) -> None:
+        """Delete what no kept version needs: older versions, unpublished folders, unlisted chunks. Only the
+        writer runs this, under the lock, so every temporary folder it finds is a dead writer's."""
+        current = self._v.number
+        kept = sorted(n for n in (_version_number(p) for p in self.root.iterdir()) if n is not None and n <= current)
+        kept = kept[-KEEP_VERSIONS:]
+        for p in self.root.iterdir():
+            n = _version_number(p)
+            if (n is not None and n not in kept) or _TMP.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+        listed = {self._v.manifest["chunks"][i]["name"] for i in range(len(self._v.manifest["chunks"]))}
+        for n in kept:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                manifest = json.loads((self.root / _version_name(n) / MANIFEST).read_text())
+                listed |= {c["name"] for c in manifest["chunks"]}
+        for p in (self.root / CHUNKS).glob("*") if (self.root / CHUNKS).is_dir() else ():
+            if p.name not in listed:
+                p.unlink(missing_ok=True)
+
+    # Searching.
+
+    def search_vector(
+        self,
+        vectors: np.ndarray | torch.Tensor,
+        k: int = 10,
+        *,
+        filters: Filter | None = None,
+        nprobe: int | None = None,
+        fingerprint: str | None = None,
+    ) -> Hits:
+        """The k nearest images to each query vector (nq, D) or (D,), by cosine similarity (queries are
+        L2-normalised here). `fingerprint`, when given, must be the collection model's."""
+        if fingerprint is not None:
+            self._check_model(fingerprint, "the model that made the query vectors")
+        v = self._v  # one snapshot for the whole search, whatever a writer publishes meanwhile
+        queries = _as_queries(vectors, self.dim)
+        if filters is not None and not filters.is_empty():
+            scores, ids = self._filtered(v, queries, k, v.store.filter_ids(filters), nprobe)
+        else:
+            index = v.gpu_index if v.gpu_index is not None else v.index
+            scores, ids = faiss_index.search(index, v.info, queries, k, nprobe=nprobe, gpu=v.gpu_index is not None)
+        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+        found = v.store.get(np.unique(ids[ids >= 0]).tolist())
+        return Hits(ids, scores, [[found[int(i)] for i in row if i >= 0] for row in ids])
+
+    def search_text(self, texts: str | Sequence[str], k: int = 10, **kwargs) -> Hits:
+        """Images matching each text; keyword arguments as in `search_vector`."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.search_vector(self.encoders.encode_text(texts).cpu().numpy(), k, **kwargs)
+
+    def search_image(self, images: Image.Image | str | Path | Sequence, k: int = 10, **kwargs) -> Hits:
+        """Images similar to each query image (PIL images or paths); keyword arguments as in `search_vector`."""
+        single = isinstance(images, Image.Image | str | Path)
+        images = [images] if single else list(images)
+        opened = [ImageRef("file", str(im)).open() if isinstance(im, str | Path) else im for im in images]
+        pixels = torch.stack([self.encoders.preprocess(im.convert("RGB")) for im in opened])
+        return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
+
+    def _filtered(
+        self, v: _Version, queries: np.ndarray, k: int, allowed: np.ndarray, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search among `allowed` ids only: through an id selector on the exact index; exactly over those vectors
+        when they are few; else through the IVF index with nprobe raised by the share filtered out."""
+        cfg = self.config
+        if v.info.kind == "flat" or len(allowed) > cfg.exact_filter_limit:
+            probe = nprobe or v.info.nprobe
+            if v.info.kind == "ivf" and len(allowed):
+                probe = min(v.info.nlist, math.ceil(probe * v.index.ntotal / len(allowed)))
+            selector = faiss_index.selector_for(allowed)
+            return faiss_index.search(v.index, v.info, queries, k, selector=selector, nprobe=probe)
+        return _exact_topk(queries, v.vectors.get(allowed), allowed, k)
+
+    # Looking things up.
+
+    def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        return self._v.store.get(ids)
+
+    def image_path(self, image_id: int) -> Path | None:
+        """The file of image `image_id`, or None if that id is not in the collection or the image lives inside a
+        shard or dataset. Only paths recorded in the collection come out: a web app can serve them safely."""
+        record = self._v.store.get([int(image_id)]).get(int(image_id))
+        if record is None or record.kind != "file":
+            return None
+        return Path(record.image_ref(self.root_dir).path)
+
+    def open_image(self, image_id: int) -> Image.Image:
+        """The decoded image `image_id` (any kind); raises `IndexingError` for an id not in the collection."""
+        record = self._v.store.get([int(image_id)]).get(int(image_id))
+        if record is None:
+            raise IndexingError(f"no image with id {image_id} in {self.root}")
+        return record.image_ref(self.root_dir).open()
+
+    def stats(self) -> Stats:
+        v = self._v
+        files = [*v.folder.iterdir(), *((self.root / CHUNKS / c["name"]) for c in v.manifest["chunks"])]
+        return Stats(
+            path=str(self.root),
+            version=v.number,
+            count=v.manifest["count"],
+            dim=self.dim,
+            dtype=self.dtype,
+            root=v.manifest["root"],
+            model=self.model,
+            index=v.info,
+            chunk_rows=v.vectors.rows,
+            disk_bytes=sum(f.stat().st_size for f in files),
+        )
+
+    def verify(self) -> None:
+        """Check the published version in depth: the same ids in index and store, a vector for each, ids below
+        next_id. Raises `IndexingError` describing the first problem."""
+        v = self._v
+        store_ids, index_ids = v.store.ids(), faiss_index.index_ids(v.index)
+        if not np.array_equal(store_ids, index_ids):
+            extra = np.setdiff1d(index_ids, store_ids)[:5].tolist()
+            missing = np.setdiff1d(store_ids, index_ids)[:5].tolist()
+            raise IndexingError(
+                f"{v.folder}: index and store disagree (only in index: {extra}; only in store: {missing})"
+            )
+        v.vectors.get(store_ids)
+        if len(store_ids) and store_ids[-1] >= v.manifest["next_id"]:
+            raise IndexingError(f"{v.folder}: id {store_ids[-1]} is not below next_id {v.manifest['next_id']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed build: every rank embeds a share of the shards, rank 0 plans and commits.
+
+
+def add_distributed(
+    path: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    encoders: Encoders,
+    info: distributed.DistInfo,
+    *,
+    embed: embedding.EmbedConfig | None = None,
+    progress: bool = True,
+) -> AddResult | None:
+    """`Collection.add` across torchrun ranks (the collection must exist). Rank 0 returns the result, others None."""
+    cfg = embed or embedding.EmbedConfig()
+    coll = Collection.open(path, read_only=False, encoders=encoders) if info.is_main else None
+    try:
+        planned = None
+        if coll is not None:
+            todo, gathered, present = coll._plan(inputs)
+            job = embedding.Job.for_items(todo, encoders, dtype=coll.dtype, shard_size=cfg.shard_size)
+            embedding.prepare(Path(path) / STAGING, job)
+            planned = (todo, job)
+        todo, job = distributed.broadcast_object(planned, info)
+        staging = Path(path) / STAGING
+        stats = embedding.embed(
+            encoders, todo, staging, job, cfg, rank=info.rank, world_size=info.world_size, progress=progress
+        )
+        distributed.barrier(info)
+        if coll is None:
+            return None
+        result = coll._commit_staged(todo, job, gathered, present, stats)
+        shutil.rmtree(staging)
+        return result
+    finally:
+        if coll is not None:
+            coll.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _load_model(model: str, pretrained: str | None, device) -> Encoders:
+    from vlm.models import load
+
+    return load(model, pretrained, device=device)
+
+
+def _reloadable(model: str) -> str:
+    """A checkpoint path is recorded absolute, so the collection can be opened from another folder."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _lock(root: Path) -> int:
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise IndexingError(f"{root} is being changed by another writer (pid {holder}); wait for it to finish") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _publish_first(path: Path, manifest: dict[str, Any], dim: int) -> _Version:
+    name = _version_name(0)
+    tmp = path / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    index, info = faiss_index.empty_index(dim)
+    faiss_index.write(index, str(tmp / INDEX))
+    Store.create(tmp / STORE).close()
+    atomic_write_json(tmp / MANIFEST, {**manifest, "version": 0, "index": dataclasses.asdict(info)})
+    publish_dir(tmp, path / name)
+    (path / CHUNKS).mkdir(exist_ok=True)
+    atomic_write_text(path / CURRENT, name + "\n")
+    return _load_version(path, name)
+
+
+def _version_number(p: Path) -> int | None:
+    m = _VERSION.match(p.name)
+    return int(m.group(1)) if m and p.is_dir() else None
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _stored_key(path: str | Path, root: Path | None) -> str:
+    resolved = os.path.realpath(Path(path).expanduser())
+    prefix = os.path.join(os.path.realpath(root), "") if root is not None else None
+    return resolved[len(prefix) :].replace(os.sep, "/") if prefix and resolved.startswith(prefix) else resolved
+
+
+def _as_queries(vectors: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
+    q = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
+    q = np.atleast_2d(q).astype(np.float32)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise IndexingError(f"query vectors must be (nq, {dim}) or ({dim},), got {np.shape(vectors)}")
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    return np.ascontiguousarray(q / np.maximum(norms, 1e-12))
+
+
+def _exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k of `queries` (nq, D) over `vectors` (m, D) with `ids` (m,): (scores, ids) (nq, k)."""
+    scores = queries @ vectors.T  # (nq, m)
+    top = min(k, len(ids))
+    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    if top:
+        part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        order = np.take_along_axis(-scores, part, axis=1).argsort(axis=1, kind="stable")
+        best = np.take_along_axis(part, order, axis=1)
+        out_ids[:, :top] = ids[best]
+        out_scores[:, :top] = np.take_along_axis(scores, best, axis=1)
+    return out_scores, out_ids

@@ -1,0 +1,366 @@
+"""FAISS indexes for L2-normalised vectors: choice, build, recall tuning, per-call search parameters, GPU.
+
+    plan(n, d, cfg)                      which index: exact "IDMap2,Flat" below `cfg.exact_threshold` vectors; above
+                                         it IVF with an HNSW coarse quantizer storing Flat, SQ8 or PQ codes, the most
+                                         precise that fits `cfg.memory_budget_gb`
+    build(vectors, ids, cfg)             -> (index, IndexInfo): IVF is trained on a seeded sample, then `tune`d
+    tune(index, vectors, ids, cfg)       the smallest nprobe whose recall@10 against exact search reaches
+                                         `cfg.target_recall`, on held-out queries
+    search(index, info, queries, k, …)   -> (scores, ids), shaped (nq, k) as in faiss; -1 = no result
+
+The idea follows autofaiss (criteo/autofaiss): choose the index from the collection size and a memory budget,
+train on a sample, tune the search parameters against exact search. The similarity is the inner product, which is
+the cosine for unit vectors. Search parameters (nprobe, the quantizer's efSearch, an id selector) are passed with
+every call as `faiss.SearchParameters`, never set on the shared index, so concurrent searches cannot race (the race
+clip-retrieval's `KnnService` has). faiss releases the GIL while it searches.
+
+Held-out queries: `tune` draws database vectors as queries and leaves each query's own id out of both the exact and
+the approximate top-k, so recall counts only true neighbours (a query always finds itself, which would flatter the
+approximate index by one in k).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+
+from indexing.errors import IndexingError
+
+LOG = logging.getLogger(__name__)
+
+METRIC = faiss.METRIC_INNER_PRODUCT
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class IndexConfig:
+    """How a collection's index is chosen and tuned (saved in the collection's manifest)."""
+
+    exact_threshold: int = field(
+        default=20_000, metadata=_help("below this many vectors the index is exact (bench/search.py: crossover)")
+    )
+    target_recall: float = field(default=0.95, metadata=_help("recall@10 against exact search that tuning reaches"))
+    memory_budget_gb: float = field(default=4.0, metadata=_help("memory for IVF codes: picks Flat, SQ8 or PQ"))
+    nlist: int | None = field(default=None, metadata=_help("IVF lists; none: a power of two near 2 sqrt(n)"))
+    hnsw_m: int = field(default=32, metadata=_help("neighbours per node of the HNSW coarse quantizer"))
+    train_per_list: int = field(default=40, metadata=_help("IVF training vectors per list (faiss warns below 39)"))
+    kmeans_iters: int = field(default=12, metadata=_help("k-means iterations for the IVF centroids"))
+    tune_queries: int = field(default=1000, metadata=_help("held-out queries for recall tuning"))
+    exact_filter_limit: int = field(
+        default=50_000, metadata=_help("filtered searches over at most this many images are exact over them")
+    )
+    seed: int = field(default=0, metadata=_help("seed of the training sample, k-means and tuning queries"))
+
+
+@dataclass
+class IndexInfo:
+    """What was built and how it searches; JSON-ready for the manifest."""
+
+    factory: str  # faiss index_factory string
+    kind: str  # "flat" or "ivf"
+    nlist: int = 0
+    nprobe: int = 0  # tuned default; a search may pass its own
+    ef_search: int = 0  # efSearch of the HNSW quantizer for `nprobe`
+    recall_at_10: float = 1.0  # measured at `nprobe` on held-out queries, against exact search
+    trained_count: int = 0  # vectors in the index when it was built (and IVF trained)
+    tuned_count: int = 0  # vectors in the index when nprobe was last tuned
+    build_seconds: float = 0.0
+
+
+class IndexPlan(NamedTuple):
+    factory: str
+    kind: str
+    nlist: int
+    code_bytes: int  # per vector, ids excluded
+
+
+class TuneResult(NamedTuple):
+    nprobe: int
+    ef_search: int
+    recall: float
+    curve: dict[int, float]  # nprobe -> recall@k measured
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choice.
+
+
+def default_nlist(n: int) -> int:
+    """A power of two near 2 * sqrt(n), between 16 and 65536: lists of a few hundred to a few thousand vectors."""
+    return int(min(65536, max(16, 2 ** round(math.log2(max(2.0 * math.sqrt(n), 1.0))))))
+
+
+def plan(n: int, d: int, cfg: IndexConfig) -> IndexPlan:
+    """The index for `n` vectors of dimension `d` under `cfg` (see the module docstring)."""
+    if n < cfg.exact_threshold:
+        return IndexPlan("IDMap2,Flat", "flat", 0, 4 * d)
+    nlist = cfg.nlist or default_nlist(n)
+    budget = cfg.memory_budget_gb * 2**30
+    quantizer = f"IVF{nlist}_HNSW{cfg.hnsw_m}"
+    fixed = nlist * (4 * d + 8 * cfg.hnsw_m)  # centroids and HNSW links
+    codecs = [("Flat", 4 * d), ("SQ8", d)]
+    codecs += [(f"PQ{m}x8", m) for m in (d // 2, d // 4, d // 8, d // 16) if m >= 4 and d % m == 0]
+    for codec, code_bytes in codecs:
+        if fixed + n * (code_bytes + 8) <= budget:
+            return IndexPlan(f"{quantizer},{codec}", "ivf", nlist, code_bytes)
+    smallest = fixed + n * (codecs[-1][1] + 8)
+    raise IndexingError(
+        f"{n:,} vectors of dimension {d} need at least {smallest / 2**30:.2f} GB even as {codecs[-1][0]} codes, "
+        f"over the memory budget of {cfg.memory_budget_gb} GB; raise memory_budget_gb (--memory-budget-gb)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU (taken when faiss sees a GPU; the CPU wheel has no GPU symbols).
+
+
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A copy of `index` on all GPUs. GPU IVF wants a flat coarse quantizer: HNSW is a CPU-side speed-up, so its
+    centroids are moved into an `IndexFlatIP` first."""
+    ivf = _ivf(index)
+    if ivf is not None and not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+        index = faiss.clone_index(index)
+        ivf = _ivf(index)
+        flat = faiss.IndexFlatIP(ivf.d)
+        flat.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+        ivf.quantizer = flat
+        ivf.own_fields = True
+        flat.this.disown()
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = False
+    return faiss.index_cpu_to_all_gpus(index, co=options)
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Build and tune.
+
+
+def empty_index(d: int) -> tuple[faiss.Index, IndexInfo]:
+    return faiss.index_factory(d, "IDMap2,Flat", METRIC), IndexInfo(factory="IDMap2,Flat", kind="flat")
+
+
+def build(vectors: np.ndarray, ids: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, IndexInfo]:
+    """An index holding `vectors` (n, d) float32 unit rows under `ids` (n,) int64, chosen by `plan`."""
+    vectors, ids = _check(vectors, ids)
+    n, d = vectors.shape
+    chosen = plan(n, d, cfg)
+    start = time.perf_counter()
+    index = faiss.index_factory(d, chosen.factory, METRIC)
+    info = IndexInfo(chosen.factory, chosen.kind, nlist=chosen.nlist, trained_count=n, tuned_count=n)
+    trained_on = _train(index, vectors, cfg) if chosen.kind == "ivf" else None
+    index.add_with_ids(vectors, ids)
+    if chosen.kind == "ivf":
+        result = tune(index, vectors, ids, cfg, exclude=trained_on)
+        info.nprobe, info.ef_search, info.recall_at_10 = result.nprobe, result.ef_search, result.recall
+    info.build_seconds = round(time.perf_counter() - start, 3)
+    LOG.info("built %s over %d vectors in %.1f s", chosen.factory, n, info.build_seconds)
+    return index, info
+
+
+def _check(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if vectors.ndim != 2 or ids.shape != (vectors.shape[0],):
+        raise IndexingError(f"expected vectors (n, d) and ids (n,), got {vectors.shape} and {ids.shape}")
+    return vectors, ids
+
+
+def _train(index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
+    """Spherical k-means for the coarse centroids on a seeded sample (PQ/SQ codes train on the same sample);
+    returns the sample's row numbers."""
+    ivf = faiss.extract_index_ivf(index)
+    n = vectors.shape[0]
+    sample_size = min(n, cfg.train_per_list * ivf.nlist)
+    rng = np.random.default_rng(cfg.seed)
+    rows = np.sort(rng.choice(n, sample_size, replace=False)) if sample_size < n else np.arange(n)
+    sample = vectors[rows] if sample_size < n else vectors
+    ivf.cp.niter = cfg.kmeans_iters
+    ivf.cp.seed = cfg.seed
+    ivf.cp.spherical = True  # unit centroids, so the inner product ranks lists as it ranks vectors
+    ivf.cp.max_points_per_centroid = max(cfg.train_per_list, 39)
+    # k-means assigns with exact brute force (BLAS, or the GPU), not through the HNSW graph being built.
+    clustering = faiss.IndexFlatL2(ivf.d)
+    ivf.clustering_index = faiss.index_cpu_to_all_gpus(clustering) if gpu_count() else clustering
+    LOG.info("training %d IVF lists on %d of %d vectors", ivf.nlist, sample_size, n)
+    index.train(sample)
+    return rows
+
+
+def ef_for(nprobe: int) -> int:
+    """efSearch of the HNSW quantizer: the graph search must return at least nprobe lists, with slack."""
+    return max(32, 2 * nprobe)
+
+
+def tune(
+    index: faiss.Index,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    cfg: IndexConfig,
+    *,
+    k: int = 10,
+    exclude: np.ndarray | None = None,
+) -> TuneResult:
+    """The smallest nprobe whose recall@k against exact search reaches `cfg.target_recall` (doubling, then
+    bisecting), judged by the lower end of its estimate (mean - 2 standard errors over the queries) so that a fresh
+    query set meets the target too. If PQ codes cap the recall below the target, the smallest nprobe within 0.005
+    of the best recall, with a warning."""
+    vectors, ids = _check(vectors, ids)
+    nlist = faiss.extract_index_ivf(index).nlist
+    rng = np.random.default_rng(cfg.seed + 1)
+    # Queries come from outside the k-means sample (`exclude`) where there is enough left: centroids fit the
+    # points they were trained on better than new ones, which would flatter the recall.
+    pool = np.setdiff1d(np.arange(len(ids)), exclude) if exclude is not None else np.arange(len(ids))
+    if len(pool) < min(cfg.tune_queries, len(ids)):
+        pool = np.arange(len(ids))
+    pick = np.sort(rng.choice(pool, min(cfg.tune_queries, len(pool)), replace=False))
+    queries, self_ids = vectors[pick], ids[pick]
+    _, rows = faiss.knn(queries, vectors, k + 1, metric=METRIC)
+    truth = drop_self(ids[rows], self_ids, k)
+    curve: dict[int, float] = {}
+    lower: dict[int, float] = {}
+
+    def reaches(nprobe: int) -> bool:
+        if nprobe not in curve:
+            info = IndexInfo(factory="", kind="ivf", nlist=nlist, nprobe=nprobe, ef_search=ef_for(nprobe))
+            _, found = search(index, info, queries, k + 1)
+            per_query = recall_per_query(drop_self(found, self_ids, k), truth)
+            curve[nprobe] = float(per_query.mean())
+            lower[nprobe] = curve[nprobe] - 2 * float(per_query.std()) / np.sqrt(len(per_query))
+        return lower[nprobe] >= cfg.target_recall
+
+    nprobe = 1
+    while not reaches(nprobe) and nprobe < nlist:
+        nprobe = min(2 * nprobe, nlist)
+    if reaches(nprobe):
+        low = max(1, nprobe // 2)  # fails the target, unless nprobe == 1
+        while nprobe - low > 1:
+            mid = (low + nprobe) // 2
+            low, nprobe = (low, mid) if reaches(mid) else (mid, nprobe)
+    else:
+        best = max(curve.values())
+        nprobe = min(p for p, r in curve.items() if r >= best - 0.005)
+        LOG.warning(
+            "recall@%d %.3f is the best this index reaches (target %.3f): its codes are too coarse; raise the "
+            "memory budget for Flat or SQ8 codes",
+            k,
+            best,
+            cfg.target_recall,
+        )
+    LOG.info("tuned nprobe=%d of %d lists: recall@%d %.3f on %d queries", nprobe, nlist, k, curve[nprobe], len(pick))
+    return TuneResult(nprobe, ef_for(nprobe), curve[nprobe], dict(sorted(curve.items())))
+
+
+def drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """(nq, k+1) ids -> (nq, k): each row without its query's own id (or without its last id if absent)."""
+    out = np.empty((found.shape[0], k), dtype=np.int64)
+    for i, (row, own) in enumerate(zip(found, self_ids, strict=True)):
+        hit = np.flatnonzero(row == own)
+        out[i] = np.delete(row, hit[0])[:k] if hit.size else row[:k]
+    return out
+
+
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(nq,) |found ∩ truth| / k for (nq, k) id tables (-1 never counts)."""
+    k = truth.shape[1]
+    hits = [len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth, strict=True)]
+    return np.asarray(hits, dtype=np.float64) / k
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / k."""
+    return float(recall_per_query(found, truth).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Search.
+
+
+def search(
+    index: faiss.Index,
+    info: IndexInfo,
+    queries: np.ndarray,
+    k: int,
+    *,
+    selector: faiss.IDSelector | None = None,
+    nprobe: int | None = None,
+    gpu: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (nq, k) float32, ids (nq, k) int64) for unit `queries` (nq, d); -1 ids where fewer than k exist.
+
+    Parameters go with this call only. `selector` restricts the search to some ids (CPU only). `gpu` says
+    `index` lives on a GPU, where the HNSW quantizer parameters do not apply.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if index.ntotal == 0 or k <= 0:
+        return np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1)
+    if info.kind == "flat":
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+    else:
+        probe = min(nprobe or info.nprobe or 1, info.nlist)
+        kwargs = {"nprobe": probe, "sel": selector} if selector is not None else {"nprobe": probe}
+        if not gpu:
+            kwargs["quantizer_params"] = faiss.SearchParametersHNSW(efSearch=ef_for(probe))
+        params = faiss.SearchParametersIVF(**kwargs)
+    scores, ids = index.search(queries, k, params=params)
+    return scores, ids
+
+
+def selector_for(ids: np.ndarray) -> faiss.IDSelector:
+    """An id selector (hash set with a Bloom filter in front) over sorted or unsorted int64 ids."""
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id stored in `index` (IDMap2 or IVF), sorted."""
+    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return np.sort(faiss.vector_to_array(index.id_map))
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(ivf.nlist)]
+    return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def retune_needed(info: IndexInfo, count: int) -> bool:
+    """IVF tuning is redone when the collection changed by more than 10% since it was tuned."""
+    return info.kind == "ivf" and abs(count - info.tuned_count) > 0.1 * max(info.tuned_count, 1)
+
+
+def rebuild_needed(info: IndexInfo, count: int, d: int, cfg: IndexConfig) -> bool:
+    """A flat index is rebuilt once the plan is no longer flat; an IVF one when the collection has doubled or
+    halved since training (its centroids then describe another distribution of list sizes), or shrunk below the
+    exact threshold."""
+    chosen = plan(count, d, cfg)
+    if info.kind == "flat":
+        return chosen.kind != "flat"
+    return chosen.kind == "flat" or not 0.5 * info.trained_count <= count <= 2 * info.trained_count
+
+
+def read(path: str) -> faiss.Index:
+    try:
+        return faiss.read_index(path)
+    except RuntimeError as e:
+        raise IndexingError(f"cannot read the faiss index {path}: {e}") from e
+
+
+def write(index: faiss.Index, path: str) -> None:
+    faiss.write_index(index, path)

@@ -1,0 +1,204 @@
+"""The metadata of a collection: one SQLite file per collection version.
+
+A version's `meta.sqlite` is never changed once published: a write copies it into the new version's folder (the
+SQLite backup API), changes the copy, and the copy is published with the index (see `indexing.collection`). So
+readers open it `immutable=1` (no locks, no journal), and a crash mid-write can only leave an unpublished copy.
+
+Table `images`, one row per image in the collection:
+    id       INTEGER PRIMARY KEY   the vector's id in the faiss index (stable, never reused)
+    path     TEXT UNIQUE           relative to the collection root where possible (see `indexing.sources`)
+    kind     TEXT                  "file", "tar" or "hf" (`vlm.data.ImageRef.kind`)
+    ref      TEXT                  the ImageRef as JSON for "tar"/"hf" images; NULL for files
+    caption  TEXT                  caption(s) joined by newlines, or NULL
+    sha256   TEXT UNIQUE           of the decoded RGB pixels and the image size: a duplicate is not added twice
+    size     INTEGER               bytes of the file (of the member for tar/hf)
+    mtime    REAL                  modification time of the file (of the shard/dataset file), seconds since epoch
+    added    REAL                  when it joined the collection
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexing.errors import IndexingError
+from vlm.data import ImageRef
+
+SCHEMA = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    ref TEXT,
+    caption TEXT,
+    sha256 TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    added REAL NOT NULL
+);
+"""
+COLUMNS = ("id", "path", "kind", "ref", "caption", "sha256", "size", "mtime", "added")
+_BATCH = 500  # values per IN (...) query, below SQLite's variable limit
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    kind: str
+    ref: str | None
+    caption: str | None
+    sha256: str
+    size: int
+    mtime: float
+    added: float
+
+    def image_ref(self, root: Path | None) -> ImageRef:
+        """Where to read the image: the stored ref, or the file at `path` (joined to `root` when relative)."""
+        if self.ref is not None:
+            return ImageRef(**json.loads(self.ref))
+        path = Path(self.path)
+        return ImageRef("file", str(path if path.is_absolute() or root is None else root / path))
+
+
+def ref_json(ref: ImageRef) -> str | None:
+    return None if ref.kind == "file" else json.dumps(dataclasses.asdict(ref), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Search-time restrictions on the metadata; every field set must hold. Matching is case-sensitive for paths
+    and case-insensitive for captions."""
+
+    path_prefix: str | None = None
+    path_contains: str | None = None
+    caption_contains: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.path_prefix or self.path_contains or self.caption_contains)
+
+
+class Store:
+    """One `meta.sqlite`. Thread-safe: one connection, used under a lock (queries take microseconds)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool):
+        self.path = path
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.writable = writable
+
+    @classmethod
+    def create(cls, path: Path) -> Store:
+        conn = _connect_writable(path)
+        conn.executescript(SCHEMA)
+        conn.commit()
+        return cls(path, conn, True)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        if not path.is_file():
+            raise IndexingError(f"metadata store missing: {path}")
+        uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            conn.execute("SELECT count(*) FROM images").fetchone()
+        except sqlite3.Error as e:
+            raise IndexingError(f"cannot read the metadata store {path}: {e}") from e
+        return cls(path, conn, False)
+
+    def copy_to(self, path: Path) -> Store:
+        """A writable copy at `path` (an unpublished version folder)."""
+        conn = _connect_writable(path)
+        with self._lock:
+            self._conn.backup(conn)
+        return Store(path, conn, True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.writable:
+                self._conn.commit()
+            self._conn.close()
+
+    # Reads.
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def ids(self) -> np.ndarray:
+        """Every id, sorted, int64."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM images ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        return {r.id: r for r in self._select("id", [int(i) for i in ids])}
+
+    def by_paths(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
+        return {r.path: r for r in self._select("path", list(paths))}
+
+    def by_hashes(self, hashes: Sequence[str]) -> dict[str, ImageRecord]:
+        return {r.sha256: r for r in self._select("sha256", list(hashes))}
+
+    def _select(self, column: str, values: list) -> Iterable[ImageRecord]:
+        out = []
+        with self._lock:
+            for start in range(0, len(values), _BATCH):
+                chunk = values[start : start + _BATCH]
+                sql = f"SELECT {', '.join(COLUMNS)} FROM images WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                out += [ImageRecord(*row) for row in self._conn.execute(sql, chunk)]
+        return out
+
+    def filter_ids(self, where: Filter) -> np.ndarray:
+        """Sorted int64 ids of the rows matching `where`."""
+        clauses, args = [], []
+        if where.path_prefix:
+            clauses.append("substr(path, 1, ?) = ?")
+            args += [len(where.path_prefix), where.path_prefix]
+        if where.path_contains:
+            clauses.append("instr(path, ?) > 0")
+            args.append(where.path_contains)
+        if where.caption_contains:
+            clauses.append("instr(lower(coalesce(caption, '')), ?) > 0")
+            args.append(where.caption_contains.lower())
+        sql = "SELECT id FROM images" + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY id"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    # Writes (only on an unpublished copy).
+
+    def insert(self, records: Sequence[ImageRecord]) -> None:
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany(
+                f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [dataclasses.astuple(r) for r in records],
+            )
+
+    def delete(self, ids: Sequence[int]) -> None:
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise IndexingError(f"{self.path} is a published version and is never changed; write to a copy")
+
+
+def _connect_writable(path: Path) -> sqlite3.Connection:
+    if path.exists():
+        raise IndexingError(f"refusing to overwrite {path}: a new version always starts from a fresh file")
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    # The file is unpublished until its version folder is renamed into place, so it needs no journal: a crash
+    # leaves a folder nobody reads. The publish step fsyncs it.
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    return conn

@@ -1,0 +1,396 @@
+"""indexing.collection: round trips, exact search against NumPy, filters, duplicates, model mismatch, thread
+safety, crash safety (in-process faults and SIGKILL at random points). Text queries on a trained model:
+tests/test_index_colour.py."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from faiss.contrib.evaluation import check_ref_knn_with_draws
+from PIL import Image
+
+from indexing import collection as collection_module
+from indexing.collection import Collection
+from indexing.embed import EmbedConfig
+from indexing.errors import IndexingError, ModelMismatchError
+from indexing.faiss_index import IndexConfig
+from indexing.store import Filter
+from vlm import models
+from vlm.synth import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = EmbedConfig(batch_size=8, workers=0, shard_size=16)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    generate(out, scenes=150, seed=2, image_size=48, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_encoders) -> Path:
+    """The tiny model as a checkpoint, so that a subprocess loads exactly the same weights."""
+    return models.save(tiny_encoders, tmp_path_factory.mktemp("model") / "tiny")
+
+
+def reference_vectors(encoders, paths) -> np.ndarray:
+    """open_clip's model on PIL-decoded images in one batch: independent of the DataLoader pipeline."""
+    pixels = torch.stack([encoders.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return F.normalize(encoders.model.encode_image(pixels).float(), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def shape_vectors(shapes, tiny_encoders) -> np.ndarray:
+    """(150, 64): the reference vectors of the shapes images, in file order (= id order when added in order)."""
+    return reference_vectors(tiny_encoders, image_files(shapes))
+
+
+def brute_force(queries, vectors, ids, k):
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
+
+
+def image_files(data: Path) -> list[Path]:
+    return sorted((data / "images").glob("*.png"))
+
+
+def test_round_trip_add_search_remove_reopen(tmp_path, shapes, tiny_encoders, shape_vectors):
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes)
+    result = coll.add(shapes / "images", embed=FAST, progress=False)
+    files = image_files(shapes)
+    assert result.added == len(files) == 150 and result.ids.tolist() == list(range(150))
+    assert coll.stats().count == 150 and coll.stats().index.kind == "flat"
+    coll.verify()
+    # Exact search equals NumPy brute force over vectors computed independently.
+    vectors = shape_vectors
+    queries = tiny_encoders.encode_text(["a red circle", "two blue squares", "a white star"]).numpy()
+    hits = coll.search_vector(queries, k=12)
+    check_ref_knn_with_draws(*brute_force(queries, vectors, np.arange(150), 12), hits.scores, hits.ids, rtol=1e-4)
+    assert [r.id for r in hits.records[0]] == hits.ids[0].tolist()
+    assert hits.records[0][0].path == f"images/{hits.ids[0, 0]:06d}.png"
+    # Remove by id and by path (stored, or a file path that resolves to it), then reopen read-only.
+    gone = coll.remove(ids=[3, 4], paths=["images/000010.png", shapes / "images" / "000011.png", "nope.png"])
+    assert gone.removed.tolist() == [3, 4, 10, 11] and gone.not_found == ["nope.png"]
+    after = coll.search_vector(queries, k=150)
+    assert not np.isin(after.ids, [3, 4, 10, 11]).any() and (after.ids[:, :146] >= 0).all()
+    keep = np.setdiff1d(np.arange(150), [3, 4, 10, 11])
+    check_ref_knn_with_draws(*brute_force(queries, vectors[keep], keep, 20), after.scores[:, :20], after.ids[:, :20])
+    coll.close()
+    reader = Collection.open(tmp_path / "c", encoders=tiny_encoders)
+    again = reader.search_vector(queries, k=150)
+    assert np.array_equal(again.ids, after.ids) and reader.stats().count == 146
+    # Adding the folder again re-adds only what was removed, under new ids (ids are never reused).
+    writer = Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)
+    readded = writer.add(shapes / "images", embed=FAST, progress=False)
+    assert readded.added == 4 and readded.already_present == 146 and readded.ids.tolist() == [150, 151, 152, 153]
+    assert reader.refresh() and reader.stats().count == 150
+    writer.verify()
+
+
+def test_duplicates_and_unusable_files_are_reported_not_added(tmp_path, shapes, tiny_encoders):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        shutil.copy(shapes / "images" / f"{i:06d}.png", folder / f"{i}.png")
+    shutil.copy(shapes / "images" / "000001.png", folder / "copy_of_1.png")
+    Image.open(shapes / "images" / "000002.png").save(folder / "same_pixels_as_2.bmp")
+    (folder / "broken.png").write_bytes((folder / "3.png").read_bytes()[:50])
+    (folder / "empty.png").write_bytes(b"")
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=folder)
+    result = coll.add(folder, embed=FAST, progress=False)
+    assert result.added == 5
+    assert sorted(result.duplicates) == [("copy_of_1.png", "1.png"), ("same_pixels_as_2.bmp", "2.png")]
+    assert sorted((b.item, b.reason) for b in result.bad) == [
+        ("broken.png", "truncated image"),
+        ("empty.png", "empty file"),
+    ]
+    # An image already in the collection, under a new name in a later add, is a duplicate too.
+    shutil.copy(folder / "4.png", tmp_path / "later.png")
+    later = coll.add(tmp_path / "later.png", embed=FAST, progress=False)
+    assert later.added == 0 and later.duplicates == [(str((tmp_path / "later.png").resolve()), "4.png")]
+
+
+def test_a_different_model_is_refused(tmp_path, shapes, tiny_encoders, model_dir):
+    torch.manual_seed(123)
+    other = models.load("vlm-tiny", device="cpu")
+    coll = Collection.create(tmp_path / "c", str(model_dir), root=shapes, device="cpu")
+    coll.add(shapes / "images" / "000000.png", embed=FAST, progress=False)
+    coll.close()
+    with pytest.raises(ModelMismatchError) as e:
+        Collection.open(tmp_path / "c", encoders=other)
+    assert tiny_encoders.fingerprint in str(e.value) and other.fingerprint in str(e.value)
+    assert "vlm index build" in str(e.value)
+    with pytest.raises(ModelMismatchError):
+        Collection.create(tmp_path / "c", other, exist_ok=True)
+    reader = Collection.open(tmp_path / "c", device="cpu")  # loads the recorded checkpoint: same fingerprint
+    with pytest.raises(ModelMismatchError):
+        reader.search_vector(other.encode_text(["x"]).numpy(), fingerprint=other.fingerprint)
+    assert reader.search_text("a red circle", k=1).ids.tolist() == [[0]]
+    assert reader.model.fingerprint == reader.encoders.fingerprint == tiny_encoders.fingerprint
+
+
+def test_read_only_and_single_writer(tmp_path, tiny_encoders):
+    writer = Collection.create(tmp_path / "c", tiny_encoders)
+    with pytest.raises(IndexingError, match="another writer"):
+        Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)
+    reader = Collection.open(tmp_path / "c", encoders=tiny_encoders)
+    with pytest.raises(IndexingError, match="read-only"):
+        reader.remove(ids=[1])
+    writer.close()
+    Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders).close()
+    with pytest.raises(IndexingError, match="already holds"):
+        Collection.create(tmp_path / "c", tiny_encoders)
+    with pytest.raises(IndexingError, match="not a collection"):
+        Collection.open(tmp_path)
+
+
+@pytest.mark.parametrize("exact_threshold", [10_000, 40], ids=["flat", "ivf"])
+def test_filtered_search_equals_brute_force_over_the_matching_images(
+    tmp_path, shapes, tiny_encoders, shape_vectors, exact_threshold
+):
+    cfg = IndexConfig(exact_threshold=exact_threshold, exact_filter_limit=30, tune_queries=100)
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes, index=cfg)
+    coll.add(shapes / "pairs.csv", embed=FAST, progress=False)
+    assert coll.stats().index.kind == ("flat" if exact_threshold > 150 else "ivf")
+    vectors = shape_vectors
+    captions = {r.id: r.caption for r in coll.records(range(150)).values()}
+    queries = tiny_encoders.encode_text(["a red circle", "a green cross"]).numpy()
+    for where in [Filter(path_prefix="images/00001"), Filter(caption_contains="RED"), Filter(path_contains="0")]:
+        allowed = np.array(
+            [
+                i
+                for i in range(150)
+                if (not where.path_prefix or f"images/{i:06d}.png".startswith(where.path_prefix))
+                and (not where.path_contains or where.path_contains in f"images/{i:06d}.png")
+                and (not where.caption_contains or "red" in captions[i].lower())
+            ]
+        )
+        hits = coll.search_vector(queries, k=8, filters=where, nprobe=coll.stats().index.nlist or None)
+        check_ref_knn_with_draws(*brute_force(queries, vectors[allowed], allowed, 8), hits.scores, hits.ids, rtol=1e-4)
+    none = coll.search_vector(queries, k=3, filters=Filter(path_prefix="nothing/"))
+    assert (none.ids == -1).all() and np.isneginf(none.scores).all() and none.records == [[], []]
+
+
+def test_approximate_index_lifecycle(tmp_path, shapes, tiny_encoders, shape_vectors, monkeypatch):
+    monkeypatch.setattr(collection_module, "COMPACT_MIN_DEAD", 0)
+    cfg = IndexConfig(exact_threshold=100, tune_queries=100)
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes, index=cfg, dtype="float16")
+    coll.add([shapes / "images" / f"{i:06d}.png" for i in range(60)], embed=FAST, progress=False)
+    assert coll.stats().index.kind == "flat"
+    coll.add(shapes / "images", embed=FAST, progress=False)  # 150 >= 100: rebuilt as IVF
+    info = coll.stats().index
+    assert info.kind == "ivf" and info.trained_count == 150 and info.nprobe >= 1
+    coll.remove(ids=list(range(0, 150, 10)))  # 135 left: incremental removal, same trained index
+    assert coll.stats().index.trained_count == 150
+    coll.verify()
+    vectors = shape_vectors.astype(np.float16).astype(np.float32)
+    keep = np.setdiff1d(np.arange(150), np.arange(0, 150, 10))
+    queries = tiny_encoders.encode_text(["a yellow star"]).numpy()
+    hits = coll.search_vector(queries, k=10, nprobe=info.nlist)  # all lists: exact over the fp16 vectors
+    check_ref_knn_with_draws(*brute_force(queries, vectors[keep], keep, 10), hits.scores, hits.ids, rtol=1e-3)
+    coll.remove(ids=keep[:100].tolist())  # 35 left, below the threshold: back to exact
+    assert coll.stats().index.kind == "flat" and coll.stats().count == 35
+    assert coll.stats().chunk_rows == 35  # most stored vectors were dead: compacted
+    coll.verify()
+    assert collection_module.faiss_index.gpu_count() or coll._v.gpu_index is None
+
+
+def test_image_path_only_returns_images_in_the_collection(tmp_path, shapes, tiny_encoders):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(shapes / "images" / "000000.png", data / "a.png")
+    (data / "list.csv").write_text(f"image\na.png\n../outside.png\n{shapes / 'images' / '000001.png'}\n")
+    shutil.copy(shapes / "images" / "000001.png", tmp_path / "outside.png")
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=data)
+    result = coll.add(data / "list.csv", embed=FAST, progress=False)
+    assert result.added == 1 and [b.reason for b in result.bad] == ["path escapes the dataset root"] * 2
+    assert coll.image_path(0) == (data / "a.png").resolve()
+    assert coll.image_path(1) is None and coll.image_path(-1) is None
+    assert coll.open_image(0).size == (48, 48)
+    with pytest.raises(IndexingError, match="no image with id 7"):
+        coll.open_image(7)
+
+
+def test_concurrent_searches_equal_sequential_ones_while_a_writer_publishes(tmp_path, shapes, tiny_encoders):
+    writer = Collection.create(tmp_path / "c", tiny_encoders, root=shapes)
+    writer.add([shapes / "images" / f"{i:06d}.png" for i in range(100)], embed=FAST, progress=False)
+    reader = Collection.open(tmp_path / "c", encoders=tiny_encoders)
+    texts = [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "square", "star")]
+    queries = tiny_encoders.encode_text(texts).numpy()
+    where = Filter(path_contains="1")
+    expected = [reader.search_vector(q, k=7).ids for q in queries]
+    expected_filtered = [reader.search_vector(q, k=7, filters=where).ids for q in queries]
+    errors, outcomes = [], []
+
+    def searcher(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(40):
+                i = rng.randrange(len(queries))
+                if rng.random() < 0.5:
+                    outcomes.append(np.array_equal(reader.search_vector(queries[i], k=7).ids, expected[i]))
+                else:
+                    got = reader.search_vector(queries[i], k=7, filters=where).ids
+                    outcomes.append(np.array_equal(got, expected_filtered[i]))
+                assert (writer.search_vector(queries[i], k=7).ids >= 0).all()  # the writer's own snapshot
+        except Exception as e:  # re-raised below: an exception in a thread would otherwise vanish
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    # Meanwhile the writer publishes four versions; the reader's own version folder is deleted under it.
+    for _ in range(2):
+        added = writer.add([shapes / "images" / f"{i:06d}.png" for i in range(100, 150)], embed=FAST, progress=False)
+        writer.remove(ids=added.ids.tolist())
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(outcomes) == 240 and all(outcomes)
+    assert not (tmp_path / "c" / "v000001").exists()
+    assert reader.refresh() and reader.stats().version == writer.stats().version == 5
+    assert reader.stats().count == 100
+
+
+def test_a_failed_commit_leaves_the_previous_version_and_the_next_writer_cleans_up(
+    tmp_path, shapes, tiny_encoders, monkeypatch
+):
+    inputs = [shapes / "images" / f"{i:06d}.png" for i in range(40)]
+    clean = Collection.create(tmp_path / "clean", tiny_encoders, root=shapes)
+    clean.add(inputs, embed=FAST, progress=False)
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes)
+    coll.add(inputs[:10], embed=FAST, progress=False)
+    coll.close()
+    real_publish = collection_module.publish_dir
+    for stage in ("publish", "flip"):
+        coll = Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)
+
+        def boom(*args, _stage=stage, **kwargs):
+            if _stage == "flip":
+                real_publish(*args, **kwargs)  # the new version folder is complete, CURRENT not yet replaced
+            raise OSError("disk full (injected)")
+
+        monkeypatch.setattr(collection_module, "publish_dir", boom)
+        with pytest.raises(OSError, match="injected"):
+            coll.add(inputs, embed=FAST, progress=False)
+        monkeypatch.setattr(collection_module, "publish_dir", real_publish)
+        coll.close()
+        reader = Collection.open(tmp_path / "c", encoders=tiny_encoders)
+        assert reader.stats().version == 1 and reader.stats().count == 10
+        reader.verify()
+        assert (tmp_path / "c" / "staging" / "shard_00001.npz").exists()  # embedded work is kept for the retry
+    assert (tmp_path / "c" / "v000002").exists()  # the unflipped version of the "flip" failure
+    coll = Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)  # clears the debris
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "CURRENT",
+        "LOCK",
+        "chunks",
+        "staging",
+        "v000000",
+        "v000001",
+    ]
+    coll.add(inputs, embed=FAST, progress=False)
+    assert_same_collection(tmp_path / "c", tmp_path / "clean")
+    assert not (tmp_path / "c" / "staging").exists()
+
+
+def assert_same_collection(a: Path, b: Path) -> None:
+    ca, cb = Collection.open(a), Collection.open(b)
+    ca.verify()
+    cb.verify()
+    ids = ca._v.store.ids()
+    assert np.array_equal(ids, cb._v.store.ids())
+    ra, rb = ca.records(ids.tolist()), cb.records(ids.tolist())
+    assert [(r.path, r.sha256, r.caption) for r in ra.values()] == [(r.path, r.sha256, r.caption) for r in rb.values()]
+    np.testing.assert_allclose(ca._v.vectors.get(ids), cb._v.vectors.get(ids), atol=1e-6)
+    assert ca.stats().index.factory == cb.stats().index.factory
+
+
+BUILD_SCRIPT = """
+import sys
+from indexing.collection import Collection
+from indexing.embed import EmbedConfig
+from indexing.faiss_index import IndexConfig
+from vlm import models
+
+
+def build(path, data, encoders):
+    coll = Collection.create(path, encoders, root=data, index=IndexConfig(exact_threshold=100, tune_queries=60),
+                             exist_ok=True)
+    cfg = EmbedConfig(batch_size=8, workers=1, shard_size=16)
+    coll.add(data + "/first.csv", embed=cfg, progress=False)      # 90 images: exact index
+    coll.add(data + "/pairs.csv", embed=cfg, progress=False)      # 60 more, with captions: rebuilt as IVF
+    coll.close()
+
+
+if __name__ == "__main__":
+    import time
+
+    encoders = models.load(sys.argv[4], device="cpu")
+    start = time.perf_counter()
+    build(sys.argv[1], sys.argv[3], encoders)  # uninterrupted, to time it
+    print("ready", time.perf_counter() - start, flush=True)
+    build(sys.argv[2], sys.argv[3], encoders)  # killed at a random moment
+    print("done", flush=True)
+"""
+
+
+def kill_mid_build(cmd: list[str], env: dict[str, str], seed: int) -> tuple[float, bool]:
+    """Run the script: once straight (timed), then again, SIGKILLed (with its DataLoader worker) at a random
+    moment of that second build. Returns (the delay, whether the kill came before the end)."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    word, seconds = proc.stdout.readline().split()
+    assert word == "ready"
+    delay = random.Random(seed).uniform(0.0, float(seconds))
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate()
+    return delay, "done" not in out
+
+
+@pytest.mark.parametrize("seeds", [[0], pytest.param([1, 2, 3, 4, 5], marks=pytest.mark.slow)], ids=["seed0", "more"])
+def test_sigkill_at_random_points_reopens_consistent_and_resumes_to_the_same_result(
+    tmp_path, shapes, model_dir, tiny_encoders, seeds
+):
+    import runpy
+
+    (shapes / "first.csv").write_text("image\n" + "".join(f"images/{i:06d}.png\n" for i in range(90)))
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    seen = {}
+    for seed in seeds:
+        straight, killed = tmp_path / f"straight{seed}", tmp_path / f"killed{seed}"
+        cmd = [sys.executable, str(script), str(straight), str(killed), str(shapes), str(model_dir)]
+        delay, mid_way = kill_mid_build(cmd, env, seed)
+        count = None
+        if (killed / "CURRENT").exists():
+            reader = Collection.open(killed, encoders=tiny_encoders)  # checks index, store and manifest counts
+            reader.verify()
+            count = reader.stats().count
+            assert count in (0, 90, 150), "a commit was half-applied"
+        seen[seed] = (round(delay, 2), mid_way, count, len(list((killed / "staging").glob("shard_*"))))
+        runpy.run_path(str(script))["build"](str(killed), str(shapes), tiny_encoders)  # resume, in this process
+        assert_same_collection(killed, straight)
+        assert_same_collection(straight, tmp_path / f"straight{seeds[0]}")
+        assert not (killed / "staging").exists()
+        assert sorted(p.name for p in killed.iterdir() if p.name.startswith("v")) == ["v000001", "v000002"]
+    print(f"killed after (s, before the end, committed images, staged shards): {seen}")

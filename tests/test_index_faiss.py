@@ -1,0 +1,150 @@
+"""indexing.faiss_index: exact search equals NumPy brute force; the approximate index reaches its recall target."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+from faiss.contrib.evaluation import check_ref_knn_with_draws
+
+from indexing import faiss_index as fi
+from indexing.errors import IndexingError
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference: top-k inner products, ties broken by position."""
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
+
+
+def clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around `clusters` random unit centres (noise norm ~0.8): a mixture on the sphere."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((clusters, d)))
+    labels = rng.integers(0, clusters, n)
+    return unit(centres[labels] + rng.standard_normal((n, d)) * 0.8 / np.sqrt(d))
+
+
+def test_exact_index_equals_numpy_brute_force():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.standard_normal((1003, 37)))
+    vectors[500:510] = vectors[7]  # exact ties: ten copies of one vector
+    ids = np.arange(1003, dtype=np.int64) * 7 + 3  # not positions
+    index, info = fi.build(vectors, ids, fi.IndexConfig())
+    assert info.kind == "flat"
+    queries = np.concatenate([unit(rng.standard_normal((16, 37))), vectors[7:8]])  # 17: the last hits the ties
+    scores, found = fi.search(index, info, queries, 13)
+    ref_scores, ref_ids = brute_force(queries, vectors, ids, 13)
+    check_ref_knn_with_draws(ref_scores, ref_ids, scores, found, rtol=1e-5)
+    assert set(found[-1, :11]) == set(ids[[7, *range(500, 510)]])
+
+
+def test_exact_index_with_selector_equals_brute_force_over_the_allowed_ids():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.standard_normal((500, 16)))
+    ids = np.arange(500, dtype=np.int64)
+    index, info = fi.build(vectors, ids, fi.IndexConfig())
+    allowed = np.sort(rng.choice(500, 37, replace=False))
+    queries = unit(rng.standard_normal((5, 16)))
+    scores, found = fi.search(index, info, queries, 10, selector=fi.selector_for(allowed))
+    ref_scores, ref_ids = brute_force(queries, vectors[allowed], allowed, 10)
+    check_ref_knn_with_draws(ref_scores, ref_ids, scores, found)
+
+
+def test_fewer_vectors_than_k_pads_with_minus_one():
+    vectors = unit(np.random.default_rng(2).standard_normal((3, 8)))
+    index, info = fi.build(vectors, np.array([5, 6, 7]), fi.IndexConfig())
+    _, found = fi.search(index, info, vectors[:1], 5)
+    assert sorted(found[0, :3]) == [5, 6, 7] and list(found[0, 3:]) == [-1, -1]
+    empty, empty_info = fi.empty_index(8)
+    _, found = fi.search(empty, empty_info, vectors, 4)
+    assert found.shape == (3, 4) and (found == -1).all()
+
+
+def test_plan_follows_size_and_memory_budget():
+    cfg = fi.IndexConfig(exact_threshold=1000, memory_budget_gb=1.0)
+    assert fi.plan(999, 512, cfg).kind == "flat"
+    n, d, gb = 1_000_000, 512, 2**30
+    nlist = fi.default_nlist(n)
+    assert nlist == 2048  # 2 * sqrt(1e6) = 2000, nearest power of two
+    fixed = nlist * (4 * d + 8 * 32)
+
+    def codec(budget_gb: float) -> str:
+        return fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=budget_gb)).factory.split(",")[1]
+
+    assert codec((fixed + n * (4 * d + 8)) / gb) == "Flat"  # exactly fits
+    assert codec((fixed + n * (4 * d + 8)) / gb - 0.01) == "SQ8"
+    assert codec((fixed + n * (d + 8)) / gb - 0.01) == "PQ256x8"
+    assert codec((fixed + n * (32 + 8)) / gb) == "PQ32x8"
+    with pytest.raises(IndexingError, match="memory budget"):
+        codec((fixed + n * (32 + 8)) / gb - 0.01)
+
+
+def test_approximate_index_reaches_target_recall_on_fresh_queries():
+    d = 64
+    data = clustered(20_000 + 500, d, clusters=200, seed=3)
+    vectors, queries = data[:20_000], data[20_000:]  # queries never seen by tuning
+    ids = np.arange(len(vectors), dtype=np.int64) * 3
+    cfg = fi.IndexConfig(exact_threshold=1000, target_recall=0.95)
+    index, info = fi.build(vectors, ids, cfg)
+    assert info.kind == "ivf" and info.factory.startswith("IVF256_HNSW32")
+    assert 1 <= info.nprobe < info.nlist and info.recall_at_10 >= 0.95
+    _, found = fi.search(index, info, queries, 10)
+    _, truth = brute_force(queries, vectors, ids, 10)
+    hits = [len(set(f) & set(t)) for f, t in zip(found, truth, strict=True)]
+    assert np.mean(hits) / 10 >= 0.95
+    # Probing every list is exact for Flat codes, and the call's nprobe does not stick to the shared index.
+    _, all_lists = fi.search(index, info, queries[:50], 10, nprobe=info.nlist)
+    assert np.array_equal(np.sort(all_lists, axis=1), np.sort(truth[:50], axis=1))
+    assert faiss.extract_index_ivf(index).nprobe == 1  # faiss's default, untouched
+
+
+def test_tuning_picks_the_smallest_nprobe_that_reaches_the_target():
+    d = 32
+    vectors = clustered(6000, d, clusters=60, seed=4)
+    ids = np.arange(6000, dtype=np.int64)
+    cfg = fi.IndexConfig(exact_threshold=100, target_recall=0.9, tune_queries=400)
+    index, info = fi.build(vectors, ids, cfg)
+    tuned = fi.tune(index, vectors, ids, cfg)  # queries drawn from all vectors (build draws outside its sample)
+    rng = np.random.default_rng(cfg.seed + 1)
+    pick = np.sort(rng.choice(6000, 400, replace=False))
+    _, truth = brute_force(vectors[pick], vectors, ids, 11)
+    truth = fi.drop_self(truth, ids[pick], 10)
+
+    def lower_bound(nprobe: int) -> float:  # measured independently of `tune`, the same way
+        _, found = fi.search(index, info, vectors[pick], 11, nprobe=nprobe)
+        per_query = fi.recall_per_query(fi.drop_self(found, ids[pick], 10), truth)
+        return per_query.mean() - 2 * per_query.std() / np.sqrt(400)
+
+    assert lower_bound(tuned.nprobe) >= 0.9
+    assert tuned.nprobe == 1 or lower_bound(tuned.nprobe - 1) < 0.9
+
+
+def test_ivf_removal_and_index_ids():
+    vectors = clustered(3000, 16, clusters=20, seed=5)
+    ids = np.arange(3000, dtype=np.int64) + 10_000
+    index, info = fi.build(vectors, ids, fi.IndexConfig(exact_threshold=100, tune_queries=200))
+    assert np.array_equal(fi.index_ids(index), ids)
+    gone = ids[::3]
+    index.remove_ids(fi.selector_for(gone))
+    assert np.array_equal(fi.index_ids(index), np.setdiff1d(ids, gone))
+    _, found = fi.search(index, info, vectors[:20], 10, nprobe=info.nlist)
+    assert not np.isin(found, gone).any()
+
+
+def test_recall_helpers_against_hand_computed_values():
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 9, 1], [-1, -1, 4]])
+    assert fi.recall_at_k(found, truth) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert fi.drop_self(np.array([[7, 1, 2], [1, 2, 3]]), np.array([7, 9]), 2).tolist() == [[1, 2], [1, 2]]
+
+
+def test_gpu_path_not_taken_without_a_gpu():
+    if fi.gpu_count():
+        pytest.skip("a GPU is visible: the GPU path is taken here")
+    assert not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0

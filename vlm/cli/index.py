@@ -1,0 +1,179 @@
+"""`vlm index build|add|remove|search|info`: searchable image collections (see indexing/collection.py).
+
+vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
+torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
+vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
+vlm index remove runs/photos.coll --path a.jpg --id 17
+vlm index search runs/photos.coll --text "a red circle" -k 5 [--path-prefix holiday/] [--json]
+vlm index info runs/photos.coll [--verify]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from vlm import config
+from vlm.cli import is_main_process
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from indexing.config import DTYPES, EmbedConfig
+    from indexing.faiss_index import IndexConfig
+
+    p = sub.add_parser("index", help="build, change and search image collections (FAISS + SQLite)", description=__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    b = actions.add_parser("build", help="create a collection (or continue one built by the same model) and add images")
+    b.add_argument("collection", help="the collection folder")
+    b.add_argument("inputs", nargs="+", help="image folders, CSV/TSV/JSONL lists, image files, datasets, shards")
+    b.add_argument("--model", required=True, help="open_clip name, checkpoint directory, hf-hub: id, or 'demo'")
+    b.add_argument("--pretrained", help="pretrained tag or weights file")
+    b.add_argument("--root", help="store paths relative to this folder (default: the first input's folder)")
+    b.add_argument("--dtype", choices=DTYPES, default="float32", help="stored vectors (default: float32)")
+    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    config.add_arguments(b, IndexConfig)
+    config.add_arguments(b, EmbedConfig)
+    b.set_defaults(run=run_build)
+
+    a = actions.add_parser("add", help="add images with the model that built the collection")
+    a.add_argument("collection")
+    a.add_argument("inputs", nargs="+")
+    a.add_argument("--device")
+    config.add_arguments(a, EmbedConfig)
+    a.set_defaults(run=run_add)
+
+    r = actions.add_parser("remove", help="remove images by id or path")
+    r.add_argument("collection")
+    r.add_argument("--id", dest="ids", type=int, nargs="+", default=[], metavar="ID")
+    r.add_argument("--path", dest="paths", nargs="+", default=[], metavar="PATH", help="as stored, or a file path")
+    r.set_defaults(run=run_remove)
+
+    s = actions.add_parser("search", help="the images nearest to a text or an image")
+    s.add_argument("collection")
+    query = s.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query")
+    query.add_argument("--image", help="a query image file")
+    s.add_argument("-k", type=int, default=10, help="results (default: 10)")
+    s.add_argument("--path-prefix", help="only images whose stored path starts with this")
+    s.add_argument("--path-contains", help="only images whose stored path contains this")
+    s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
+    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
+    s.add_argument("--device")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(run=run_search)
+
+    i = actions.add_parser("info", help="describe a collection")
+    i.add_argument("collection")
+    i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
+    i.set_defaults(run=run_info)
+
+
+def _split_overrides(args: argparse.Namespace, *classes: type) -> list:
+    given = config.overrides_from_args(args)
+    out = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        out.append(config.from_dict(cls, {k: v for k, v in given.items() if k in names}, where=f"--{cls.__name__}"))
+    return out
+
+
+def _default_root(first_input: str) -> str:
+    path = Path(first_input).expanduser()
+    return str(path if path.is_dir() else path.parent)
+
+
+def run_build(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection, add_distributed
+    from indexing.config import EmbedConfig
+    from indexing.faiss_index import IndexConfig
+    from vlm import distributed
+    from vlm.models import load
+
+    index_cfg, embed_cfg = _split_overrides(args, IndexConfig, EmbedConfig)
+    info = distributed.init(args.device)
+    try:
+        encoders = load(args.model, args.pretrained, device=info.device)
+        if info.is_main:
+            root = args.root or _default_root(args.inputs[0])
+            coll = Collection.create(
+                args.collection, args.model, pretrained=args.pretrained, root=root, index=index_cfg,
+                dtype=args.dtype, device=info.device, exist_ok=True, encoders=encoders,
+            )  # fmt: skip
+            coll.close()
+        distributed.barrier(info)
+        result = add_distributed(args.collection, args.inputs, encoders, info, embed=embed_cfg)
+    finally:
+        distributed.cleanup(info)
+    if result is not None:
+        _print_add(result)
+
+
+def run_add(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.config import EmbedConfig
+
+    (embed_cfg,) = _split_overrides(args, EmbedConfig)
+    with Collection.open(args.collection, read_only=False, device=args.device) as coll:
+        _print_add(coll.add(args.inputs, embed=embed_cfg))
+
+
+def _print_add(result) -> None:
+    if not is_main_process():
+        return
+    print(result.summary())
+    for item, twin in result.duplicates[:20]:
+        print(f"  duplicate: {item} (same pixels as {twin})")
+    for bad in result.bad[:20]:
+        print(f"  unusable: {bad}")
+    hidden = max(len(result.duplicates) - 20, 0) + max(len(result.bad) - 20, 0)
+    if hidden:
+        print(f"  ... and {hidden:,} more")
+
+
+def run_remove(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+
+    with Collection.open(args.collection, read_only=False) as coll:
+        result = coll.remove(ids=args.ids, paths=args.paths)
+    print(f"removed {len(result.removed):,} image(s) (version {result.version})")
+    for missing in result.not_found:
+        print(f"  not in the collection: {missing}")
+
+
+def run_search(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.store import Filter
+
+    coll = Collection.open(args.collection, device=args.device)
+    where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
+    kwargs = {"filters": where, "nprobe": args.nprobe}
+    hits = (
+        coll.search_text(args.text, args.k, **kwargs) if args.text else coll.search_image(args.image, args.k, **kwargs)
+    )
+    rows = [
+        {"rank": rank, "score": round(float(score), 4), "id": record.id, "path": record.path, "caption": record.caption}
+        for rank, (score, record) in enumerate(zip(hits.scores[0], hits.records[0], strict=False), 1)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        caption = (row["caption"] or "").split("\n")[0][:60]
+        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['path']}  {caption}")
+    if not rows:
+        print("no matching images")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+
+    coll = Collection.open(args.collection)
+    if args.verify:
+        coll.verify()
+    stats = dataclasses.asdict(coll.stats())
+    stats["verified"] = bool(args.verify)
+    print(json.dumps(stats, indent=2, default=str))
