@@ -121,10 +121,24 @@ def run_model(spec: str, pretrained: str | None, fashion: LabelledData, twemoji:
     )
 
 
+class ModelAction(argparse.Action):
+    """`--model A --model B --pretrained W` -> [[A, None], [B, W]]: --pretrained belongs to the model before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        models_ = list(getattr(namespace, self.dest, None) or [])
+        if option_string == "--model":
+            models_.append([value, None])
+        elif not models_ or models_[-1][1] is not None:
+            parser.error("--pretrained must follow the --model it belongs to")
+        else:
+            models_[-1][1] = value
+        setattr(namespace, self.dest, models_)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="model to check (repeatable; default: demo)")
-    p.add_argument("--pretrained", action="append", help="weights for the --model at the same position")
+    p.add_argument("--model", action=ModelAction, dest="models", help="model to check (repeatable; default: demo)")
+    p.add_argument("--pretrained", action=ModelAction, dest="models", help="weights for the --model just before it")
     p.add_argument("--templates", default="generic", help="template set for zero-shot (default: generic)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])
     p.add_argument("--batch-size", type=int, default=128)
@@ -133,14 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     configure_logging()  # our packages at INFO, libraries (open_clip logs to root) only warn
     logging.getLogger("bench").setLevel(logging.INFO)
-    specs = args.model or ["demo"]
-    weights = (args.pretrained or []) + [None] * (len(specs) - len(args.pretrained or []))
     fashion = read_labelled(shared_data("fashion_mnist_train5k") / "labels.csv")
     twemoji = read_pairs(shared_data("twemoji_captions") / "pairs.csv", progress=False).pairs
     if args.limit:
         fashion, twemoji = fashion.subset(range(min(args.limit, len(fashion)))), twemoji[: args.limit]
     rows = []
-    for spec, pretrained in zip(specs, weights, strict=True):
+    for spec, pretrained in args.models or [["demo", None]]:
         rows += run_model(spec, pretrained, fashion, twemoji, args)
     worst = max(r["|diff| (points)"] for r in rows)
     report("agreement", rows, templates=args.templates, fashion_images=len(fashion), twemoji_images=len(twemoji),

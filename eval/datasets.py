@@ -75,7 +75,7 @@ class RefImages:
         return RefImages(tuple(self.refs[i] for i in indices))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds an array: compared by identity
 class ArrayImages:
     """Images held in memory: (N, H, W, 3) uint8."""
 
@@ -91,7 +91,7 @@ class ArrayImages:
         return ArrayImages(self.array[indices])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HFImages:
     """Rows of a Hugging Face dataset's Image column, decoded on access (the dataset is memory-mapped)."""
 
@@ -121,7 +121,7 @@ class HFImages:
 # The dataset record.
 
 
-@dataclass
+@dataclass(eq=False)
 class LabelledData:
     images: Images
     targets: np.ndarray  # (N,) int64 class ids in [0, C)

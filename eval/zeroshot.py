@@ -27,7 +27,7 @@ from vlm.zeroshot import ClassifierCache, ZeroShotClassifier, build_classifier
 LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class ZeroShotResult:
     metrics: dict[str, float]  # acc1, acc5, mean_per_class_recall (fractions in [0, 1]; NaN where undefined)
     classes: tuple[str, ...]

@@ -101,7 +101,7 @@ def clean_labels(labels: str | Sequence[str], *, strict: bool = False) -> CleanL
 # The classifier.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: tensors have no single truth value
 class ZeroShotClassifier:
     labels: tuple[str, ...]
     templates: tuple[str, ...]
