@@ -1,0 +1,269 @@
+"""`segment(encoders, image, phrases)`: one mask and one heat map per phrase, at the image's own resolution.
+
+Two methods:
+  "dense"    training-free (ClearCLIP, `dense.py`), any open_clip ViT. Each phrase's patch scores compete with a set
+             of background prompts through a softmax at the model's temperature; the heat map is the phrase's
+             probability and the mask is where it reaches `threshold`.
+  "decoder"  a decoder trained with `vlm train-seg` (`decoder.py`); the heat map is its sigmoid.
+With `exclusive=True` every pixel goes to at most one phrase (the one with the highest heat, if it reaches the
+threshold); for the dense method the phrases then also compete with each other in the softmax.
+
+Conventions at this edge: images are PIL images (any mode), paths, or uint8 arrays (H, W) / (H, W, 3); `masks` is
+(P, H, W) bool and `heatmaps` (P, H, W) float32 in [0, 1], P = number of phrases, H x W = the input image's size.
+Inputs are resized for the model (the dense method: short side `DenseConfig.short_side`, long side at most
+`max_side`; the decoder: squashed to its square input), so an image of any size or aspect ratio works, down to
+1 x 1. Outputs are upsampled bilinearly back to H x W, which caps memory by P * H * W, not by the model.
+Phrases longer than the text tower's context are truncated by its tokenizer (logged, and flagged in `truncated`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlm.data import ImageRef, to_rgb
+from vlm.errors import ConfigError, DataError
+from vlm.models import Encoders
+from vlm.segment import dense, vit
+from vlm.segment.decoder import SegDecoder, load_decoder, predict_logits
+from vlm.segment.overlay import overlay
+
+LOG = logging.getLogger(__name__)
+
+METHODS = ("dense", "decoder")
+# Competitors for the dense method: generic words for "not the thing", plus the plain backgrounds of the synthetic
+# world. They are only competitors; what a phrase does not win, they take.
+BACKGROUND_PROMPTS = (
+    "background",
+    "a plain background",
+    "a dark background",
+    "a light background",
+    "a wall",
+    "the ground",
+    "the sky",
+    "a texture",
+)
+MAX_OUTPUT_PIXELS = 100_000_000  # P * H * W; the masks and heat maps then take at most 500 MB
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationResult:
+    phrases: tuple[str, ...]
+    masks: np.ndarray  # (P, H, W) bool
+    heatmaps: np.ndarray  # (P, H, W) float32 in [0, 1]
+    method: str
+    threshold: float
+    truncated: tuple[bool, ...]  # per phrase: cut to the text tower's context length
+    compute_size: tuple[int, int]  # (rows, cols) of the image as the model saw it
+
+    def overlay(self, image: Image.Image, alpha: float = 0.45) -> Image.Image:
+        """The masks drawn over `image` (the image that was segmented), with a legend of the phrases."""
+        return overlay(to_rgb(image), self.masks, self.phrases, alpha=alpha)
+
+
+def check_phrases(phrases: Sequence[str] | str) -> tuple[str, ...]:
+    """A non-empty tuple of non-blank phrases (a single string is one phrase), stripped; DataError otherwise."""
+    if isinstance(phrases, str):
+        phrases = [phrases]
+    phrases = list(phrases)
+    if not phrases:
+        raise DataError("no phrases given: pass at least one phrase to segment, e.g. 'the red circle'")
+    out = []
+    for i, p in enumerate(phrases):
+        if not isinstance(p, str):
+            raise DataError(f"phrase {i} is {type(p).__name__} {p!r}, not a string")
+        if not p.strip():
+            raise DataError(f"phrase {i} is empty or blank ({p!r}); give words that describe what to segment")
+        out.append(" ".join(p.split()))
+    return tuple(out)
+
+
+def load_image(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+    """A PIL RGB image from a PIL image, a path, or a uint8 array (H, W) or (H, W, 3|4)."""
+    if isinstance(image, str | Path):
+        return ImageRef(kind="file", path=str(image)).open()
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) or image.dtype != np.uint8:
+            raise DataError(f"an image array must be uint8 (H, W) or (H, W, 3|4); got {image.dtype} {image.shape}")
+        if 0 in image.shape[:2]:
+            raise DataError(f"the image is empty: {image.shape}")
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if not isinstance(image, Image.Image):
+        raise DataError(f"expected a PIL image, a path or a uint8 array, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise DataError(f"the image is empty: {image.width} x {image.height}")
+    return to_rgb(image)
+
+
+def to_pixels(image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """RGB image -> (3, rows, cols) float32, resized bicubically to `size` (rows, cols) and normalised by the model's
+    `mean` and `std` (as its own preprocessing does)."""
+    rows, cols = size
+    if image.size != (cols, rows):
+        image = image.resize((cols, rows), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, rows, cols)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pixels:
+    """A picklable `to_pixels` bound to one model's normalisation (for DataLoader workers)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, encoders: Encoders) -> Pixels:
+        cfg = encoders.preprocess_cfg
+        return cls(tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
+
+    def __call__(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+        return to_pixels(image, size, self.mean, self.std)
+
+
+def embed_phrases(
+    encoders: Encoders, phrases: Sequence[str], templates: Sequence[str] = ("{}",)
+) -> tuple[torch.Tensor, tuple[bool, ...]]:
+    """(P, D) normalised text embeddings, each the normalised mean over `templates` (CLIP's prompt ensembling),
+    and which phrases the tokenizer truncated."""
+    if not templates or any("{}" not in t for t in templates):
+        raise ConfigError(f"templates must each contain '{{}}' for the phrase, got {list(templates)}")
+    texts = [t.format(p) for p in phrases for t in templates]
+    tokens = encoders.tokenize(texts)  # (P*T, context)
+    context = tokens.shape[1]
+    truncated = tuple(
+        any(_token_count(encoders, t) > context for t in texts[i * len(templates) : (i + 1) * len(templates)])
+        for i in range(len(phrases))
+    )
+    for p, t in zip(phrases, truncated, strict=True):
+        if t:
+            LOG.warning("phrase truncated to the text tower's %d tokens: %r", context, p[:80])
+    emb = encoders.encode_text(tokens).reshape(len(phrases), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).cpu(), truncated
+
+
+def _token_count(encoders: Encoders, text: str) -> int:
+    """Tokens `text` needs, start and end tokens included (open_clip's BPE tokenizer, or a Hugging Face one)."""
+    tok = encoders.tokenizer
+    if hasattr(tok, "encode"):  # open_clip SimpleTokenizer: BPE ids without <start>/<end>
+        return len(tok.encode(text)) + 2
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None:
+        return len(inner(text)["input_ids"])
+    return 0  # an unknown tokenizer: truncation cannot be detected
+
+
+def _dense_heat(
+    encoders: Encoders,
+    image: Image.Image,
+    text: torch.Tensor,
+    background: torch.Tensor,
+    cfg: dense.DenseConfig,
+    exclusive: bool,
+    logit_scale: float,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(P, h, w) phrase probabilities at compute resolution."""
+    visual = vit.check_supported(encoders.model.visual)
+    tile = dense.tiling((image.height, image.width), visual, cfg)
+    pixels = Pixels.of(encoders)(image, tile.size).to(encoders.device)
+    with encoders.autocast():
+        scores = dense.dense_scores(visual, pixels, torch.cat([text, background]).to(encoders.device), tile, cfg.batch)
+    scores = scores.cpu() * logit_scale  # (P + K, h, w)
+    p = text.shape[0]
+    if exclusive:
+        return scores.softmax(dim=0)[:p], tile.size
+    # each phrase against the background prompts alone: softmax over [phrase, bg_1 .. bg_K], the phrase's share
+    bg = torch.logsumexp(scores[p:], dim=0) if len(background) else torch.full_like(scores[0], -torch.inf)
+    return torch.sigmoid(scores[:p] - bg), tile.size
+
+
+def _decoder_heat(
+    encoders: Encoders, image: Image.Image, text: torch.Tensor, decoder: SegDecoder
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    size = decoder.spec.input_size
+    pixels = Pixels.of(encoders)(image, (size, size))[None].expand(text.shape[0], -1, -1, -1)
+    with torch.no_grad():
+        logits = predict_logits(encoders, decoder, pixels, text)  # (P, S, S)
+    return torch.sigmoid(logits).cpu(), (size, size)
+
+
+def segment(
+    encoders: Encoders,
+    image: Image.Image | np.ndarray | str | Path,
+    phrases: Sequence[str] | str,
+    *,
+    method: str = "dense",
+    decoder: SegDecoder | str | Path | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    exclusive: bool = False,
+    background: Sequence[str] = BACKGROUND_PROMPTS,
+    templates: Sequence[str] = ("{}",),
+    dense_config: dense.DenseConfig | None = None,
+    logit_scale: float | None = None,
+    max_output_pixels: int = MAX_OUTPUT_PIXELS,
+) -> SegmentationResult:
+    """Segment each phrase in `image`; see the module docstring for the methods and conventions.
+
+    Parameters
+    ----------
+    encoders : a loaded ViT model (`vlm.models.load`)
+    image : PIL image, path, or uint8 array (H, W) / (H, W, 3)
+    phrases : one phrase or a sequence of them (each non-blank)
+    method : "dense" (training-free) or "decoder" (needs `decoder`: a `SegDecoder` or a decoder directory)
+    threshold : heat at or above which a pixel is in the mask
+    exclusive : each pixel in at most one mask
+    background : competing prompts for the dense method (may be empty only with `exclusive` and several phrases)
+    templates : prompt templates with "{}" for the phrase, averaged (default: the phrase alone)
+    dense_config : tiling of the dense method (window, stride, compute resolution)
+    logit_scale : softmax temperature of the dense method; default: the model's own learned scale
+    max_output_pixels : refuse when P * H * W exceeds this (the output arrays take 5 bytes per value)
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown segmentation method {method!r}; choose one of {list(METHODS)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
+    phrases = check_phrases(phrases)
+    image = load_image(image)
+    rows, cols = image.height, image.width
+    if len(phrases) * rows * cols > max_output_pixels:
+        raise DataError(
+            f"the image is {cols} x {rows} pixels; with {len(phrases)} phrase(s) its masks and heat maps would hold "
+            f"{len(phrases) * rows * cols:,} values, above the limit of {max_output_pixels:,}. Downscale the image, "
+            f"segment fewer phrases per call, or raise max_output_pixels"
+        )
+    text, truncated = embed_phrases(encoders, phrases, templates)
+    if method == "dense":
+        if not background and not (exclusive and len(phrases) > 1):
+            raise ConfigError("the dense method needs background prompts, or exclusive=True with several phrases")
+        bg = embed_phrases(encoders, list(background), templates)[0] if background else text[:0]
+        scale = encoders.logit_scale if logit_scale is None else logit_scale
+        cfg = dense_config or dense.DenseConfig()
+        heat, size = _dense_heat(encoders, image, text, bg, cfg, exclusive, scale)
+    else:
+        if decoder is None:
+            raise ConfigError("method 'decoder' needs a trained decoder: pass decoder=<SegDecoder or directory>")
+        if not isinstance(decoder, SegDecoder):
+            decoder = load_decoder(decoder, encoders)
+        heat, size = _decoder_heat(encoders, image, text, decoder)
+    heat = F.interpolate(heat[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
+    masks = heat >= threshold  # (P, H, W)
+    if exclusive:
+        best = heat.argmax(dim=0)  # (H, W)
+        masks &= best[None] == torch.arange(len(phrases))[:, None, None]
+    return SegmentationResult(
+        phrases=phrases,
+        masks=masks.numpy(),
+        heatmaps=heat.clamp(0.0, 1.0).numpy(),
+        method=method,
+        threshold=threshold,
+        truncated=truncated,
+        compute_size=size,
+    )
