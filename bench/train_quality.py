@@ -7,14 +7,16 @@ zero-shot top-1 on the Fashion-MNIST part (class names, "generic" templates), re
 The training pairs are written twice under --out: `pairs.csv` (one row per caption, paths relative to the data root)
 for `vlm train`, and `pairs_open_clip.csv` for `open_clip_train` (absolute paths).
 
-open_clip_train counts epochs over caption rows and has no step limit for CSV data, so its CSV holds exactly
-steps x batch rows: seeded shuffled passes over all caption rows, the last pass cut short. It then trains one epoch
-of exactly `steps` steps, and this project's trainer runs the same `steps` over the same pairs (it draws one of an
-image's captions per sample). Both use open_clip's training transform, AdamW (0.9, 0.98, 1e-6), weight decay 0.2,
+open_clip_train counts epochs over CSV rows and has no step limit for CSV data, so its CSV holds exactly
+steps x batch rows: seeded shuffled passes over the training images, each row with one of that image's captions
+drawn at random, the last pass cut short. It then trains one epoch of exactly `steps` steps. This project's trainer
+runs the same `steps` over the same images and draws a caption per sample the same way, so both see every image
+equally often (one row per caption instead would give Fashion-MNIST, with 4 captions per image, 4x the weight of
+Twemoji's single-caption images). Both use open_clip's training transform, AdamW (0.9, 0.98, 1e-6), weight decay 0.2,
 gradient clipping at 1.0, linear warm-up then cosine decay to 0, fp32 on CPU.
 
-    python -m bench.train_quality                       # vlm-small, 300 steps of 64: ~10 min on 2 cores
-    python -m bench.train_quality --steps 60 --model vlm-tiny
+    python -m bench.train_quality                       # vlm-tiny, 300 steps of 64, seed 0
+    python -m bench.train_quality --model vlm-small --steps 600 --seed 1
 """
 
 from __future__ import annotations
@@ -77,19 +79,22 @@ def prepare(out: Path, samples: int, held_out: float = 0.2, seed: int = 0) -> Pr
     fashion_test_mask = held_out_mask(len(fashion), held_out, seed)
     twemoji = read_pairs(twemoji_dir / "pairs.csv", progress=False).pairs
     twemoji_test_mask = held_out_mask(len(twemoji), held_out, seed + 1)
-    rows = []
+    images: list[tuple[Path, list[str]]] = []  # (image, its captions)
     for i in np.flatnonzero(~fashion_test_mask):
-        path = Path(fashion.images.refs[i].path)
         name = fashion.classes[fashion.targets[i]]
-        rows += [(path, t.format(c=name)) for t in FASHION_CAPTIONS]
+        images.append((Path(fashion.images.refs[i].path), [t.format(c=name) for t in FASHION_CAPTIONS]))
     for pair, test in zip(twemoji, twemoji_test_mask, strict=True):
         if not test:
-            rows += [(Path(pair.image.path), c) for c in pair.captions]
+            images.append((Path(pair.image.path), list(pair.captions)))
+    rows = [(path, c) for path, captions in images for c in captions]
+    rng = np.random.default_rng(seed + 2)
+    drawn = [images[i] for i in passes(len(images), samples, seed)]
+    sampled = [(path, captions[rng.integers(len(captions))]) for path, captions in drawn]
     out.mkdir(parents=True, exist_ok=True)
     ours, theirs = out / "pairs.csv", out / "pairs_open_clip.csv"
     for target, chosen, fmt in (
         (ours, rows, lambda p: p.relative_to(root).as_posix()),
-        (theirs, [rows[i] for i in passes(len(rows), samples, seed)], str),
+        (theirs, sampled, str),
     ):
         with open(target, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -100,7 +105,7 @@ def prepare(out: Path, samples: int, held_out: float = 0.2, seed: int = 0) -> Pr
         ours_csv=ours,
         open_clip_csv=theirs,
         rows=len(rows),
-        images=int((~fashion_test_mask).sum() + (~twemoji_test_mask).sum()),
+        images=len(images),
         fashion_test=fashion.subset(np.flatnonzero(fashion_test_mask)),
         twemoji_test=[p for p, t in zip(twemoji, twemoji_test_mask, strict=True) if t],
     )
@@ -173,7 +178,7 @@ def evaluate(encoders: models.Encoders, prep: Prepared) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vlm-small")
+    p.add_argument("--model", default="vlm-tiny")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps for each trainer")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -6,27 +6,19 @@
     coll.remove(paths=["holiday/blurry.jpg"])
     reader = Collection.open("runs/photos.coll")                             # read-only; searches are thread-safe
 
-On disk (see indexing/README.md for why):
-    CURRENT              the name of the published version, e.g. "v000007", replaced atomically
-    v000007/             manifest.json (model, counts, chunks, index settings), index.faiss, meta.sqlite
-    chunks/c000007_0.npy immutable vectors: a structured array of (id int64, vector float32|float16 (D,))
-    staging/             the add in progress: job.json and embedded shards (`indexing.embed`)
-    LOCK                 held (flock) by the one writer; readers take no lock
-A write builds the next version in a temporary folder, fsyncs it, renames it into place and only then replaces
-CURRENT; versions other than the newest two and chunks no kept version lists are then deleted. A crash at any
-point leaves CURRENT naming a complete version, and the next writer clears the debris.
+Every write publishes a new version of the whole (index, metadata, manifest) and only then points CURRENT at it,
+so readers never see half a change and a crash loses at most the change in progress (`indexing.versions` has the
+layout; indexing/README.md says why). Searches take one version as a snapshot, so they are thread-safe and need no
+lock, while writers (one at a time, across processes) publish new versions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import logging
 import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -41,26 +33,20 @@ import torch
 from PIL import Image
 
 from indexing import embed as embedding
-from indexing import faiss_index
+from indexing import faiss_index, versions
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig, IndexInfo
 from indexing.sources import Gathered, Item, gather
-from indexing.store import Filter, ImageRecord, Store, ref_json
+from indexing.store import Filter, ImageRecord, ref_json
+from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Vectors, Version
 from vlm import distributed
-from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
+from vlm.atomic import atomic_write_json
 from vlm.data import BadRow, ImageRef
 from vlm.models import Encoders
 
 LOG = logging.getLogger(__name__)
 
-FORMAT = "vlm-collection"
-FORMAT_VERSION = 1
-CURRENT, LOCK, STAGING, CHUNKS = "CURRENT", "LOCK", "staging", "chunks"
-MANIFEST, INDEX, STORE = "manifest.json", "index.faiss", "meta.sqlite"
-KEEP_VERSIONS = 2  # the current one and the one before, for readers that opened it a moment ago
 COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of removed images than this and than live
-_VERSION = re.compile(r"^v(\d{6})$")
-_TMP = re.compile(r"^\.tmp-v(\d{6})-\d+$")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,136 +110,13 @@ class Stats:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Vectors (chunks) and one published version.
-
-
-def _chunk_dtype(dim: int, dtype: str) -> np.dtype:
-    return np.dtype([("id", "<i8"), ("vector", dtype, (dim,))])
-
-
-class _Vectors:
-    """The vectors of one version: its chunk files, memory-mapped; the id lookup is built on first use."""
-
-    def __init__(self, folder: Path, names: Sequence[str], dim: int):
-        self.arrays = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in names]
-        self.dim = dim
-        self._lock = threading.Lock()
-        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    @property
-    def rows(self) -> int:
-        return sum(len(a) for a in self.arrays)
-
-    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sorted ids, chunk of each, row in its chunk)."""
-        with self._lock:
-            if self._lookup is None:
-                arrays = self.arrays
-                ids = np.concatenate([a["id"] for a in arrays]) if arrays else np.empty(0, np.int64)
-                chunk = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)]) if arrays else ids
-                row = np.concatenate([np.arange(len(a)) for a in arrays]) if arrays else ids
-                order = np.argsort(ids, kind="stable")
-                self._lookup = (ids[order], chunk[order], row[order])
-            return self._lookup
-
-    def get(self, ids: np.ndarray) -> np.ndarray:
-        """(len(ids), D) float32: the vectors of `ids`, each of which must be stored."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.dim), np.float32)
-        if not len(ids):
-            return out
-        table_ids, chunk, row = self._table()
-        at = np.minimum(np.searchsorted(table_ids, ids), max(len(table_ids) - 1, 0))
-        if not len(table_ids) or not np.array_equal(table_ids[at], ids):
-            raise IndexingError("an id has no stored vector: the collection is inconsistent (run verify)")
-        for i, array in enumerate(self.arrays):
-            mine = np.flatnonzero(chunk[at] == i)
-            if len(mine):
-                out[mine] = array["vector"][row[at][mine]]
-        return out
-
-
-@dataclass
-class _Version:
-    number: int
-    folder: Path
-    manifest: dict[str, Any]
-    info: IndexInfo
-    index: faiss.Index
-    store: Store
-    vectors: _Vectors
-    gpu_index: faiss.Index | None = None
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-
-def _version_name(number: int) -> str:
-    return f"v{number:06d}"
-
-
-def _load_version(root: Path, name: str, index: faiss.Index | None = None) -> _Version:
-    folder = root / name
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise IndexingError(f"cannot read {folder / MANIFEST}: {e}") from e
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexingError(
-            f"{folder} is not a {FORMAT} version {FORMAT_VERSION} (found {manifest.get('format')!r} "
-            f"{manifest.get('format_version')!r}); rebuild it with `vlm index build`"
-        )
-    index = index if index is not None else faiss_index.read(str(folder / INDEX))
-    store = Store.open_readonly(folder / STORE)
-    vectors = _Vectors(root / CHUNKS, [c["name"] for c in manifest["chunks"]], manifest["model"]["embed_dim"])
-    count = manifest["count"]
-    if not index.ntotal == store.count() == count or vectors.rows < count:
-        raise IndexingError(
-            f"{folder} is inconsistent: manifest count {count}, index {index.ntotal}, store {store.count()}, "
-            f"stored vectors {vectors.rows}; restore from a copy or rebuild with `vlm index build`"
-        )
-    info = IndexInfo(**manifest["index"])
-    gpu = faiss_index.to_gpu(index) if faiss_index.gpu_count() and index.ntotal else None
-    return _Version(_number(name), folder, manifest, info, index, store, vectors, gpu)
-
-
-def _number(name: str) -> int:
-    m = _VERSION.match(name)
-    if m is None:
-        raise IndexingError(f"not a version folder name: {name!r}")
-    return int(m.group(1))
-
-
-def _read_current(root: Path) -> str:
-    try:
-        name = (root / CURRENT).read_text().strip()
-    except FileNotFoundError as e:
-        raise IndexingError(f"{root} is not a collection (no {CURRENT} file); create one with `vlm index build`") from e
-    _number(name)
-    return name
-
-
-def _open_latest(root: Path) -> _Version:
-    """The version CURRENT names; retried if a writer replaced and deleted it between the two reads."""
-    for _ in range(5):
-        name = _read_current(root)
-        try:
-            return _load_version(root, name)
-        except IndexingError:
-            if _read_current(root) == name:
-                raise
-    raise IndexingError(f"{root} changed five times while it was being opened; try again")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The collection.
 
 
 class Collection:
     """A searchable, versioned image collection. Create with `Collection.create`, open with `Collection.open`."""
 
-    def __init__(self, root: Path, version: _Version, *, lock_fd: int | None, encoders: Encoders | None, device):
+    def __init__(self, root: Path, version: Version, *, lock_fd: int | None, encoders: Encoders | None, device):
         self.root = root
         self._v = version
         self._lock_fd = lock_fd
@@ -296,10 +159,9 @@ class Collection:
         if dtype not in embedding.DTYPES:
             raise IndexingError(f"unknown vector dtype {dtype!r}; choose one of {list(embedding.DTYPES)}")
         path.mkdir(parents=True, exist_ok=True)
-        if any(p.name not in (LOCK,) for p in path.iterdir()):
-            raise IndexingError(f"{path} is not empty; a new collection needs an empty or new folder")
-        lock_fd = _lock(path)
+        lock_fd = versions.lock(path)
         try:
+            versions.clear_unfinished_create(path)
             spec = ModelSpec(
                 model=None if isinstance(model, Encoders) else _reloadable(model),
                 pretrained=None if isinstance(model, Encoders) else pretrained,
@@ -319,7 +181,7 @@ class Collection:
                 "next_id": 0,
                 "chunks": [],
             }
-            first = _publish_first(path, manifest, encoders.embed_dim)
+            first = versions.publish_empty(path, manifest, encoders.embed_dim)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -337,16 +199,16 @@ class Collection:
         """Open the published version. Writable opens take the collection's lock (one writer at a time) and clear
         what a crashed writer left. Text and image searches load the recorded model unless `encoders` is given."""
         path = Path(path)
-        _read_current(path)
-        lock_fd = None if read_only else _lock(path)
+        versions.read_current(path)
+        lock_fd = None if read_only else versions.lock(path)
         try:
-            coll = cls(path, _open_latest(path), lock_fd=lock_fd, encoders=encoders, device=device)
+            coll = cls(path, versions.open_latest(path), lock_fd=lock_fd, encoders=encoders, device=device)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
         if not read_only:
-            coll._collect_garbage()
+            versions.collect_garbage(path, coll._v)
         return coll
 
     def close(self) -> None:
@@ -362,9 +224,9 @@ class Collection:
 
     def refresh(self) -> bool:
         """Switch to the newest published version if another process wrote one; True if it changed."""
-        if _read_current(self.root) == self._v.name:
+        if versions.read_current(self.root) == self._v.name:
             return False
-        self._v = _open_latest(self.root)
+        self._v = versions.open_latest(self.root)
         return True
 
     # Model.
@@ -493,41 +355,38 @@ class Collection:
     def _commit(self, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray) -> None:
         """Publish the next version: current + `records` (with `vectors`) - `remove_ids`."""
         old = self._v
-        number = self._next_number()
-        tmp = self.root / f".tmp-{_version_name(number)}-{os.getpid()}"
-        tmp.mkdir()
-        try:
-            manifest = dict(old.manifest)
-            chunks = list(manifest["chunks"])
-            ids = np.array([r.id for r in records], dtype=np.int64)
-            if len(ids):
-                chunks.append(self._write_chunk(f"c{number:06d}_0.npy", ids, vectors))
-            store = old.store.copy_to(tmp / STORE)
+        number = versions.next_number(self.root, old.number)
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        chunks = list(old.manifest["chunks"])
+        if len(ids):
+            chunks.append(versions.write_chunk(self.root, f"c{number:06d}_0.npy", ids, vectors, self.dtype))
+        built: list = []
+
+        def write(folder: Path) -> None:
+            store = old.store.copy_to(folder / STORE)
             store.delete(remove_ids)
             store.insert(records)
             live = store.ids()
             store.close()
-            chunks = self._compact(chunks, live, number)
-            index, info = self._next_index(
-                old, _Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim), live
-            )
-            faiss_index.write(index, str(tmp / INDEX))
-            manifest.update(
-                version=number,
-                updated=time.time(),
-                count=len(live),
-                next_id=int(max(manifest["next_id"], (ids.max() + 1) if len(ids) else 0)),
-                chunks=chunks,
-                index=dataclasses.asdict(info),
-            )
-            atomic_write_json(tmp / MANIFEST, manifest)
-            publish_dir(tmp, self.root / _version_name(number))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        atomic_write_text(self.root / CURRENT, _version_name(number) + "\n")  # the commit point
-        self._v = _load_version(self.root, _version_name(number), index=index)
-        self._collect_garbage()
+            kept = self._compact(chunks, live, number)
+            index, info = self._next_index(old, Vectors(self.root / CHUNKS, [c["name"] for c in kept], self.dim), live)
+            faiss_index.write(index, str(folder / INDEX))
+            manifest = {
+                **old.manifest,
+                "version": number,
+                "updated": time.time(),
+                "count": len(live),
+                "next_id": int(max(old.manifest["next_id"], (ids.max() + 1) if len(ids) else 0)),
+                "chunks": kept,
+                "index": dataclasses.asdict(info),
+            }
+            atomic_write_json(folder / MANIFEST, manifest)
+            built.append(index)
+
+        versions.publish(self.root, number, write)
+        versions.set_current(self.root, number)  # the commit point
+        self._v = versions.load_version(self.root, versions.version_name(number), index=built[0])
+        versions.collect_garbage(self.root, self._v)
 
     @property
     def dim(self) -> int:
@@ -537,23 +396,16 @@ class Collection:
     def config(self) -> IndexConfig:
         return IndexConfig(**self._v.manifest["config"])
 
-    def _write_chunk(self, name: str, ids: np.ndarray, vectors: np.ndarray) -> dict[str, Any]:
-        table = np.empty(len(ids), dtype=_chunk_dtype(self.dim, self.dtype))
-        table["id"] = ids
-        table["vector"] = vectors
-        atomic_write_with(self.root / CHUNKS / name, lambda tmp: _save_npy(tmp, table))
-        return {"name": name, "rows": len(ids)}
-
     def _compact(self, chunks: list[dict[str, Any]], live: np.ndarray, number: int) -> list[dict[str, Any]]:
         """Once most stored vectors belong to removed images, rewrite the live ones into one chunk."""
         rows = sum(c["rows"] for c in chunks)
         if rows - len(live) <= max(len(live), COMPACT_MIN_DEAD):
             return chunks
-        vectors = _Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim).get(live)
+        vectors = Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim).get(live)
         LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
-        return [self._write_chunk(f"c{number:06d}_1.npy", live, vectors)] if len(live) else []
+        return [versions.write_chunk(self.root, f"c{number:06d}_1.npy", live, vectors, self.dtype)] if len(live) else []
 
-    def _next_index(self, old: _Version, vectors: _Vectors, live: np.ndarray) -> tuple[faiss.Index, IndexInfo]:
+    def _next_index(self, old: Version, vectors: Vectors, live: np.ndarray) -> tuple[faiss.Index, IndexInfo]:
         cfg = self.config
         if faiss_index.rebuild_needed(old.info, len(live), self.dim, cfg):
             if not len(live):
@@ -573,33 +425,6 @@ class Collection:
             info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
             info.tuned_count = len(live)
         return index, info
-
-    def _next_number(self) -> int:
-        numbers = [self._v.number]
-        for p in self.root.iterdir():
-            m = _VERSION.match(p.name) or _TMP.match(p.name)
-            if m:
-                numbers.append(int(m.group(1)))
-        return max(numbers) + 1
-
-    def _collect_garbage(self) -> None:
-        """Delete what no kept version needs: older versions, unpublished folders, unlisted chunks. Only the
-        writer runs this, under the lock, so every temporary folder it finds is a dead writer's."""
-        current = self._v.number
-        kept = sorted(n for n in (_version_number(p) for p in self.root.iterdir()) if n is not None and n <= current)
-        kept = kept[-KEEP_VERSIONS:]
-        for p in self.root.iterdir():
-            n = _version_number(p)
-            if (n is not None and n not in kept) or _TMP.match(p.name):
-                shutil.rmtree(p, ignore_errors=True)
-        listed = {self._v.manifest["chunks"][i]["name"] for i in range(len(self._v.manifest["chunks"]))}
-        for n in kept:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                manifest = json.loads((self.root / _version_name(n) / MANIFEST).read_text())
-                listed |= {c["name"] for c in manifest["chunks"]}
-        for p in (self.root / CHUNKS).glob("*") if (self.root / CHUNKS).is_dir() else ():
-            if p.name not in listed:
-                p.unlink(missing_ok=True)
 
     # Searching.
 
@@ -641,7 +466,7 @@ class Collection:
         return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
 
     def _filtered(
-        self, v: _Version, queries: np.ndarray, k: int, allowed: np.ndarray, nprobe: int | None
+        self, v: Version, queries: np.ndarray, k: int, allowed: np.ndarray, nprobe: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search among `allowed` ids only: through an id selector on the exact index; exactly over those vectors
         when they are few; else through the IVF index with nprobe raised by the share filtered out."""
@@ -676,7 +501,8 @@ class Collection:
 
     def stats(self) -> Stats:
         v = self._v
-        files = [*v.folder.iterdir(), *((self.root / CHUNKS / c["name"]) for c in v.manifest["chunks"])]
+        names = [v.folder / n for n in (INDEX, STORE, MANIFEST)]
+        names += [self.root / CHUNKS / c["name"] for c in v.manifest["chunks"]]
         return Stats(
             path=str(self.root),
             version=v.number,
@@ -687,7 +513,8 @@ class Collection:
             model=self.model,
             index=v.info,
             chunk_rows=v.vectors.rows,
-            disk_bytes=sum(f.stat().st_size for f in files),
+            # A writer may have deleted this (older) version's files since this reader opened them: count 0 then.
+            disk_bytes=sum(f.stat().st_size for f in names if f.exists()),
         )
 
     def verify(self) -> None:
@@ -759,43 +586,6 @@ def _reloadable(model: str) -> str:
     """A checkpoint path is recorded absolute, so the collection can be opened from another folder."""
     path = Path(model).expanduser()
     return str(path.resolve()) if path.exists() else model
-
-
-def _lock(root: Path) -> int:
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise IndexingError(f"{root} is being changed by another writer (pid {holder}); wait for it to finish") from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _publish_first(path: Path, manifest: dict[str, Any], dim: int) -> _Version:
-    name = _version_name(0)
-    tmp = path / f".tmp-{name}-{os.getpid()}"
-    tmp.mkdir()
-    index, info = faiss_index.empty_index(dim)
-    faiss_index.write(index, str(tmp / INDEX))
-    Store.create(tmp / STORE).close()
-    atomic_write_json(tmp / MANIFEST, {**manifest, "version": 0, "index": dataclasses.asdict(info)})
-    publish_dir(tmp, path / name)
-    (path / CHUNKS).mkdir(exist_ok=True)
-    atomic_write_text(path / CURRENT, name + "\n")
-    return _load_version(path, name)
-
-
-def _version_number(p: Path) -> int | None:
-    m = _VERSION.match(p.name)
-    return int(m.group(1)) if m and p.is_dir() else None
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
 
 
 def _stored_key(path: str | Path, root: Path | None) -> str:

@@ -22,6 +22,7 @@ from faiss.contrib.evaluation import check_ref_knn_with_draws
 from PIL import Image
 
 from indexing import collection as collection_module
+from indexing import versions
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError, ModelMismatchError
@@ -277,25 +278,23 @@ def test_a_failed_commit_leaves_the_previous_version_and_the_next_writer_cleans_
     coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes)
     coll.add(inputs[:10], embed=FAST, progress=False)
     coll.close()
-    real_publish = collection_module.publish_dir
-    for stage in ("publish", "flip"):
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (injected)")
+
+    # Fail while moving the version folder into place, then after it is in place but before CURRENT names it.
+    for step in ("publish_dir", "set_current"):
         coll = Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)
-
-        def boom(*args, _stage=stage, **kwargs):
-            if _stage == "flip":
-                real_publish(*args, **kwargs)  # the new version folder is complete, CURRENT not yet replaced
-            raise OSError("disk full (injected)")
-
-        monkeypatch.setattr(collection_module, "publish_dir", boom)
-        with pytest.raises(OSError, match="injected"):
-            coll.add(inputs, embed=FAST, progress=False)
-        monkeypatch.setattr(collection_module, "publish_dir", real_publish)
+        with monkeypatch.context() as patch:
+            patch.setattr(versions, step, boom)
+            with pytest.raises(OSError, match="injected"):
+                coll.add(inputs, embed=FAST, progress=False)
         coll.close()
         reader = Collection.open(tmp_path / "c", encoders=tiny_encoders)
         assert reader.stats().version == 1 and reader.stats().count == 10
         reader.verify()
         assert (tmp_path / "c" / "staging" / "shard_00001.npz").exists()  # embedded work is kept for the retry
-    assert (tmp_path / "c" / "v000002").exists()  # the unflipped version of the "flip" failure
+    assert (tmp_path / "c" / "v000002").exists()  # complete, but never named by CURRENT
     coll = Collection.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)  # clears the debris
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         "CURRENT",
@@ -308,6 +307,20 @@ def test_a_failed_commit_leaves_the_previous_version_and_the_next_writer_cleans_
     coll.add(inputs, embed=FAST, progress=False)
     assert_same_collection(tmp_path / "c", tmp_path / "clean")
     assert not (tmp_path / "c" / "staging").exists()
+
+
+def test_a_create_that_failed_half_way_can_be_done_again(tmp_path, tiny_encoders, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(versions, "set_current", lambda *a: (_ for _ in ()).throw(OSError("injected")))
+        with pytest.raises(OSError, match="injected"):
+            Collection.create(tmp_path / "c", tiny_encoders)
+    assert (tmp_path / "c" / "v000000").exists() and not (tmp_path / "c" / "CURRENT").exists()
+    Collection.create(tmp_path / "c", tiny_encoders).close()
+    assert Collection.open(tmp_path / "c").stats().version == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(IndexingError, match="not empty"):
+        Collection.create(tmp_path / "other", tiny_encoders)
 
 
 def assert_same_collection(a: Path, b: Path) -> None:

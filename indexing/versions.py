@@ -1,0 +1,285 @@
+"""A collection's folder: published versions, shared vector chunks, the writer's lock, and garbage collection.
+
+    CURRENT              the name of the published version, e.g. "v000007", replaced atomically
+    v000007/             manifest.json (model, counts, chunk list, index settings), index.faiss, meta.sqlite
+    chunks/c000007_0.npy immutable vectors: a structured array of (id int64, vector float32|float16 (D,))
+    staging/             the add in progress: job.json and embedded shards (`indexing.embed`)
+    LOCK                 held (flock) by the one writer; readers take no lock
+    .tmp-v000008-<pid>/  a version being written (or left by a crashed writer)
+
+A version is written under a temporary name, fsynced, renamed into place (`vlm.atomic.publish_dir`) and only then
+named by CURRENT (`atomic_write_text`): that replace is the commit point. Chunks are written before the version
+that lists them. `collect_garbage` (run by the writer, under the lock) deletes versions other than the newest
+`KEEP_VERSIONS`, temporary folders, and chunks no kept version lists. A crash anywhere leaves CURRENT naming a
+complete version; a reader that opened an older one keeps its open files (POSIX unlink semantics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexing import faiss_index
+from indexing.errors import IndexingError
+from indexing.faiss_index import IndexInfo
+from indexing.store import Store
+from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
+
+FORMAT = "vlm-collection"
+FORMAT_VERSION = 1
+CURRENT, LOCK, STAGING, CHUNKS = "CURRENT", "LOCK", "staging", "chunks"
+MANIFEST, INDEX, STORE = "manifest.json", "index.faiss", "meta.sqlite"
+KEEP_VERSIONS = 2  # the current one and the one before, for readers that opened it a moment ago
+_VERSION = re.compile(r"^v(\d{6})$")
+_TMP = re.compile(r"^\.tmp-v(\d{6})-\d+$")
+
+
+def version_name(number: int) -> str:
+    return f"v{number:06d}"
+
+
+def _number(name: str) -> int:
+    m = _VERSION.match(name)
+    if m is None:
+        raise IndexingError(f"not a version folder name: {name!r}")
+    return int(m.group(1))
+
+
+def _version_number(p: Path) -> int | None:
+    m = _VERSION.match(p.name)
+    return int(m.group(1)) if m and p.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vectors.
+
+
+def chunk_dtype(dim: int, dtype: str) -> np.dtype:
+    return np.dtype([("id", "<i8"), ("vector", dtype, (dim,))])
+
+
+def write_chunk(root: Path, name: str, ids: np.ndarray, vectors: np.ndarray, dtype: str) -> dict[str, Any]:
+    """A new immutable chunk file; returns its entry for a manifest's chunk list."""
+    table = np.empty(len(ids), dtype=chunk_dtype(vectors.shape[1], dtype))
+    table["id"] = ids
+    table["vector"] = vectors
+    atomic_write_with(root / CHUNKS / name, lambda tmp: _save_npy(tmp, table))
+    return {"name": name, "rows": len(ids)}
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+class Vectors:
+    """The vectors of one version: its chunk files, memory-mapped; the id lookup is built on first use."""
+
+    def __init__(self, folder: Path, names: Sequence[str], dim: int):
+        self.arrays = [np.load(folder / name, mmap_mode="r", allow_pickle=False) for name in names]
+        self.dim = dim
+        self._lock = threading.Lock()
+        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(a) for a in self.arrays)
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted ids, chunk of each, row in its chunk)."""
+        with self._lock:
+            if self._lookup is None:
+                arrays = self.arrays
+                ids = np.concatenate([a["id"] for a in arrays]) if arrays else np.empty(0, np.int64)
+                chunk = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)]) if arrays else ids
+                row = np.concatenate([np.arange(len(a)) for a in arrays]) if arrays else ids
+                order = np.argsort(ids, kind="stable")
+                self._lookup = (ids[order], chunk[order], row[order])
+            return self._lookup
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), D) float32: the vectors of `ids`, each of which must be stored."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), np.float32)
+        if not len(ids):
+            return out
+        table_ids, chunk, row = self._table()
+        at = np.minimum(np.searchsorted(table_ids, ids), max(len(table_ids) - 1, 0))
+        if not len(table_ids) or not np.array_equal(table_ids[at], ids):
+            raise IndexingError("an id has no stored vector: the collection is inconsistent (run verify)")
+        for i, array in enumerate(self.arrays):
+            mine = np.flatnonzero(chunk[at] == i)
+            if len(mine):
+                out[mine] = array["vector"][row[at][mine]]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published versions.
+
+
+@dataclass
+class Version:
+    """One published version, loaded: never changed once loaded (a write makes the next one)."""
+
+    number: int
+    folder: Path
+    manifest: dict[str, Any]
+    info: IndexInfo
+    index: faiss.Index
+    store: Store
+    vectors: Vectors
+    gpu_index: faiss.Index | None = None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def load_version(root: Path, name: str, index: faiss.Index | None = None) -> Version:
+    """Load version `name` and check that manifest, index, store and chunks agree on the count."""
+    folder = root / name
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise IndexingError(f"cannot read {folder / MANIFEST}: {e}") from e
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexingError(
+            f"{folder} is not a {FORMAT} version {FORMAT_VERSION} (found {manifest.get('format')!r} "
+            f"{manifest.get('format_version')!r}); rebuild it with `vlm index build`"
+        )
+    index = index if index is not None else faiss_index.read(str(folder / INDEX))
+    store = Store.open_readonly(folder / STORE)
+    vectors = Vectors(root / CHUNKS, [c["name"] for c in manifest["chunks"]], manifest["model"]["embed_dim"])
+    count = manifest["count"]
+    if not index.ntotal == store.count() == count or vectors.rows < count:
+        raise IndexingError(
+            f"{folder} is inconsistent: manifest count {count}, index {index.ntotal}, store {store.count()}, "
+            f"stored vectors {vectors.rows}; restore from a copy or rebuild with `vlm index build`"
+        )
+    info = IndexInfo(**manifest["index"])
+    gpu = faiss_index.to_gpu(index) if faiss_index.gpu_count() and index.ntotal else None
+    return Version(_number(name), folder, manifest, info, index, store, vectors, gpu)
+
+
+def read_current(root: Path) -> str:
+    try:
+        name = (root / CURRENT).read_text().strip()
+    except FileNotFoundError as e:
+        raise IndexingError(f"{root} is not a collection (no {CURRENT} file); create one with `vlm index build`") from e
+    _number(name)
+    return name
+
+
+def open_latest(root: Path) -> Version:
+    """The version CURRENT names; read again if a writer replaced and deleted it between the two reads."""
+    for _ in range(5):
+        name = read_current(root)
+        try:
+            return load_version(root, name)
+        except IndexingError:
+            if read_current(root) == name:
+                raise
+    raise IndexingError(f"{root} changed five times while it was being opened; try again")
+
+
+def publish(root: Path, number: int, write: Any) -> Path:
+    """Write version `number` through `write(folder)` into a temporary folder, then move it into place. CURRENT
+    is not touched: `set_current` is the commit point."""
+    tmp = root / f".tmp-{version_name(number)}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        publish_dir(tmp, root / version_name(number))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root / version_name(number)
+
+
+def set_current(root: Path, number: int) -> None:
+    atomic_write_text(root / CURRENT, version_name(number) + "\n")
+
+
+def publish_empty(root: Path, manifest: dict[str, Any], dim: int) -> Version:
+    """Version 0 of a new collection: no images, an exact index."""
+
+    def write(folder: Path) -> None:
+        index, info = faiss_index.empty_index(dim)
+        faiss_index.write(index, str(folder / INDEX))
+        Store.create(folder / STORE).close()
+        atomic_write_json(folder / MANIFEST, {**manifest, "version": 0, "index": dataclasses.asdict(info)})
+
+    (root / CHUNKS).mkdir(exist_ok=True)
+    publish(root, 0, write)
+    set_current(root, 0)
+    return load_version(root, version_name(0))
+
+
+def clear_unfinished_create(root: Path) -> None:
+    """What a create that crashed before its first CURRENT left: an empty chunks folder, temporary and version
+    folders. Raises if `root` holds anything else (it is not ours to delete)."""
+    ours = [p for p in root.iterdir() if p.name in (LOCK, CHUNKS) or _TMP.match(p.name) or _VERSION.match(p.name)]
+    others = [p.name for p in root.iterdir() if p not in ours]
+    if others or any((root / CHUNKS).iterdir() if (root / CHUNKS).is_dir() else ()):
+        raise IndexingError(f"{root} is not empty ({sorted(others)[:5]}); a new collection needs an empty folder")
+    for p in ours:
+        if p.is_dir():
+            shutil.rmtree(p)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The writer: lock, numbering, garbage collection.
+
+
+def lock(root: Path) -> int:
+    """Take the collection's writer lock (released when the returned descriptor is closed, or the process dies)."""
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise IndexingError(f"{root} is being changed by another writer (pid {holder}); wait for it to finish") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def next_number(root: Path, current: int) -> int:
+    """Above every version and temporary folder present, so a new version never meets a dead writer's debris."""
+    numbers = [current]
+    for p in root.iterdir():
+        m = _VERSION.match(p.name) or _TMP.match(p.name)
+        if m:
+            numbers.append(int(m.group(1)))
+    return max(numbers) + 1
+
+
+def collect_garbage(root: Path, current: Version) -> None:
+    """Delete what no kept version needs: older versions, unpublished folders, unlisted chunks. Only the writer
+    runs this, under the lock, so every temporary folder it finds is a dead writer's."""
+    numbers = (_version_number(p) for p in root.iterdir())
+    kept = sorted(n for n in numbers if n is not None and n <= current.number)[-KEEP_VERSIONS:]
+    for p in root.iterdir():
+        n = _version_number(p)
+        if (n is not None and n not in kept) or _TMP.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+    listed = {c["name"] for c in current.manifest["chunks"]}
+    for n in kept:  # published versions always have a manifest
+        listed |= {c["name"] for c in json.loads((root / version_name(n) / MANIFEST).read_text())["chunks"]}
+    for p in (root / CHUNKS).iterdir() if (root / CHUNKS).is_dir() else ():
+        if p.name not in listed:
+            p.unlink(missing_ok=True)
