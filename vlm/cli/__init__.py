@@ -17,7 +17,7 @@ import sys
 from vlm.errors import VLMError
 
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
-COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index"]
+COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,48 @@
+"""`vlm demo data DIR` and `vlm demo export CHECKPOINT`: the two ends of the demo model's recipe (`make demo`).
+
+vlm demo data runs/demo-data                   shapes (synthetic) + Twemoji pairs in one pairs.csv
+vlm train --config configs/demo.yaml           this project's trainer, nothing special
+vlm demo export runs/demo/final                fp16 copy to vlm/demo_model with a model card of held-out figures
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="make the demo model's training data, or export a trained demo model")
+    steps = p.add_subparsers(dest="demo_step", required=True, metavar="STEP")
+    d = steps.add_parser("data", help="write shapes + Twemoji training pairs to DIR/pairs.csv")
+    d.add_argument("out_dir")
+    d.add_argument("--scenes", type=int, default=10000, help="synthetic scenes (default: 10000)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--size", type=int, default=64, help="synthetic image side in pixels (default: 64)")
+    d.set_defaults(run=run_data)
+    e = steps.add_parser("export", help="copy a trained checkpoint to the shipped demo model, with its model card")
+    e.add_argument("checkpoint", help="the run's final/ (or a step) checkpoint directory")
+    e.add_argument("--data", help="the demo data DIR it was trained on (default: from the checkpoint's config)")
+    e.add_argument("--dest", help="where to write (default: vlm/demo_model inside the package)")
+    e.set_defaults(run=run_export)
+
+
+def run_data(args: argparse.Namespace) -> None:
+    from vlm.demo import build_training_data
+
+    path = build_training_data(args.out_dir, scenes=args.scenes, seed=args.seed, image_size=args.size)
+    print(f"wrote {path}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from vlm import checkpoint, models
+    from vlm.demo import DEMO_MODEL, export, held_out_figures
+
+    cfg = checkpoint.read_config(args.checkpoint).get("provenance", {}).get("config", {})
+    data_dir = Path(args.data) if args.data else Path(cfg["data"]["train_data"]).parent
+    encoders = models.load(args.checkpoint, device="cpu", precision="fp32")
+    figures = held_out_figures(encoders, data_dir, cfg["data"]["val_fraction"], cfg["seed"])
+    path = export(args.checkpoint, figures, dest=args.dest or DEMO_MODEL)
+    print(f"wrote {path}")
+    for k, v in figures.items():
+        print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
