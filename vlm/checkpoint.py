@@ -101,6 +101,22 @@ def save(
     return path
 
 
+def read_format_record(file: Path, fmt: str, version: int) -> dict[str, Any]:
+    """A JSON record tagged `"format": fmt`, refused when it is not JSON, another format, or from a newer version."""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise CheckpointError(f"{file} is not a {fmt} config (format={found!r})")
+    if record.get("format_version", 0) > version:
+        raise CheckpointError(
+            f"{file.parent} was written by a newer version (format {record['format_version']} > {version}); upgrade"
+        )
+    return record
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """The `config.json` record of a checkpoint directory, validated."""
     path = Path(path)
@@ -111,16 +127,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
             f"{path} is not a checkpoint directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
             f"(found: {sorted(p.name for p in path.iterdir()) if path.is_dir() else 'a file'})"
         )
-    try:
-        record = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from e
-    if record.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG_NAME} is not a {FORMAT} config (format={record.get('format')!r})")
-    if record.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer version (format {record['format_version']} > {FORMAT_VERSION}); upgrade"
-        )
+    record = read_format_record(path / CONFIG_NAME, FORMAT, FORMAT_VERSION)
     for key in ("model_name", "model_cfg", "preprocess_cfg"):
         if key not in record:
             raise CheckpointError(f"{path / CONFIG_NAME} lacks the key {key!r}")

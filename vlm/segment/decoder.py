@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlm.atomic import publish_dir
+from vlm.checkpoint import read_format_record
 from vlm.errors import CheckpointError, ConfigError
 from vlm.models import Encoders
 from vlm.segment import vit
@@ -237,15 +238,7 @@ def read_decoder_config(path: str | Path) -> dict[str, Any]:
             f"{path} is not a segmentation decoder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (found: {found}). "
             f"Train one with `vlm train-seg`; pass its final/ directory"
         )
-    try:
-        record = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from e
-    if record.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG_NAME} is not a {FORMAT} config (format={record.get('format')!r})")
-    if record.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer version (format {record['format_version']}); upgrade")
-    return record
+    return read_format_record(path / CONFIG_NAME, FORMAT, FORMAT_VERSION)
 
 
 def load_decoder(path: str | Path, encoders: Encoders | None = None) -> SegDecoder:
