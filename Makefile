@@ -22,9 +22,11 @@ run: setup
 	$(BIN)/python app.py
 
 # Re-make the demo model from scratch with this project's own trainer.
+# About an hour on 2 CPU cores; `vlm train --config configs/demo.yaml --resume` continues an interrupted run.
 demo: setup
-	$(BIN)/vlm synth runs/demo-data --scenes 6000 --seed 0
+	$(BIN)/vlm demo data runs/demo-data
 	$(BIN)/vlm train --config configs/demo.yaml
+	$(BIN)/vlm demo export runs/demo/final
 
 lint: setup
 	$(BIN)/ruff check .
