@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,77 @@ def model_card(record: dict[str, Any], figures: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The app's default collection.
+
+DEMO_COLLECTION_SCENES = 300
+DEMO_COLLECTION_SEED = 7  # not the training seed (0): the scenes in the demo collection are new to the demo model
+DEMO_COLLECTIONS_KEPT = 3  # collections of other models' fingerprints kept beside the current one's images
+
+
+def build_demo_collection(dest: str | Path, encoders, progress: bool = True):
+    """The app's default collection: the Twemoji icons and a few hundred synthetic scenes, embedded by `encoders`.
+
+    The images are written once into `dest` (`twemoji/`, `shapes/`) and shared by every model; each model gets its
+    own collection `dest/collection-<fingerprint>`, so a model whose weights changed is embedded afresh and a
+    model used before is reopened at once. Collections of other models beyond the newest `DEMO_COLLECTIONS_KEPT`
+    are deleted. Returns the collection, open for writing (read-only when another process is writing it).
+    """
+    from indexing.collection import Collection
+    from indexing.config import EmbedConfig
+    from indexing.errors import IndexingError
+    from indexing.versions import CURRENT
+    from vlm.synth import generate
+
+    dest = Path(dest)
+    icons, shapes = dest / "twemoji", dest / "shapes"
+    if not (shapes / "pairs.csv").is_file():
+        generate(shapes, DEMO_COLLECTION_SCENES, DEMO_COLLECTION_SEED, 128, progress=progress)
+    if not (icons / "pairs.csv").is_file():
+        _copy_twemoji(icons)
+    path = dest / f"collection-{encoders.fingerprint[:16]}"
+    try:
+        coll = Collection.create(path, encoders, root=dest, exist_ok=True)
+    except IndexingError:
+        if not (path / CURRENT).exists():
+            raise
+        LOG.warning("%s is being written by another process; opening it read-only", path)
+        return Collection.open(path, read_only=True, encoders=encoders)
+    # Small images decode fast in this process; DataLoader workers would fork a process that may run server threads.
+    embed = EmbedConfig(batch_size=64, workers=0)
+    coll.add([icons / "pairs.csv", shapes / "pairs.csv"], embed=embed, progress=progress)  # adds only what is missing
+    path.touch()  # most recently used first when pruning
+    _prune_collections(dest, keep=path)
+    return coll
+
+
+def _copy_twemoji(target: Path) -> None:
+    if not (TWEMOJI / "pairs.csv").is_file():
+        raise DataError(f"the Twemoji demo data is missing from {TWEMOJI}; restore it from git")
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(TWEMOJI / "images", tmp / "images")
+    shutil.copy2(TWEMOJI / "pairs.csv", tmp / "pairs.csv")
+    shutil.copy2(TWEMOJI / "ATTRIBUTION.md", tmp / "ATTRIBUTION.md")
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (no pairs.csv) of an older layout
+    tmp.rename(target)  # the CSV is only visible once every image is there
+
+
+def _prune_collections(dest: Path, keep: Path) -> None:
+    """Delete the least recently used collections of other models, skipping any another process is writing."""
+    from indexing.errors import IndexingError
+    from indexing.versions import lock
+
+    others = sorted((p for p in dest.glob("collection-*") if p != keep), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (DEMO_COLLECTIONS_KEPT - 1))]:
+        try:
+            fd = lock(old)
+        except IndexingError:
+            continue
+        try:
+            shutil.rmtree(old)
+        finally:
+            os.close(fd)
+        LOG.info("deleted the demo collection of an older model: %s", old)

@@ -1,0 +1,118 @@
+"""The web app: `create_state` loads the model and its collection once, `build_app` lays out the tabs over that
+shared state, `launch` serves it.
+
+    state = create_state(model="demo")                 # or model=..., pretrained=..., images=[...], collection=...
+    demo = build_app(state)
+    launch(demo, state, host="127.0.0.1", port=7860)
+
+Serving choices: requests queue, two at a time by default (`concurrency`; model switches, folder additions and
+training share one slot); uploads above `Limits.max_upload_mb` are refused by Gradio and images are checked before
+decoding (`ui.inputs`); no path on the server is served (`allowed_paths` stays empty: results are thumbnails made
+from the collection's own images); the server binds to 127.0.0.1 and makes no public share link unless asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from ui import classify, explain, model, search, segment, train
+from ui.library import Library, default_cache_dir
+from ui.state import AppState, Limits, ModelChoice
+
+LOG = logging.getLogger(__name__)
+
+TITLE = "vlm — zero-shot labels, search, segmentation and training"
+CONCURRENCY = 2  # requests computing at once; more only contend for the same cores
+QUEUE_SIZE = 64  # waiting requests beyond this are refused ("the queue is full") instead of piling up
+CACHE_CLEANUP = (900, 3600)  # every 15 min, delete uploads and result images older than an hour
+
+
+def create_state(
+    model: str = "demo",
+    pretrained: str | None = None,
+    *,
+    images: Sequence[str | Path] = (),
+    collection: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    runs_dir: str | Path = "runs/app",
+    limits: Limits | None = None,
+    allowed_dirs: Sequence[str | Path] = (),
+    device: str | None = None,
+    progress: bool = True,
+) -> AppState:
+    """Load the model and open (or build) its collection. People may type paths inside the working directory, the
+    --images folders, the runs folder and `allowed_dirs`."""
+    library = Library.choose(
+        images=[Path(p) for p in images],
+        collection=Path(collection) if collection is not None else None,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+    )
+    runs = Path(runs_dir).resolve()
+    dirs = (Path.cwd(), *library.images, runs, *(Path(d).expanduser().resolve() for d in allowed_dirs))
+    state = AppState(
+        choice=ModelChoice(model, pretrained),
+        library=library,
+        runs_dir=runs,
+        limits=limits or Limits(),
+        allowed_dirs=tuple(dict.fromkeys(dirs)),
+        device=device,
+    )
+    state.start(progress=progress)
+    return state
+
+
+def build_app(state: AppState, concurrency: int = CONCURRENCY) -> gr.Blocks:
+    """The tabs over `state` (which must be started), with the queue set up."""
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
+        banner = gr.Markdown(model.banner_text(state), elem_id="banner")
+        with gr.Tab("Classify", id="classify"):
+            classify.build(state)
+        with gr.Tab("Search", id="search"):
+            search.build(state)
+        with gr.Tab("Why it matched", id="explain"):
+            explain.build(state)
+        with gr.Tab("Segment", id="segment"):
+            segment.build(state)
+        with gr.Tab("Train", id="train"):
+            train.build(state, banner)
+        with gr.Tab("Model", id="model"):
+            model.build(state, banner)
+    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    state: AppState,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    auth: tuple[str, str] | None = None,
+    block: bool = True,
+    quiet: bool = False,
+) -> str:
+    """Serve `demo`; returns its local URL (with `block=False`, at once; else when the server stops)."""
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        auth=auth,
+        max_file_size=int(state.limits.max_upload_mb * 2**20),
+        allowed_paths=[],  # nothing on disk is served by path (see the module docstring)
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=False,  # our own errors are gr.Error and always shown; others stay in the server's log
+        footer_links=["api", "settings"],
+        theme=gr.themes.Soft(),
+    )
+    return url
+
+
+def close(demo: gr.Blocks, state: AppState) -> None:
+    demo.close()
+    state.close()

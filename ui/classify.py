@@ -1,0 +1,87 @@
+"""The Classify tab: an image and any labels give zero-shot probabilities (`vlm.zeroshot`), shown as a label
+widget and a bar chart; clicking a label shows where it matches (`ui.explain`). API: `classify`."""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from ui import explain
+from ui.errors import shown
+from ui.inputs import checked_labels, image_input, require_image
+from ui.state import AppState
+from vlm import templates as template_sets
+from vlm.zeroshot import build_classifier, embed_images, top_k
+
+LOG = logging.getLogger(__name__)
+
+EXAMPLE_LABELS = "red circle, blue square, green triangle, yellow star, grinning face, cat face, pizza"
+
+
+def classify(
+    state: AppState, image: Image.Image | None, labels: str, templates: str | None, k: int
+) -> tuple[dict[str, float], pd.DataFrame, str]:
+    """Top-k labels with their probabilities (a softmax over all the labels), as a {label: p} dict, a table
+    (label, probability) for the chart, and notes for people."""
+    image = require_image(image)
+    clean = checked_labels(labels, state.limits.max_labels)
+    encoders = state.active.encoders
+    clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers)
+    k = max(1, min(int(k), len(clf.labels)))
+    best = top_k(clf.probs(embed_images(encoders, [image])), clf.labels, k)[0]
+    scores = dict(zip(best.labels, best.probs, strict=True))
+    table = pd.DataFrame({"label": list(best.labels), "probability": list(best.probs)})
+    notes = [f"{len(clf.labels)} labels × {len(clf.templates)} prompt templates; model {encoders.source}."]
+    if clean.duplicates or clean.empty:
+        notes.append(f"Dropped {len(clean.duplicates)} duplicate and {clean.empty} empty label(s).")
+    if clf.truncated:
+        notes.append(f"{len(clf.truncated)} label(s) were too long for the text encoder and were cut.")
+    notes.append("Click a label to see where it matches in the image.")
+    return scores, table, " ".join(notes)
+
+
+def build(state: AppState) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = image_input(state.limits.max_pixels, label="Image")
+            labels = gr.Textbox(
+                label="Labels (comma or newline separated)", value=EXAMPLE_LABELS, lines=3, max_lines=12
+            )
+            with gr.Row():
+                templates = gr.Dropdown(
+                    choices=template_sets.available(),
+                    value="generic",
+                    allow_custom_value=True,
+                    label="Prompt templates (a set, or your own with {c})",
+                )
+                k = gr.Slider(1, 20, value=5, step=1, label="Top k")
+            button = gr.Button("Classify", variant="primary")
+        with gr.Column():
+            scores = gr.Label(label="Top labels")
+            chart = gr.BarPlot(x="label", y="probability", y_lim=[0, 1], sort="-y", label="Probabilities", height=240)
+            notes = gr.Markdown()
+            why = gr.Image(label="Why it matched (click a label)", type="pil", format="png", interactive=False)
+            why_info = gr.Markdown()
+
+    @shown
+    def classify_image(image: Image.Image | None, labels: str, templates: str | None, top_k: float):
+        return classify(state, image, labels, templates, int(top_k))
+
+    @shown
+    def explain_label(image: Image.Image | None, evt: gr.SelectData):
+        image = require_image(image)
+        label = str(evt.value)
+        found = explain.explain(state.active.encoders, image, label)
+        return found.picture, found.describe(label)
+
+    gr.on(
+        [button.click, labels.submit],
+        classify_image,
+        [image, labels, templates, k],
+        [scores, chart, notes],
+        api_name="classify",
+    )
+    scores.select(explain_label, [image], [why, why_info], api_visibility="private")

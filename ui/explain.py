@@ -1,0 +1,84 @@
+"""Why it matched: the heat map of where a text matches an image, from the training-free dense matching of
+`vlm.segment` (ClearCLIP), with the same model that classified or found the image. Used by the Classify and
+Search tabs (click a label or a result) and by its own tab.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ui.errors import shown
+from ui.inputs import checked_text, image_input, require_image
+from ui.state import AppState
+from vlm.models import Encoders
+from vlm.segment import heatmap_image, segment
+
+LOG = logging.getLogger(__name__)
+
+MIN_SIDE = 256  # small images (72 px icons) are enlarged so the heat map can be seen
+MAX_SIDE = 1024  # large ones are reduced: the picture is for a screen, and the maps cost 5 bytes a pixel
+ALPHA = 0.55  # weight of the heat colours over the image
+
+
+class Explanation(NamedTuple):
+    picture: Image.Image  # the image with the heat map blended over it
+    heat: np.ndarray  # (H, W) float32 in [0, 1], H x W of `picture`
+    similarity: float  # cosine similarity of the whole image and the text, as search and classification use it
+
+    def describe(self, text: str) -> str:
+        share = float((self.heat >= 0.5).mean())
+        return (
+            f"**{text}** — image–text cosine similarity {self.similarity:.3f}. Bright areas are where the text "
+            f"matches (dense matching, training-free); {share:.0%} of the image is above one half."
+        )
+
+
+def display_size(image: Image.Image) -> Image.Image:
+    """The image at a size for the screen: short side at least MIN_SIDE, long side at most MAX_SIDE."""
+    scale = max(1.0, MIN_SIDE / min(image.size))
+    scale = min(scale, MAX_SIDE / max(image.size))
+    if abs(scale - 1.0) < 1e-6:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+
+
+def explain(encoders: Encoders, image: Image.Image, text: str) -> Explanation:
+    """Where `text` matches `image` (any size; shown at `display_size`)."""
+    shown_image = display_size(image.convert("RGB"))
+    result = segment(encoders, shown_image, [text], method="dense")
+    heat = result.heatmaps[0]
+    picture = Image.blend(shown_image, heatmap_image(heat), ALPHA)
+    pixels = encoders.preprocess(image.convert("RGB"))[None]
+    similarity = float((encoders.encode_image(pixels) @ encoders.encode_text([text]).T).item())
+    return Explanation(picture, heat, similarity)
+
+
+def build(state: AppState) -> None:
+    """The "Why it matched" tab: an image and a text give the heat map (API: `explain`)."""
+    gr.Markdown(
+        "Where in the image does a text match? Click a label in **Classify** or a result in **Search** to see "
+        "this for it, or give any image and text here."
+    )
+    with gr.Row():
+        with gr.Column():
+            image = image_input(state.limits.max_pixels, label="Image")
+            text = gr.Textbox(label="Text", placeholder="a red circle")
+            button = gr.Button("Show where it matches", variant="primary")
+        with gr.Column():
+            picture = gr.Image(label="Heat map (bright = matches)", type="pil", format="png", interactive=False)
+            info = gr.Markdown()
+
+    @shown
+    def explain_image(image: Image.Image | None, text: str) -> tuple[Image.Image, str]:
+        image = require_image(image)
+        text = checked_text(text, "text", state.limits.max_text_chars)
+        found = explain(state.active.encoders, image, text)
+        return found.picture, found.describe(text)
+
+    gr.on([button.click, text.submit], explain_image, [image, text], [picture, info], api_name="explain")

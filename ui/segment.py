@@ -1,0 +1,73 @@
+"""The Segment tab: an image and one or more phrases give a coloured mask overlay (one colour per phrase) and a
+heat map per phrase (`vlm.segment`), training-free or with a decoder trained by `vlm train-seg`. API: `segment`."""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+from PIL import Image
+
+from ui.errors import shown
+from ui.explain import ALPHA, display_size
+from ui.inputs import checked_phrases, image_input, require_image, server_path
+from ui.state import AppState
+from vlm.errors import ConfigError
+from vlm.segment import heatmap_image, segment
+from vlm.segment.decoder import load_decoder
+
+LOG = logging.getLogger(__name__)
+
+METHODS = {"training-free (dense)": "dense", "learned decoder": "decoder"}
+
+
+def run_segmentation(
+    state: AppState, image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float
+) -> tuple[Image.Image, list[tuple[Image.Image, str]], str]:
+    """(mask overlay with a legend, [(heat map, phrase)], a summary with each phrase's share of the image)."""
+    image = display_size(require_image(image))
+    wanted = checked_phrases(phrases, state.limits.max_phrases)
+    kind = METHODS.get(method, method)
+    if kind not in METHODS.values():
+        raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    encoders = state.active.encoders
+    seg_decoder = None
+    if kind == "decoder":
+        path = server_path(decoder, state.allowed_dirs, "decoder folder")
+        seg_decoder = load_decoder(path, encoders)  # CheckpointError if trained on other encoder weights
+    result = segment(encoders, image, wanted, method=kind, decoder=seg_decoder, threshold=float(threshold))
+    heat = [
+        (Image.blend(image, heatmap_image(h), ALPHA), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
+    ]
+    lines = [f"- **{p}**: {m.mean():.1%} of the image" for p, m in zip(result.phrases, result.masks, strict=True)]
+    if any(result.truncated):
+        lines.append("- some phrases were too long for the text encoder and were cut")
+    return result.overlay(image), heat, "\n".join(lines)
+
+
+def build(state: AppState) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = image_input(state.limits.max_pixels, label="Image")
+            phrases = gr.Textbox(label="Phrases (one per line)", value="a red circle\na blue square", lines=3)
+            method = gr.Radio(list(METHODS), value="training-free (dense)", label="Method")
+            decoder = gr.Textbox(label="Decoder folder on the server (vlm train-seg output)", visible=False)
+            threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
+            button = gr.Button("Segment", variant="primary")
+        with gr.Column():
+            overlay = gr.Image(label="Masks", type="pil", format="png", interactive=False)
+            summary = gr.Markdown()
+            heat = gr.Gallery(label="Heat maps (bright = matches)", columns=3, format="png", height=260)
+
+    @shown
+    def segment_image(image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float):
+        return run_segmentation(state, image, phrases, method, decoder, threshold)
+
+    method.change(lambda m: gr.Textbox(visible=METHODS.get(m) == "decoder"), method, decoder, api_visibility="private")
+    gr.on(
+        [button.click],
+        segment_image,
+        [image, phrases, method, decoder, threshold],
+        [overlay, heat, summary],
+        api_name="segment",
+    )

@@ -1,0 +1,117 @@
+"""The app's one shared mutable object: the active model and its collection, loaded once and swapped as one.
+
+Handlers read `state.active` once per request and use that snapshot throughout, so a model switch never mixes
+one model's query with another model's vectors. A switch loads the new model and opens (or embeds) its collection
+while requests go on being served by the old pair, then replaces the snapshot in one assignment; a lock lets one
+switch run at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexing.collection import Collection
+from ui.jobs import TrainRunner
+from ui.library import Library
+from vlm import models
+from vlm.errors import VLMError
+from vlm.models import Encoders
+from vlm.zeroshot import ClassifierCache
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Uploads above `max_upload_mb` are refused by Gradio before they reach us."""
+
+    max_upload_mb: float = 20.0
+    max_pixels: int = 25_000_000  # per uploaded image (a 50-megapixel photo is refused, with a message)
+    max_labels: int = 1000  # per classification
+    max_phrases: int = 12  # per segmentation
+    max_k: int = 100  # search results
+    max_text_chars: int = 1000  # queries and phrases
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model as people name it: what `vlm.models.load` takes."""
+
+    model: str
+    pretrained: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.model} + {self.pretrained}" if self.pretrained else self.model
+
+
+@dataclass(frozen=True, eq=False)
+class Active:
+    choice: ModelChoice
+    encoders: Encoders
+    collection: Collection
+
+    @property
+    def is_demo(self) -> bool:
+        return self.choice.model == "demo"
+
+
+class SwitchInProgress(VLMError):
+    """Another model switch is running."""
+
+
+@dataclass
+class AppState:
+    """Everything handlers share. Build it, `start()` it (loads the model and its collection), then serve."""
+
+    choice: ModelChoice
+    library: Library
+    runs_dir: Path  # training runs started from the app go under it
+    limits: Limits = field(default_factory=Limits)
+    allowed_dirs: tuple[Path, ...] = ()  # folders whose paths people may type (add a folder, train on a dataset)
+    device: str | None = None  # None: CUDA when available
+    classifiers: ClassifierCache = field(default_factory=ClassifierCache)
+
+    def __post_init__(self) -> None:
+        self._active: Active | None = None
+        self._swap = threading.Lock()
+        self.trainer = TrainRunner(self.runs_dir)
+
+    @property
+    def active(self) -> Active:
+        if self._active is None:
+            raise VLMError("the app is still starting: the model is loading; try again in a moment")
+        return self._active
+
+    def start(self, progress: bool = True) -> Active:
+        return self.switch(self.choice, progress=progress)
+
+    def switch(self, choice: ModelChoice, progress: bool = True) -> Active:
+        """Load `choice` and its collection (embedding the library's images if this model has no collection yet),
+        then make them active. Raises `ModelError` (unknown name, offline download, bad checkpoint) and leaves the
+        active model as it was."""
+        if not self._swap.acquire(blocking=False):
+            raise SwitchInProgress("another model switch is in progress; wait for it to finish")
+        try:
+            LOG.info("loading model %s", choice)
+            encoders = models.load(choice.model, choice.pretrained, device=self.device)
+            previous = self._active
+            if previous is not None and previous.encoders.fingerprint == encoders.fingerprint:
+                collection = previous.collection  # same weights: same vectors
+            else:
+                collection = self.library.open_for(encoders, progress=progress)
+            self._active = Active(choice, encoders, collection)
+            if previous is not None and previous.collection is not collection:
+                previous.collection.close()  # releases its write lock; requests still holding it can search on
+            LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.stats().count)
+            return self._active
+        finally:
+            self._swap.release()
+
+    def close(self) -> None:
+        """Stop a training run started here and release the collection's lock."""
+        self.trainer.close()
+        if self._active is not None:
+            self._active.collection.close()

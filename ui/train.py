@@ -1,0 +1,177 @@
+"""The Train tab: point at pairs (a path on the server or an upload), choose a model, epochs and batch size; the run
+goes on in a background process (`ui.jobs`) with a live loss and recall plot, can be stopped, and its checkpoint
+made the active model (re-embedding the collection) with one click.
+API: `train_start`, `train_status`, `train_stop`, `train_use`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ui.errors import shown
+from ui.inputs import server_path
+from ui.jobs import TrainRequest, TrainStatus
+from ui.model import banner_text, describe_active
+from ui.state import AppState, ModelChoice
+from ui.train_data import PAIR_FILES, check_dataset, unpack_upload
+from vlm.errors import ConfigError, VLMError
+
+LOG = logging.getLogger(__name__)
+
+MODELS = {
+    "the active model (fine-tune)": None,
+    "vlm-tiny (from scratch, 32 px)": "vlm-tiny",
+    "vlm-small (from scratch, 64 px)": "vlm-small",
+}
+POLL_S = 2.0
+RECALL_KEYS = ("val/image_retrieval_recall@1", "val/text_retrieval_recall@1", "val/mean_recall")
+
+
+def plan_steps(pairs: int, batch_size: int, epochs: int, steps: int) -> int:
+    """Optimizer steps the run will take (the trainer holds out a tenth of the pairs for validation)."""
+    return steps if steps > 0 else max(1, epochs * (int(pairs * 0.9) // batch_size))
+
+
+def start(state: AppState, data: str, upload: str | None, model: str, epochs: int, steps: int, batch_size: int,
+          lr: float, val_every: int) -> str:  # fmt: skip
+    """Check the dataset and launch the run; returns a line for people."""
+    if batch_size < 2:
+        raise ConfigError(f"the batch size must be at least 2 (contrastive training needs negatives), got {batch_size}")
+    if epochs < 1 and steps < 1:
+        raise ConfigError("give at least one epoch, or a number of steps")
+    if upload:
+        dest = state.runs_dir / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+        source, root = unpack_upload(Path(upload), dest), None
+        if Path(upload).suffix.lower() in PAIR_FILES:  # a bare pairs file names images on the server
+            if not (data or "").strip():
+                raise ConfigError(
+                    "an uploaded pairs file names images on the server: type the folder its image paths are "
+                    "relative to in the path box, or upload a .zip with the images"
+                )
+            root = server_path(data, state.allowed_dirs, "image folder")
+    else:
+        source, root = server_path(data, state.allowed_dirs, "dataset"), None
+    dataset = check_dataset(source, root, batch_size)
+    total = plan_steps(dataset.pairs, batch_size, epochs, steps)
+    active = state.active.choice
+    name = MODELS.get(model, model)
+    request = TrainRequest(
+        train_data=dataset.source,
+        data_root=dataset.root,
+        model=name or active.model,
+        pretrained=None if name else active.pretrained,
+        epochs=epochs,
+        steps=steps if steps > 0 else None,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=max(1, min(100, total // 10)),
+        val_every=val_every if val_every > 0 else max(1, total // 5),
+        save_every=max(10, total // 4),
+    )
+    run = state.trainer.start(request)
+    return f"Started: {dataset.summary()}; about {total:,} steps. Run folder: `{run}`."
+
+
+def describe(status: TrainStatus) -> str:
+    """A progress line: state, step of total with a bar, the latest loss and speed, what to do next."""
+    if status.state == "idle":
+        return "No training run yet."
+    head = f"**{status.state}**"
+    if status.total:
+        done = min(1.0, status.step / status.total)
+        bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
+        head += f" — step {status.step:,} / {status.total:,} `{bar}` {done:.0%}"
+    elif status.running:
+        head += " — reading the data…" if not status.step else f" — step {status.step:,}"
+    last = next((m for m in reversed(status.metrics) if "train/loss" in m), None)
+    if last is not None:
+        head += f" · loss {last['train/loss']:.3f} · {last.get('train/samples_per_s', 0):.0f} samples/s"
+    lines = [head]
+    if status.bad_rows:
+        lines.append(f"{status.bad_rows:,} bad row(s) were skipped (see `{status.run_dir}/bad_rows.jsonl`).")
+    if status.message:
+        lines.append(f"Error: {status.message}")
+    if status.checkpoint is not None and not status.running:
+        lines.append(f"Checkpoint: `{status.checkpoint}` — click **Use this model** to make it active.")
+    lines.append(f"Run folder: `{status.run_dir}`")
+    return "\n\n".join(lines)
+
+
+def curves(status: TrainStatus) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(step, loss) and (step, value, metric) tables for the two plots."""
+    loss = [(m["step"], m["train/loss"]) for m in status.metrics if "train/loss" in m]
+    recall = [(m["step"], m[k], k.removeprefix("val/")) for m in status.metrics for k in RECALL_KEYS if k in m]
+    return (
+        pd.DataFrame(loss, columns=["step", "loss"]),
+        pd.DataFrame(recall, columns=["step", "value", "metric"]),
+    )
+
+
+def build(state: AppState, banner: gr.Markdown) -> None:
+    gr.Markdown(
+        "Train on image–text pairs: a CSV/TSV/JSONL file (an image path and a caption per row), a folder of images "
+        "with same-named .txt captions, a Hugging Face dataset folder or WebDataset shards — on the server, or "
+        "uploaded as a .zip. Training runs in the background; you can leave this tab."
+    )
+    with gr.Row():
+        with gr.Column():
+            data = gr.Textbox(label="Dataset on the server", placeholder="runs/shapes/pairs.csv")
+            upload = gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"])
+            model = gr.Dropdown(list(MODELS), value=next(iter(MODELS)), label="Model", allow_custom_value=True)
+            with gr.Row():
+                epochs = gr.Number(value=1, precision=0, minimum=0, label="Epochs")
+                steps = gr.Number(value=0, precision=0, minimum=0, label="Steps (0: use epochs)")
+            with gr.Row():
+                batch_size = gr.Number(value=32, precision=0, minimum=2, label="Batch size")
+                lr = gr.Number(value=5e-4, label="Learning rate")
+                val_every = gr.Number(value=0, precision=0, minimum=0, label="Validate every (0: 5 times)")
+            with gr.Row():
+                start_button = gr.Button("Start training", variant="primary")
+                stop_button = gr.Button("Stop", variant="stop")
+                use_button = gr.Button("Use this model")
+        with gr.Column():
+            status = gr.Markdown(describe(state.trainer.status()))
+            loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss", height=220)
+            recall_plot = gr.LinePlot(x="step", y="value", color="metric", y_lim=[0, 1], label="Validation recall",
+                                      height=220)  # fmt: skip
+            used = gr.Markdown()
+    timer = gr.Timer(POLL_S, active=False)
+
+    @shown
+    def train_start(data: str, upload: str | None, model: str, epochs: float, steps: float, batch_size: float,
+                    lr: float, val_every: float):  # fmt: skip
+        line = start(state, data, upload, model, int(epochs or 0), int(steps or 0), int(batch_size or 0), float(lr),
+                     int(val_every or 0))  # fmt: skip
+        return line, gr.Timer(active=True)
+
+    def train_status():
+        current = state.trainer.status()
+        loss, recall = curves(current)
+        return describe(current), loss, recall, gr.Timer(active=current.running)
+
+    @shown
+    def train_stop():
+        stopped = state.trainer.stop()
+        loss, recall = curves(stopped)
+        return describe(stopped), loss, recall, gr.Timer(active=stopped.running)
+
+    @shown
+    def train_use(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+        current = state.trainer.status()
+        if current.running:
+            raise VLMError("the run is still going: wait for it to finish, or stop it (a stop saves a checkpoint)")
+        if current.checkpoint is None:
+            raise VLMError("this run has no checkpoint yet: train for more steps first")
+        active = state.switch(ModelChoice(str(current.checkpoint)), progress=True)
+        return describe_active(state, active), banner_text(state, active)
+
+    start_button.click(train_start, [data, upload, model, epochs, steps, batch_size, lr, val_every], [used, timer],
+                       api_name="train_start", concurrency_id="train", concurrency_limit=1)  # fmt: skip
+    polled = [status, loss_plot, recall_plot, timer]
+    timer.tick(train_status, None, polled, api_name="train_status", concurrency_limit=None, show_progress="hidden")
+    stop_button.click(train_stop, None, polled, api_name="train_stop", concurrency_id="train", concurrency_limit=1)
+    use_button.click(train_use, None, [used, banner], api_name="train_use", concurrency_id="admin", concurrency_limit=1)
