@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         device="cuda" if torch.cuda.is_available() else "cpu",
         all_seconds=times,
+        paired_ratios=[t / o for o, t in zip(times["vlm train"], times["open_clip_train"], strict=True)],
         note="wall time of each whole training call (start-up included); runs interleaved, medians",
     )
 
