@@ -45,14 +45,14 @@ def create_state(
     progress: bool = True,
 ) -> AppState:
     """Load the model and open (or build) its collection. People may type paths inside the working directory, the
-    --images folders, the runs folder and `allowed_dirs`."""
+    --images folders, the collection's folder, the runs folder and `allowed_dirs`."""
     library = Library.choose(
         images=[Path(p) for p in images],
         collection=Path(collection) if collection is not None else None,
         cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
     )
     runs = Path(runs_dir).resolve()
-    dirs = (Path.cwd(), *library.images, runs, *(Path(d).expanduser().resolve() for d in allowed_dirs))
+    dirs = (Path.cwd(), *library.images, library.home, runs, *(Path(d).expanduser().resolve() for d in allowed_dirs))
     state = AppState(
         choice=ModelChoice(model, pretrained),
         library=library,
@@ -79,8 +79,10 @@ def build_app(state: AppState, concurrency: int = CONCURRENCY) -> gr.Blocks:
             segment.build(state)
         with gr.Tab("Train", id="train"):
             train.build(state, banner)
-        with gr.Tab("Model", id="model"):
-            model.build(state, banner)
+        with gr.Tab("Model", id="model") as model_tab:
+            model.build(state, banner, model_tab)
+        # Each page load shows the model active now (another visitor may have switched it).
+        demo.load(lambda: model.banner_text(state), None, banner, api_visibility="private")
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
     return demo
 

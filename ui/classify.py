@@ -46,9 +46,13 @@ def classify(
 def build(state: AppState) -> None:
     with gr.Row():
         with gr.Column():
-            image = image_input(state.limits.max_pixels, label="Image")
+            image = image_input(state.limits.max_pixels, label="Image", elem_id="classify-image")
             labels = gr.Textbox(
-                label="Labels (comma or newline separated)", value=EXAMPLE_LABELS, lines=3, max_lines=12
+                label="Labels (comma or newline separated)",
+                value=EXAMPLE_LABELS,
+                lines=3,
+                max_lines=12,
+                elem_id="classify-labels",
             )
             with gr.Row():
                 templates = gr.Dropdown(
@@ -58,13 +62,19 @@ def build(state: AppState) -> None:
                     label="Prompt templates (a set, or your own with {c})",
                 )
                 k = gr.Slider(1, 20, value=5, step=1, label="Top k")
-            button = gr.Button("Classify", variant="primary")
+            button = gr.Button("Classify", variant="primary", elem_id="classify-button")
         with gr.Column():
-            scores = gr.Label(label="Top labels")
+            scores = gr.Label(label="Top labels", elem_id="classify-scores")
             chart = gr.BarPlot(x="label", y="probability", y_lim=[0, 1], sort="-y", label="Probabilities", height=240)
-            notes = gr.Markdown()
-            why = gr.Image(label="Why it matched (click a label)", type="pil", format="png", interactive=False)
-            why_info = gr.Markdown()
+            notes = gr.Markdown(elem_id="classify-notes")
+            why = gr.Image(
+                label="Why it matched (click a label)",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="classify-why",
+            )
+            why_info = gr.Markdown(elem_id="classify-why-info")
 
     @shown
     def classify_image(image: Image.Image | None, labels: str, templates: str | None, top_k: float):

@@ -67,12 +67,18 @@ def build(state: AppState) -> None:
     )
     with gr.Row():
         with gr.Column():
-            image = image_input(state.limits.max_pixels, label="Image")
-            text = gr.Textbox(label="Text", placeholder="a red circle")
+            image = image_input(state.limits.max_pixels, label="Image", elem_id="explain-image")
+            text = gr.Textbox(label="Text", placeholder="a red circle", elem_id="explain-text")
             button = gr.Button("Show where it matches", variant="primary")
         with gr.Column():
-            picture = gr.Image(label="Heat map (bright = matches)", type="pil", format="png", interactive=False)
-            info = gr.Markdown()
+            picture = gr.Image(
+                label="Heat map (bright = matches)",
+                type="pil",
+                format="png",
+                interactive=False,
+                elem_id="explain-picture",
+            )
+            info = gr.Markdown(elem_id="explain-info")
 
     @shown
     def explain_image(image: Image.Image | None, text: str) -> tuple[Image.Image, str]:

@@ -88,10 +88,10 @@ def choices(state: AppState) -> list[str]:
     return ["demo", *local_checkpoints(state.runs_dir, Path("runs")), "vlm-tiny", "vlm-small", "ViT-B-32"]
 
 
-def build(state: AppState, banner: gr.Markdown) -> None:
+def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> None:
     with gr.Row():
         with gr.Column(scale=3):
-            details = gr.Markdown(describe_active(state))
+            details = gr.Markdown(describe_active(state), elem_id="model-details")
             with gr.Accordion("Provenance (JSON)", open=False):
                 provenance = gr.Code(json.dumps(info(state), indent=2, default=str), language="json")
         with gr.Column(scale=2):
@@ -128,4 +128,11 @@ def build(state: AppState, banner: gr.Markdown) -> None:
     load.click(model_switch, [model, pretrained], [details, provenance, banner], api_name="model_switch",
                concurrency_id="admin", concurrency_limit=1)  # fmt: skip
     refresh.click(lambda: gr.Dropdown(choices=choices(state)), None, model, api_visibility="private")
+    # The model may have been switched elsewhere (the Train tab, another visitor): show the current one.
+    tab.select(
+        lambda: (describe_active(state), json.dumps(info(state), indent=2, default=str)),
+        None,
+        [details, provenance],
+        api_visibility="private",
+    )
     gr.api(model_info, api_name="model_info")

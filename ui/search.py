@@ -70,9 +70,11 @@ def build(state: AppState) -> None:
     limits = state.limits
     with gr.Row():
         with gr.Column(scale=1):
-            query = gr.Textbox(label="Search by text", placeholder="a red circle")
+            query = gr.Textbox(label="Search by text", placeholder="a red circle", elem_id="search-query")
             text_button = gr.Button("Search", variant="primary")
-            example = image_input(limits.max_pixels, label="…or by an example image", height=200)
+            example = image_input(
+                limits.max_pixels, label="…or by an example image", height=200, elem_id="search-example"
+            )
             image_button = gr.Button("Search by image")
             k = gr.Slider(1, limits.max_k, value=12, step=1, label="Results (k)")
             with gr.Accordion("Filters", open=False):
@@ -81,15 +83,30 @@ def build(state: AppState) -> None:
             with gr.Accordion("Add images", open=False):
                 folder = gr.Textbox(label="Folder on the server", placeholder="/path/to/photos")
                 add_button = gr.Button("Add folder")
-                added = gr.Markdown()
+                added = gr.Markdown(elem_id="search-added")
         with gr.Column(scale=3):
-            status = gr.Markdown()
-            gallery = gr.Gallery(label="Results", columns=6, height=520, format="png", object_fit="contain")
+            status = gr.Markdown(elem_id="search-status")
+            gallery = gr.Gallery(
+                label="Results",
+                columns=6,
+                height=520,
+                format="png",
+                object_fit="contain",
+                allow_preview=False,
+                elem_id="search-gallery",
+            )
             with gr.Row():
                 with gr.Column():
-                    why = gr.Image(label="Why it matched", type="pil", format="png", interactive=False, height=300)
+                    why = gr.Image(
+                        label="Why it matched",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        height=300,
+                        elem_id="search-why",
+                    )
                 with gr.Column():
-                    why_info = gr.Markdown()
+                    why_info = gr.Markdown(elem_id="search-why-info")
                     similar_button = gr.Button("More like this", interactive=False)
             with gr.Accordion("Results as data", open=False):
                 table = gr.JSON(label="Results")

@@ -48,15 +48,17 @@ def run_segmentation(
 def build(state: AppState) -> None:
     with gr.Row():
         with gr.Column():
-            image = image_input(state.limits.max_pixels, label="Image")
-            phrases = gr.Textbox(label="Phrases (one per line)", value="a red circle\na blue square", lines=3)
+            image = image_input(state.limits.max_pixels, label="Image", elem_id="segment-image")
+            phrases = gr.Textbox(
+                label="Phrases (one per line)", value="a red circle\na blue square", lines=3, elem_id="segment-phrases"
+            )
             method = gr.Radio(list(METHODS), value="training-free (dense)", label="Method")
             decoder = gr.Textbox(label="Decoder folder on the server (vlm train-seg output)", visible=False)
             threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
             button = gr.Button("Segment", variant="primary")
         with gr.Column():
-            overlay = gr.Image(label="Masks", type="pil", format="png", interactive=False)
-            summary = gr.Markdown()
+            overlay = gr.Image(label="Masks", type="pil", format="png", interactive=False, elem_id="segment-overlay")
+            summary = gr.Markdown(elem_id="segment-summary")
             heat = gr.Gallery(label="Heat maps (bright = matches)", columns=3, format="png", height=260)
 
     @shown

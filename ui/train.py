@@ -101,14 +101,21 @@ def describe(status: TrainStatus) -> str:
     return "\n\n".join(lines)
 
 
-def curves(status: TrainStatus) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(step, loss) and (step, value, metric) tables for the two plots."""
-    loss = [(m["step"], m["train/loss"]) for m in status.metrics if "train/loss" in m]
-    recall = [(m["step"], m[k], k.removeprefix("val/")) for m in status.metrics for k in RECALL_KEYS if k in m]
-    return (
-        pd.DataFrame(loss, columns=["step", "loss"]),
-        pd.DataFrame(recall, columns=["step", "value", "metric"]),
-    )
+def curves(status: TrainStatus) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(step, loss) and (step, value, metric) tables for the two plots; None while a table has no rows (Gradio
+    6.31's colour-encoded line plot never draws lines once it has been sent an empty table)."""
+    rows = [m for m in status.metrics if "train/loss" in m]
+    loss = pd.DataFrame({
+        "step": pd.Series([m["step"] for m in rows], dtype="int64"),
+        "loss": pd.Series([m["train/loss"] for m in rows], dtype="float64"),
+    })  # fmt: skip
+    points = [(m["step"], m[k], k.removeprefix("val/")) for m in status.metrics for k in RECALL_KEYS if k in m]
+    recall = pd.DataFrame({
+        "step": pd.Series([p[0] for p in points], dtype="int64"),
+        "value": pd.Series([p[1] for p in points], dtype="float64"),
+        "metric": pd.Series([p[2] for p in points], dtype="string"),
+    })  # fmt: skip
+    return (loss if len(loss) else None), (recall if len(recall) else None)
 
 
 def build(state: AppState, banner: gr.Markdown) -> None:
@@ -119,14 +126,16 @@ def build(state: AppState, banner: gr.Markdown) -> None:
     )
     with gr.Row():
         with gr.Column():
-            data = gr.Textbox(label="Dataset on the server", placeholder="runs/shapes/pairs.csv")
+            data = gr.Textbox(label="Dataset on the server", placeholder="runs/shapes/pairs.csv", elem_id="train-data")
             upload = gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"])
-            model = gr.Dropdown(list(MODELS), value=next(iter(MODELS)), label="Model", allow_custom_value=True)
+            model = gr.Dropdown(
+                list(MODELS), value=next(iter(MODELS)), label="Model", allow_custom_value=True, elem_id="train-model"
+            )
             with gr.Row():
-                epochs = gr.Number(value=1, precision=0, minimum=0, label="Epochs")
-                steps = gr.Number(value=0, precision=0, minimum=0, label="Steps (0: use epochs)")
+                epochs = gr.Number(value=1, precision=0, minimum=0, label="Epochs", elem_id="train-epochs")
+                steps = gr.Number(value=0, precision=0, minimum=0, label="Steps (0: use epochs)", elem_id="train-steps")
             with gr.Row():
-                batch_size = gr.Number(value=32, precision=0, minimum=2, label="Batch size")
+                batch_size = gr.Number(value=32, precision=0, minimum=2, label="Batch size", elem_id="train-batch")
                 lr = gr.Number(value=5e-4, label="Learning rate")
                 val_every = gr.Number(value=0, precision=0, minimum=0, label="Validate every (0: 5 times)")
             with gr.Row():
@@ -134,11 +143,21 @@ def build(state: AppState, banner: gr.Markdown) -> None:
                 stop_button = gr.Button("Stop", variant="stop")
                 use_button = gr.Button("Use this model")
         with gr.Column():
-            status = gr.Markdown(describe(state.trainer.status()))
-            loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss", height=220)
-            recall_plot = gr.LinePlot(x="step", y="value", color="metric", y_lim=[0, 1], label="Validation recall",
-                                      height=220)  # fmt: skip
-            used = gr.Markdown()
+            status = gr.Markdown(describe(state.trainer.status()), elem_id="train-status")
+            loss_plot = gr.LinePlot(
+                x="step",
+                y="loss",
+                label="Training loss",
+                height=220,
+                y_axis_format=".2f",
+                x_axis_format="d",
+                elem_id="train-loss",
+            )
+            recall_plot = gr.LinePlot(
+                x="step", y="value", color="metric", y_lim=[0, 1], label="Validation recall", height=220,
+                y_axis_format=".2f", x_axis_format="d", elem_id="train-recall",
+            )  # fmt: skip
+            used = gr.Markdown(elem_id="train-used")
     timer = gr.Timer(POLL_S, active=False)
 
     @shown

@@ -1,0 +1,178 @@
+"""The web app driven in headless Chromium (Playwright, the Debian `chromium` binary), as a person uses it:
+classify, search by text and by image, why it matched, segment, a short training run made the active model, and a
+bad input. Each step asserts what is on the screen and saves a screenshot under the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from ui.app import build_app, close, create_state, launch  # noqa: E402
+from vlm.synth import generate  # noqa: E402
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# From ../shared/DESIGN.md: without the background-networking flags Chromium floods a closed network with requests.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+SCENES = 21
+TIMEOUT_MS = 30_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    tmp = tmp_path_factory.mktemp("e2e")
+    generate(tmp / "shapes", SCENES, seed=4, image_size=64, progress=False)
+    generate(tmp / "train", 40, seed=6, image_size=32, progress=False)
+    torch.manual_seed(0)
+    state = create_state("vlm-tiny", images=[tmp / "shapes" / "images"], cache_dir=tmp / "cache",
+                         runs_dir=tmp / "runs", allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
+    demo = build_app(state)
+    url = launch(demo, state, port=free_port(), block=False, quiet=True)
+    yield url, tmp
+    close(demo, state)
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    url, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images")
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = Path(os.environ.get("VLM_E2E_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def upload(page, elem_id: str, path: Path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+    expect(page.locator(f"#{elem_id} img").first).to_be_visible()
+
+
+def test_classify_shows_labels_bars_and_why(page, served, shots):
+    _, tmp = served
+    open_tab(page, "Classify")
+    upload(page, "classify-image", tmp / "shapes" / "images" / "000003.png")
+    page.locator("#classify-labels textarea").fill("red circle, blue square, green triangle")
+    page.locator("#classify-button").click()
+    scores = page.locator("#classify-scores")
+    for label in ("red circle", "blue square", "green triangle"):
+        expect(scores).to_contain_text(label)
+    expect(scores).to_contain_text(re.compile(r"\d+%"))
+    expect(page.locator("#classify-notes")).to_contain_text("3 labels × 7 prompt templates")
+    scores.get_by_text("blue square", exact=True).last.click()
+    expect(page.locator("#classify-why img")).to_be_visible()
+    expect(page.locator("#classify-why-info")).to_contain_text("blue square")
+    page.screenshot(path=shots / "classify.png", full_page=True)
+
+
+def test_a_bad_input_shows_a_clear_message(page, served, shots):
+    open_tab(page, "Search")
+    page.locator("#search-query textarea").fill("   ")
+    page.locator("#search-query textarea").press("Enter")
+    expect(page.get_by_text("no search text given")).to_be_visible()
+    page.screenshot(path=shots / "error.png", full_page=True)
+    page.locator(".toast-close").first.click()  # dismissed, as a person would
+    expect(page.get_by_text("no search text given")).to_have_count(0)
+
+
+def test_search_by_text_click_for_why_and_more_like_this(page, served, shots):
+    open_tab(page, "Search")
+    page.locator("#search-query textarea").fill("a red circle")
+    page.locator("#search-query textarea").press("Enter")
+    gallery = page.locator("#search-gallery")
+    expect(page.locator("#search-status")).to_contain_text(f"12 result(s) of {SCENES} images")
+    expect(gallery.locator("img")).to_have_count(12)
+    gallery.locator("img").nth(2).click()
+    expect(page.locator("#search-why img")).to_be_visible()
+    expect(page.locator("#search-why-info")).to_contain_text("a red circle")
+    page.screenshot(path=shots / "search.png", full_page=True)
+    page.get_by_role("button", name="More like this").click()
+    expect(page.locator("#search-status")).to_contain_text("result(s)")
+    expect(page.locator("#search-why-info")).to_have_text("")  # the new results have not been clicked yet
+
+
+def test_search_by_image_finds_that_image_first(page, served, shots):
+    _, tmp = served
+    open_tab(page, "Search")
+    upload(page, "search-example", tmp / "shapes" / "images" / "000007.png")
+    expect(page.locator("#search-gallery")).to_contain_text("1.000")  # the same image, cosine 1, comes first
+    page.screenshot(path=shots / "search-image.png", full_page=True)
+
+
+def test_segment_shows_masks_and_heat_maps(page, served, shots):
+    _, tmp = served
+    open_tab(page, "Segment")
+    upload(page, "segment-image", tmp / "shapes" / "images" / "000001.png")
+    page.locator("#segment-phrases textarea").fill("a red circle\na green star")
+    page.get_by_role("button", name="Segment", exact=True).click()
+    expect(page.locator("#segment-overlay img")).to_be_visible()
+    expect(page.locator("#segment-summary")).to_contain_text("a green star")
+    expect(page.locator("#segment-summary li")).to_have_count(2)
+    page.screenshot(path=shots / "segment.png", full_page=True)
+
+
+def test_why_it_matched_tab(page, served, shots):
+    _, tmp = served
+    open_tab(page, "Why it matched")
+    upload(page, "explain-image", tmp / "shapes" / "images" / "000002.png")
+    page.locator("#explain-text textarea").fill("a blue square")
+    page.locator("#explain-text textarea").press("Enter")
+    expect(page.locator("#explain-picture img")).to_be_visible()
+    expect(page.locator("#explain-info")).to_contain_text("a blue square — image–text cosine similarity")
+    page.screenshot(path=shots / "explain.png", full_page=True)
+
+
+def test_short_training_run_becomes_the_active_model(page, served, shots):
+    _, tmp = served
+    open_tab(page, "Train")
+    page.locator("#train-data textarea, #train-data input").first.fill(str(tmp / "train" / "pairs.csv"))
+    page.locator("#train-steps input").fill("3")
+    page.locator("#train-batch input").fill("8")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#train-used")).to_contain_text("Started: ")
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("finished", timeout=90_000)
+    expect(status).to_contain_text("step 3 / 3")
+    expect(page.locator("#train-loss")).to_be_visible()
+    page.screenshot(path=shots / "train.png", full_page=True)
+    page.get_by_role("button", name="Use this model").click()
+    expect(page.locator("#banner")).to_contain_text("checkpoint", timeout=60_000)
+    expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images")
+    open_tab(page, "Model")
+    expect(page.locator("#model-details")).to_contain_text("trained by vlm")
+    page.screenshot(path=shots / "model.png", full_page=True)
