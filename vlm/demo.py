@@ -43,23 +43,6 @@ def twemoji_captions(row: dict[str, str]) -> list[str]:
     return out
 
 
-def shapes_caption(objects: list[dict[str, Any]]) -> str:
-    """A caption naming the shapes only, e.g. "two circles and a triangle".
-
-    Colour, learnt first, tells most scenes of a batch apart, so the full captions give shape little gradient; with
-    this extra caption per scene (a quarter of the samples) only the shapes separate a scene from the others."""
-    from vlm.synth import NUMBER_WORDS
-
-    counts: dict[str, int] = {}
-    for o in objects:
-        counts[o["shape"]] = counts.get(o["shape"], 0) + 1
-    parts = [
-        (f"{NUMBER_WORDS[n]} {s}{'es' if s.endswith(('s', 'x')) else 's'}" if n > 1 else f"a {s}")
-        for s, n in counts.items()
-    ]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
 def build_training_data(out_dir: str | Path, *, scenes: int = 10000, seed: int = 0, image_size: int = 64) -> Path:
     """Write `out_dir/pairs.csv` over `out_dir/shapes` (synthetic) and `out_dir/twemoji` (copied) and return it.
 
@@ -78,9 +61,6 @@ def build_training_data(out_dir: str | Path, *, scenes: int = 10000, seed: int =
     rows: list[tuple[str, str]] = []
     with open(summary.out_dir / "pairs.csv", encoding="utf-8", newline="") as f:
         rows += [(f"shapes/{r['path']}", r["caption"]) for r in csv.DictReader(f)]
-    with open(summary.out_dir / "scenes.jsonl", encoding="utf-8") as f:
-        scenes_list = [json.loads(line) for line in f if line.strip()]
-    rows += [(f"shapes/{sc['path']}", shapes_caption(sc["objects"])) for sc in scenes_list]
     with open(TWEMOJI / "pairs.csv", encoding="utf-8", newline="") as f:
         rows += [(f"twemoji/{r['path']}", c) for r in csv.DictReader(f) for c in twemoji_captions(r)]
     buf = io.StringIO()
@@ -153,7 +133,10 @@ def model_card(record: dict[str, Any], figures: dict[str, Any]) -> str:
         "## How it was made",
         "",
         "```",
-        "make demo    # = vlm demo-data runs/demo-data && vlm train --config configs/demo.yaml && vlm demo-export ...",
+        "make demo    # = the three commands below",
+        "vlm demo data runs/demo-data",
+        "vlm train --config configs/demo.yaml",
+        "vlm demo export runs/demo/final",
         "```",
         "",
         f"- data: {prov.get('train_pairs')} training images ({prov.get('train_data')}), "
