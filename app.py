@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
+    from ui.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before torch and Gradio start threads: keeps the server's memory flat under load
     from ui.app import build_app, close, create_state, launch
     from ui.state import Limits
 

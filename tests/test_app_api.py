@@ -357,3 +357,82 @@ def test_training_with_broken_rows_can_be_stopped_and_used(shapes, tmp_path):
         assert {b["reason"] for b in bad} >= {"missing file", "empty caption"}
     finally:
         close(served.demo, state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the collection lives: one per model, rebuilt when the weights change; the demo's images made once.
+
+
+def distinct_images(paths: list[Path]) -> int:
+    """Images with different pixels, compared as arrays (the collection adds an image only once)."""
+    seen = set()
+    for p in paths:
+        rgb = np.asarray(Image.open(p).convert("RGBA").convert("RGB"))
+        seen.add((rgb.shape, rgb.tobytes()))
+    return len(seen)
+
+
+@pytest.fixture()
+def small_demo(tmp_path, monkeypatch):
+    """The demo's recipe on 12 scenes and the first 15 Twemoji icons."""
+    import vlm.demo
+
+    icons = tmp_path / "twemoji"
+    (icons / "images").mkdir(parents=True)
+    lines = (vlm.demo.TWEMOJI / "pairs.csv").read_text(encoding="utf-8").splitlines()[:16]
+    for line in lines[1:]:
+        name = line.split(",")[0]
+        (icons / name).write_bytes((vlm.demo.TWEMOJI / name).read_bytes())
+    (icons / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (icons / "ATTRIBUTION.md").write_text("CC-BY 4.0\n", encoding="utf-8")
+    monkeypatch.setattr(vlm.demo, "TWEMOJI", icons)
+    monkeypatch.setattr(vlm.demo, "DEMO_COLLECTION_SCENES", 12)
+    return tmp_path / "cache"
+
+
+def test_demo_collection_per_model_reopened_and_pruned(small_demo):
+    from ui.library import Library
+    from vlm import models
+
+    lib = Library.choose(images=[], collection=None, cache_dir=small_demo)
+    assert lib.kind == "demo"
+    encoders = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        encoders.append(models.load("vlm-tiny", device="cpu"))
+    coll = lib.open_for(encoders[0], progress=False)
+    home = small_demo / "demo-collection"
+    files = sorted((home / "shapes" / "images").glob("*.png")) + sorted((home / "twemoji" / "images").glob("*.png"))
+    assert len(files) == 12 + 15
+    assert coll.stats().count == distinct_images(files)
+    version = coll.stats().version
+    coll.close()
+    again = lib.open_for(encoders[0], progress=False)  # the same weights: reopened, nothing embedded again
+    assert again.stats().version == version and again.root == coll.root
+    again.close()
+    for enc in encoders[1:]:
+        lib.open_for(enc, progress=False).close()
+    kept = sorted(p.name for p in home.glob("collection-*"))
+    assert kept == sorted(f"collection-{e.fingerprint[:16]}" for e in encoders[1:])  # the oldest one was pruned
+
+
+def test_folders_added_from_the_app_follow_to_another_model(shapes, tmp_path):
+    from ui.library import Library
+    from vlm import models
+
+    extra = tmp_path / "extra"
+    generate(extra, 5, seed=9, image_size=32, progress=False)
+    lib = Library.choose(images=[shapes / "images"], collection=tmp_path / "home", cache_dir=tmp_path / "cache")
+    assert lib.kind == "folders" and lib.home == (tmp_path / "home").resolve()
+    torch.manual_seed(0)
+    first = models.load("vlm-tiny", device="cpu")
+    coll = lib.open_for(first, progress=False)
+    result = lib.add_folder(coll, extra / "images", progress=False)
+    assert result.added == 5 and coll.stats().count == SCENES + 5
+    coll.close()
+    torch.manual_seed(1)
+    second = lib.open_for(models.load("vlm-tiny", device="cpu"), progress=False)
+    assert second.stats().count == SCENES + 5 and second.root != coll.root
+    second.close()
+    with pytest.raises(Exception, match="not a folder"):
+        Library.choose(images=[extra / "pairs.csv"], collection=None, cache_dir=tmp_path / "cache")

@@ -110,6 +110,7 @@ def launch(
         quiet=quiet,
         show_error=False,  # our own errors are gr.Error and always shown; others stay in the server's log
         footer_links=["api", "settings"],
+        run_history=False,  # nothing recorded in browsers, and no link to storing runs on the Hub
         theme=gr.themes.Soft(),
     )
     return url

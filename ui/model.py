@@ -65,10 +65,10 @@ def describe_active(state: AppState, active: Active | None = None) -> str:
             f"on {prov.get('train_pairs', '?')} pairs from `{prov.get('train_data', '?')}`, "
             f"initial weights {prov.get('initial_weights', '?')}"
         )
-        metrics = prov.get("metrics") or {}
-        if metrics:
-            shown_metrics = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:6] if isinstance(v, float))
-            lines.append(f"- held-out figures: {shown_metrics}")
+        for title, key in (("validation at the end of training", "metrics"), ("model card figures", "demo_figures")):
+            figures = {k: v for k, v in (prov.get(key) or {}).items() if isinstance(v, float)}
+            if figures:
+                lines.append(f"- {title}: " + ", ".join(f"{k} {v:.3f}" for k, v in list(figures.items())[:8]))
     if active.is_demo:
         lines.append(f"\n{DEMO_HINT}")
     return "\n".join(lines)

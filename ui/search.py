@@ -9,32 +9,43 @@ path on the server is ever served.
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
 from indexing.collection import Collection, Hits
-from indexing.store import Filter
+from indexing.store import Filter, ImageRecord
 from ui import explain
 from ui.errors import shown
 from ui.inputs import checked_text, image_input, require_image, server_path
 from ui.state import AppState
+from vlm.atomic import atomic_open
 
 LOG = logging.getLogger(__name__)
 
 THUMB_SIDE = 256
+# Thumbnails are content-addressed files (named by the image's pixel hash, which the collection stores), written once
+# and handed to the gallery by path: Gradio then copies a small file instead of encoding a PNG on every request.
+# They live in the system temp folder, where Gradio accepts returned files without widening `allowed_paths`.
+THUMBS = Path(tempfile.gettempdir()) / f"vlm-app-thumbnails-{os.getuid()}"
 
 
-@functools.lru_cache(maxsize=256)
-def thumbnail(coll: Collection, image_id: int) -> Image.Image:
-    """Image `image_id` of `coll`, at most THUMB_SIDE on its long side (ids are never reused: safe to cache)."""
-    image = coll.open_image(image_id)
-    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-    return image
+def thumbnail(coll: Collection, record: ImageRecord) -> str:
+    """The path of a thumbnail (at most THUMB_SIDE pixels a side) of one image of `coll`."""
+    path = THUMBS / f"{record.sha256[:40]}.png"
+    if not path.is_file():
+        image = coll.open_image(record.id)
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+        THUMBS.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            image.save(f, format="PNG")
+    return str(path)
 
 
 def _filters(caption: str | None, path: str | None) -> Filter | None:
@@ -55,7 +66,7 @@ def _render(coll: Collection, hits: Hits, elapsed: float) -> tuple[list, list[di
     gallery, table, ids = [], [], []
     for record, score in zip(hits.records[0], hits.scores[0], strict=False):
         caption = (record.caption or "").split("\n")[0]
-        gallery.append((thumbnail(coll, record.id), f"{score:.3f} · {caption or record.path}"))
+        gallery.append((thumbnail(coll, record), f"{score:.3f} · {caption or record.path}"))
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.stats().count:,} images in {elapsed * 1000:.0f} ms."
@@ -160,7 +171,8 @@ def build(state: AppState) -> None:
         image_id = shown_ids[int(evt.index)]
         if not text:
             note = "Why it matched is shown for text queries; this result was found by image similarity."
-            return image_id, thumbnail(state.active.collection, image_id), note, gr.Button(interactive=True)
+            coll = state.active.collection
+            return image_id, thumbnail(coll, coll.records([image_id])[image_id]), note, gr.Button(interactive=True)
         picture, info = explain_result(image_id, text)
         return image_id, picture, info, gr.Button(interactive=True)
 

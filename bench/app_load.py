@@ -1,0 +1,276 @@
+"""Load test of the web app: N concurrent `gradio_client` clients on loopback for a bounded time.
+
+    python -m bench.app_load                                # the demo model and demo collection (default)
+    python -m bench.app_load --model runs/x/final --clients 8 --seconds 60
+
+The app runs as `python app.py` in a subprocess (its own memory is measured); the peer loads the same model and
+opens the same collection (read-only) in this process. Three phases, each endpoint called round-robin
+(collection_info, a trivial call that measures the serving alone; classify, search_text, search_image, explain,
+segment) with the demo's own images:
+  1. sequential: one client, each served call followed by the same work done directly through the library (the peer),
+     so "served / direct" is the cost of serving (HTTP, queue, upload, result images) measured side by side; the
+     client's latency includes downloading every result image (12 thumbnails for a search), as a browser would;
+  2. load: N clients for --seconds; p50/p95 latency per endpoint, errors, requests per second;
+  3. the resident memory of the server process after warm-up, half-way through the load and at its end (flat means
+     the second half added about nothing).
+Claimed: the ratios (served/direct, load p50 / sequential p50) and the absence of errors and of memory growth;
+milliseconds are printed for context (they depend on the machine and on what else runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.common import report
+from indexing.collection import Collection
+from ui.explain import explain
+from vlm import models
+from vlm.data import ImageRef
+from vlm.models import Encoders
+from vlm.segment import segment
+from vlm.zeroshot import ClassifierCache, build_classifier, embed_images, top_k
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = "red circle, blue square, green triangle, yellow star, grinning face, cat face, slice of pizza"
+QUERY = "a red circle"
+PHRASES = ["a red circle", "a blue square"]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int, runs: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "app.py"), "--model", args.model, "--port", str(port), "--runs-dir", runs]
+    cmd += ["--pretrained", args.pretrained] if args.pretrained else []
+    cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    for folder in args.images:
+        cmd += ["--images", folder]
+    return subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, timeout: float = 600.0):
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the app exited with status {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # not listening yet (it may be building the demo collection)
+            time.sleep(1.0)
+    raise SystemExit(f"the app did not answer at {url} within {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def query_images(coll: Collection, n: int = 4) -> list[Path]:
+    """A few files of the collection, to upload as queries."""
+    found = []
+    for image_id in range(coll.stats().count * 2):
+        path = coll.image_path(image_id)
+        if path is not None:
+            found.append(path)
+        if len(found) == n:
+            return found
+    raise SystemExit("the collection has too few image files to query with")
+
+
+def served_calls(client, images: list[Path]) -> dict[str, Callable[[int], object]]:
+    from gradio_client import handle_file
+
+    def img(i: int):
+        return handle_file(str(images[i % len(images)]))
+
+    return {
+        "collection_info": lambda i: client.predict(api_name="/collection_info"),  # baseline: the serving alone
+        "classify": lambda i: client.predict(img(i), LABELS, "generic", 5, api_name="/classify"),
+        "search_text": lambda i: client.predict(QUERY, 12, "", "", api_name="/search_text"),
+        "search_image": lambda i: client.predict(img(i), 12, "", "", api_name="/search_image"),
+        "explain": lambda i: client.predict(img(i), QUERY, api_name="/explain"),
+        "segment": lambda i: client.predict(
+            img(i), "\n".join(PHRASES), "training-free (dense)", "", 0.5, api_name="/segment"
+        ),
+    }
+
+
+def direct_calls(enc: Encoders, coll: Collection, images: list[Path]) -> dict[str, Callable[[int], object]]:
+    """The same work through the library, without the server (images are decoded each time, as uploads are)."""
+    cache = ClassifierCache()
+
+    def img(i: int):
+        return ImageRef("file", str(images[i % len(images)])).open()
+
+    def classify(i: int):
+        clf = build_classifier(enc, LABELS, "generic", cache=cache)
+        return top_k(clf.probs(embed_images(enc, [img(i)])), clf.labels, 5)
+
+    return {
+        "collection_info": lambda i: coll.stats(),
+        "classify": classify,
+        "search_text": lambda i: coll.search_text(QUERY, k=12),
+        "search_image": lambda i: coll.search_image(img(i), k=12),
+        "explain": lambda i: explain(enc, img(i), QUERY),
+        "segment": lambda i: segment(enc, img(i), PHRASES),
+    }
+
+
+def timed(fn: Callable[[int], object], i: int) -> float:
+    start = time.perf_counter()
+    fn(i)
+    return time.perf_counter() - start
+
+
+def sequential(served: dict, direct: dict, rounds: int) -> tuple[dict, dict]:
+    s_times, d_times = defaultdict(list), defaultdict(list)
+    for i in range(rounds):
+        for name in served:  # interleaved: served, then direct, for each endpoint and round
+            s_times[name].append(timed(served[name], i))
+            d_times[name].append(timed(direct[name], i))
+    return s_times, d_times
+
+
+def load(url: str, images: list[Path], clients: int, seconds: float, pid: int) -> tuple[dict, dict, list, float]:
+    """Latencies and errors per endpoint from `clients` threads for `seconds`; the server's RSS (MB) at each tenth
+    of the time; requests per second."""
+    from gradio_client import Client
+
+    times: dict[str, list[float]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    lock = threading.Lock()
+    series: list[float] = []
+    started = time.monotonic()
+    deadline = started + seconds
+
+    def worker(w: int) -> None:
+        calls = served_calls(Client(url, verbose=False), images)
+        names = list(calls)
+        i = w
+        while time.monotonic() < deadline:
+            name = names[i % len(names)]
+            try:
+                elapsed = timed(calls[name], i)
+                with lock:
+                    times[name].append(elapsed)
+            except Exception as e:  # counted and reported: the point of a load test
+                with lock:
+                    errors[name].append(f"{type(e).__name__}: {e}"[:200])
+            i += 1
+
+    def sample() -> None:  # ten samples of the server's memory, the fifth at half time
+        for k in range(1, 11):
+            time.sleep(max(0.0, started + k * seconds / 10 - time.monotonic()))
+            series.append(round(rss_mb(pid), 1))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    threads.append(threading.Thread(target=sample))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sum(len(v) for v in times.values())
+    return times, errors, series, total / (time.monotonic() - started)
+
+
+def pct(values: list[float], q: int) -> float:
+    """The q-th percentile in milliseconds."""
+    if len(values) < 2:
+        return values[0] * 1e3 if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="demo", help="what the app loads (default: the demo model)")
+    p.add_argument("--pretrained")
+    p.add_argument("--images", action="append", default=[], help="search these folders instead of the demo collection")
+    p.add_argument("--cache-dir", help="where the demo collection is kept (default: the app's)")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--rounds", type=int, default=5, help="sequential rounds (served and direct, interleaved)")
+    args = p.parse_args(argv)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory() as runs:
+        proc = start_server(args, port, runs)
+        try:
+            client = wait_for_server(proc, url)
+            folder = client.predict(api_name="/collection_info")["folder"]
+            enc = models.load(args.model, args.pretrained)
+            coll = Collection.open(folder, read_only=True, encoders=enc)
+            images = query_images(coll)
+            served, direct = served_calls(client, images), direct_calls(enc, coll, images)
+            sequential(served, direct, 1)  # warm-up: caches, first-call costs
+            rss_warm = rss_mb(proc.pid)
+            s_times, d_times = sequential(served, direct, args.rounds)
+            times, errors, rss_series, rps = load(url, images, args.clients, args.seconds, proc.pid)
+            rss_half, rss_end = rss_series[4], rss_series[-1]
+        finally:
+            stop_server(proc)
+
+    rows = []
+    for name in s_times:
+        seq, direct_ms = statistics.median(s_times[name]) * 1e3, statistics.median(d_times[name]) * 1e3
+        p50 = pct(times[name], 50)
+        rows.append({
+            "endpoint": name,
+            "direct_p50_ms": direct_ms,
+            "served_p50_ms": seq,
+            "served/direct": seq / direct_ms,
+            "load_n": len(times[name]),
+            "load_errors": len(errors[name]),
+            "load_p50_ms": p50,
+            "load_p95_ms": pct(times[name], 95),
+            "load_p50/sequential": p50 / seq,
+        })  # fmt: skip
+    report(
+        "app_load",
+        rows,
+        model=args.model,
+        clients=args.clients,
+        seconds=args.seconds,
+        requests_per_s=rps,
+        errors={k: v[:3] for k, v in errors.items()},
+        server_rss_mb={"after_warmup": rss_warm, "load_half": rss_half, "load_end": rss_end},
+        server_rss_mb_each_tenth=rss_series,
+        server_rss_growth_second_half_mb=rss_end - rss_half,
+    )
+    n_errors = sum(len(v) for v in errors.values())
+    print(f"{rps:.1f} requests/s; server RSS {rss_warm:.0f} MB after warm-up, {rss_half:.0f} MB half-way, "
+          f"{rss_end:.0f} MB at the end (each tenth: {rss_series}); {n_errors} errors")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
