@@ -23,6 +23,15 @@ LOG = logging.getLogger(__name__)
 MIN_SIDE = 256  # small images (72 px icons) are enlarged so the heat map can be seen
 MAX_SIDE = 1024  # large ones are reduced: the picture is for a screen, and the maps cost 5 bytes a pixel
 ALPHA = 0.55  # weight of the heat colours over the image
+MIN_STRETCH = 0.05  # a map whose maximum is below this is shown as it is (stretching it would only show noise)
+
+
+def heat_picture(image: Image.Image, heat: np.ndarray) -> Image.Image:
+    """`heat` (H, W) in [0, 1] blended over `image`, its colours stretched to the map's own maximum: small models
+    give low absolute scores, and the question here is where in the image the text matches best."""
+    top = float(heat.max()) if heat.size else 0.0
+    shown = heat / top if top >= MIN_STRETCH else heat
+    return Image.blend(image, heatmap_image(shown), ALPHA)
 
 
 class Explanation(NamedTuple):
@@ -34,7 +43,8 @@ class Explanation(NamedTuple):
         share = float((self.heat >= 0.5).mean())
         return (
             f"**{text}** — image–text cosine similarity {self.similarity:.3f}. Bright areas are where the text "
-            f"matches (dense matching, training-free); {share:.0%} of the image is above one half."
+            f"matches best (dense matching, training-free; colours scaled to the map's maximum, "
+            f"{float(self.heat.max()):.2f}); {share:.0%} of the image is above one half."
         )
 
 
@@ -53,7 +63,7 @@ def explain(encoders: Encoders, image: Image.Image, text: str) -> Explanation:
     shown_image = display_size(image.convert("RGB"))
     result = segment(encoders, shown_image, [text], method="dense")
     heat = result.heatmaps[0]
-    picture = Image.blend(shown_image, heatmap_image(heat), ALPHA)
+    picture = heat_picture(shown_image, heat)
     pixels = encoders.preprocess(image.convert("RGB"))[None]
     similarity = float((encoders.encode_image(pixels) @ encoders.encode_text([text]).T).item())
     return Explanation(picture, heat, similarity)

@@ -27,8 +27,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 VIEWPORT = {"width": 1400, "height": 950}
-ICON = "1f355.png"  # slice of pizza
-ICON_LABELS = "slice of pizza, grinning face, cat face, red heart, rocket, dog face, hamburger"
+ICON = "1f436.png"  # dog face (one of the icons the small demo model gets right)
+ICON_LABELS = "dog face, cat face, tiger face, grinning face, slice of pizza, rocket, banana"
 
 
 def scene_with(shapes: Path, words: str) -> tuple[Path, str]:
@@ -45,6 +45,11 @@ def upload(page: Page, elem_id: str, path: Path) -> None:
     expect(page.locator(f"#{elem_id} img").first).to_be_visible()
 
 
+def shoot(page: Page, path: Path) -> None:
+    page.wait_for_timeout(1000)  # let the outputs' loading shade fade out
+    page.screenshot(path=path, full_page=True)
+
+
 def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     scene, _ = scene_with(home / "shapes", "red circle")
     tab = lambda name: page.get_by_role("tab", name=name, exact=True).click()  # noqa: E731
@@ -56,7 +61,7 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     expect(page.locator("#classify-notes")).to_contain_text("prompt templates")
     page.locator("#classify-scores button.confidence-set").first.click()  # the most probable label
     expect(page.locator("#classify-why img")).to_be_visible()
-    page.screenshot(path=out / "classify.png", full_page=True)
+    shoot(page, out / "classify.png")
 
     tab("Search")
     page.locator("#search-query textarea").fill("a red circle")
@@ -64,21 +69,21 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     expect(page.locator("#search-status")).to_contain_text("result(s)")
     page.locator("#search-gallery img").first.click()
     expect(page.locator("#search-why img")).to_be_visible()
-    page.screenshot(path=out / "search.png", full_page=True)
+    shoot(page, out / "search.png")
 
     tab("Why it matched")
     upload(page, "explain-image", scene)
     page.locator("#explain-text textarea").fill("a red circle")
     page.locator("#explain-text textarea").press("Enter")
     expect(page.locator("#explain-picture img")).to_be_visible()
-    page.screenshot(path=out / "why-it-matched.png", full_page=True)
+    shoot(page, out / "why-it-matched.png")
 
     tab("Segment")
     upload(page, "segment-image", scene)
-    page.locator("#segment-phrases textarea").fill("a red circle\na blue square")
+    page.locator("#segment-phrases textarea").fill("a red circle\na green star")
     page.get_by_role("button", name="Segment", exact=True).click()
     expect(page.locator("#segment-summary li")).to_have_count(2)
-    page.screenshot(path=out / "segment.png", full_page=True)
+    shoot(page, out / "segment.png")
 
     tab("Train")
     page.locator("#train-data textarea, #train-data input").first.fill(str(home / "shapes" / "pairs.csv"))
@@ -89,10 +94,10 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     expect(page.locator("#train-used")).to_contain_text("Started")
     expect(page.locator("#train-status")).to_contain_text("finished", timeout=300_000)
     page.wait_for_timeout(2500)  # the last poll draws the final points
-    page.screenshot(path=out / "train.png", full_page=True)
+    shoot(page, out / "train.png")
 
     tab("Model")
-    page.screenshot(path=out / "model.png", full_page=True)
+    shoot(page, out / "model.png")
 
 
 def main(argv: list[str] | None = None) -> None:

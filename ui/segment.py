@@ -9,11 +9,11 @@ import gradio as gr
 from PIL import Image
 
 from ui.errors import shown
-from ui.explain import ALPHA, display_size
+from ui.explain import display_size, heat_picture
 from ui.inputs import checked_phrases, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.errors import ConfigError
-from vlm.segment import heatmap_image, segment
+from vlm.segment import segment
 from vlm.segment.decoder import load_decoder
 
 LOG = logging.getLogger(__name__)
@@ -36,10 +36,11 @@ def run_segmentation(
         path = server_path(decoder, state.allowed_dirs, "decoder folder")
         seg_decoder = load_decoder(path, encoders)  # CheckpointError if trained on other encoder weights
     result = segment(encoders, image, wanted, method=kind, decoder=seg_decoder, threshold=float(threshold))
-    heat = [
-        (Image.blend(image, heatmap_image(h), ALPHA), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
+    heat = [(heat_picture(image, h), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)]
+    lines = [
+        f"- **{p}**: {m.mean():.1%} of the image (heat at most {h.max():.2f}; maps are scaled to their maximum)"
+        for p, m, h in zip(result.phrases, result.masks, result.heatmaps, strict=True)
     ]
-    lines = [f"- **{p}**: {m.mean():.1%} of the image" for p, m in zip(result.phrases, result.masks, strict=True)]
     if any(result.truncated):
         lines.append("- some phrases were too long for the text encoder and were cut")
     return result.overlay(image), heat, "\n".join(lines)
