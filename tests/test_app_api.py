@@ -436,3 +436,20 @@ def test_folders_added_from_the_app_follow_to_another_model(shapes, tmp_path):
     second.close()
     with pytest.raises(Exception, match="not a folder"):
         Library.choose(images=[extra / "pairs.csv"], collection=None, cache_dir=tmp_path / "cache")
+
+
+def test_result_files_are_named_by_content_and_pruned(tmp_path, monkeypatch):
+    import os
+
+    import ui.files
+    from ui.files import ResultFiles
+
+    files = ResultFiles(tmp_path / "images")
+    red, blue = Image.new("RGB", (5, 3), "red"), Image.new("RGB", (5, 3), "blue")
+    first, again, other = files.image(red), files.image(red.copy()), files.image(blue)
+    assert first == again != other
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(red))  # written whole, decodes back
+    os.utime(other, (0, 0))  # not used for decades
+    monkeypatch.setattr(ui.files, "PRUNE_EVERY_S", 0.0)
+    files.image(Image.new("RGB", (2, 2), "green"))
+    assert Path(first).is_file() and not Path(other).exists()

@@ -85,7 +85,7 @@ def build(state: AppState) -> None:
         image = require_image(image)
         label = str(evt.value)
         found = explain.explain(state.active.encoders, image, label)
-        return found.picture, found.describe(label)
+        return state.files.image(found.picture), found.describe(label)
 
     gr.on(
         [button.click, labels.submit],

@@ -95,6 +95,6 @@ def build(state: AppState) -> None:
         image = require_image(image)
         text = checked_text(text, "text", state.limits.max_text_chars)
         found = explain(state.active.encoders, image, text)
-        return found.picture, found.describe(text)
+        return state.files.image(found.picture), found.describe(text)
 
     gr.on([button.click, text.submit], explain_image, [image, text], [picture, info], api_name="explain")

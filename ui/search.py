@@ -3,49 +3,28 @@ with scores and captions; clicking a result shows why it matched and offers "mor
 server can be added with progress. API: `search_text`, `search_image`, `search_similar`, `explain_result`,
 `add_folder`, `collection_info`.
 
-Only the collection's own images are shown: results are looked up by id and sent as thumbnails made here, so no
+Only the collection's own images are shown: results are looked up by id and sent as thumbnails (`ui.files`), so no
 path on the server is ever served.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
 from indexing.collection import Collection, Hits
-from indexing.store import Filter, ImageRecord
+from indexing.store import Filter
 from ui import explain
 from ui.errors import shown
+from ui.files import ResultFiles
 from ui.inputs import checked_text, image_input, require_image, server_path
 from ui.state import AppState
-from vlm.atomic import atomic_open
 
 LOG = logging.getLogger(__name__)
-
-THUMB_SIDE = 256
-# Thumbnails are content-addressed files (named by the image's pixel hash, which the collection stores), written once
-# and handed to the gallery by path: Gradio then copies a small file instead of encoding a PNG on every request.
-# They live in the system temp folder, where Gradio accepts returned files without widening `allowed_paths`.
-THUMBS = Path(tempfile.gettempdir()) / f"vlm-app-thumbnails-{os.getuid()}"
-
-
-def thumbnail(coll: Collection, record: ImageRecord) -> str:
-    """The path of a thumbnail (at most THUMB_SIDE pixels a side) of one image of `coll`."""
-    path = THUMBS / f"{record.sha256[:40]}.png"
-    if not path.is_file():
-        image = coll.open_image(record.id)
-        image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
-        THUMBS.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as f:
-            image.save(f, format="PNG")
-    return str(path)
 
 
 def _filters(caption: str | None, path: str | None) -> Filter | None:
@@ -61,12 +40,14 @@ def _check_nonempty(coll: Collection) -> None:
         )
 
 
-def _render(coll: Collection, hits: Hits, elapsed: float) -> tuple[list, list[dict[str, Any]], str, list[int]]:
+def _render(
+    files: ResultFiles, coll: Collection, hits: Hits, elapsed: float
+) -> tuple[list, list[dict[str, Any]], str, list[int]]:
     """Gallery items, a JSON-ready table, a status line and the ids in rank order."""
     gallery, table, ids = [], [], []
     for record, score in zip(hits.records[0], hits.scores[0], strict=False):
         caption = (record.caption or "").split("\n")[0]
-        gallery.append((thumbnail(coll, record), f"{score:.3f} · {caption or record.path}"))
+        gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or record.path}"))
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.stats().count:,} images in {elapsed * 1000:.0f} ms."
@@ -127,7 +108,7 @@ def build(state: AppState) -> None:
     selected = gr.Number(value=-1, precision=0, visible="hidden", label="image id")
 
     def respond(coll: Collection, hits: Hits, start: float, text: str):
-        gallery_items, rows, line, shown_ids = _render(coll, hits, time.perf_counter() - start)
+        gallery_items, rows, line, shown_ids = _render(state.files, coll, hits, time.perf_counter() - start)
         return gallery_items, rows, line, shown_ids, text, None, "", gr.Button(interactive=False)
 
     outputs = [gallery, table, status, ids, last_text, why, why_info, similar_button]
@@ -162,7 +143,7 @@ def build(state: AppState) -> None:
     def explain_result(image_id: float, text: str):
         text = checked_text(text, "text", limits.max_text_chars)
         found = explain.explain(state.active.encoders, state.active.collection.open_image(int(image_id)), text)
-        return found.picture, found.describe(text)
+        return state.files.image(found.picture), found.describe(text)
 
     @shown
     def select_result(shown_ids: list[int], text: str, evt: gr.SelectData):
@@ -172,7 +153,8 @@ def build(state: AppState) -> None:
         if not text:
             note = "Why it matched is shown for text queries; this result was found by image similarity."
             coll = state.active.collection
-            return image_id, thumbnail(coll, coll.records([image_id])[image_id]), note, gr.Button(interactive=True)
+            picture = state.files.thumbnail(coll, coll.records([image_id])[image_id])
+            return image_id, picture, note, gr.Button(interactive=True)
         picture, info = explain_result(image_id, text)
         return image_id, picture, info, gr.Button(interactive=True)
 

@@ -23,8 +23,9 @@ METHODS = {"training-free (dense)": "dense", "learned decoder": "decoder"}
 
 def run_segmentation(
     state: AppState, image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float
-) -> tuple[Image.Image, list[tuple[Image.Image, str]], str]:
-    """(mask overlay with a legend, [(heat map, phrase)], a summary with each phrase's share of the image)."""
+) -> tuple[str, list[tuple[str, str]], str]:
+    """Files of the mask overlay (with a legend) and of each phrase's heat map ([(file, phrase)]), and a summary
+    with each phrase's share of the image."""
     image = display_size(require_image(image))
     wanted = checked_phrases(phrases, state.limits.max_phrases)
     kind = METHODS.get(method, method)
@@ -36,14 +37,16 @@ def run_segmentation(
         path = server_path(decoder, state.allowed_dirs, "decoder folder")
         seg_decoder = load_decoder(path, encoders)  # CheckpointError if trained on other encoder weights
     result = segment(encoders, image, wanted, method=kind, decoder=seg_decoder, threshold=float(threshold))
-    heat = [(heat_picture(image, h), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)]
+    heat = [
+        (state.files.image(heat_picture(image, h)), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
+    ]
     lines = [
         f"- **{p}**: {m.mean():.1%} of the image (heat at most {h.max():.2f}; maps are scaled to their maximum)"
         for p, m, h in zip(result.phrases, result.masks, result.heatmaps, strict=True)
     ]
     if any(result.truncated):
         lines.append("- some phrases were too long for the text encoder and were cut")
-    return result.overlay(image), heat, "\n".join(lines)
+    return state.files.image(result.overlay(image)), heat, "\n".join(lines)
 
 
 def build(state: AppState) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexing.collection import Collection
+from ui.files import ResultFiles
 from ui.jobs import TrainRunner
 from ui.library import Library
 from vlm import models
@@ -73,6 +74,7 @@ class AppState:
     allowed_dirs: tuple[Path, ...] = ()  # folders whose paths people may type (add a folder, train on a dataset)
     device: str | None = None  # None: CUDA when available
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)
+    files: ResultFiles = field(default_factory=ResultFiles)  # result images, handed to Gradio by path
 
     def __post_init__(self) -> None:
         self._active: Active | None = None
