@@ -453,3 +453,40 @@ def test_result_files_are_named_by_content_and_pruned(tmp_path, monkeypatch):
     monkeypatch.setattr(ui.files, "PRUNE_EVERY_S", 0.0)
     files.image(Image.new("RGB", (2, 2), "green"))
     assert Path(first).is_file() and not Path(other).exists()
+
+
+def test_uploaded_datasets_are_unpacked_safely_and_checked(shapes, tmp_path):
+    import zipfile
+
+    from ui.train_data import check_dataset, unpack_upload
+
+    good = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.write(shapes / "pairs.csv", "mydata/pairs.csv")
+        for p in sorted((shapes / "images").glob("*.png")):
+            zf.write(p, f"mydata/images/{p.name}")
+    source = unpack_upload(good, tmp_path / "unpacked")
+    assert source == tmp_path / "unpacked" / "mydata" / "pairs.csv"
+    dataset = check_dataset(source, None, batch_size=8)
+    assert dataset.pairs == SCENES and not dataset.bad
+    with pytest.raises(Exception, match="too few for a batch of 64"):
+        check_dataset(source, None, batch_size=64)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../outside.txt", "x")
+    with pytest.raises(Exception, match="outside the dataset folder"):
+        unpack_upload(evil, tmp_path / "evil")
+    assert not (tmp_path / "outside.txt").exists()
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    with pytest.raises(Exception, match=r"upload a \.zip"):
+        unpack_upload(tmp_path / "notes.txt", tmp_path / "notes")
+
+
+def test_an_open_clip_name_offline_gets_the_loaders_advice(app):
+    from vlm import models
+
+    if models.hub_reachable():
+        pytest.skip("the Hugging Face Hub is reachable: the switch would download ViT-B-32's weights")
+    with pytest.raises(Exception, match="cannot be reached"):
+        app.client.predict("ViT-B-32", "laion2b_s34b_b79k", api_name="/model_switch")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"  # the active model is unchanged
