@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
 from vlm import config
 from vlm.cli import is_main_process
@@ -25,6 +26,9 @@ def run(args: argparse.Namespace) -> None:
     from vlm.train import train
 
     cfg = config.resolve(config.TrainConfig, args, args.config)
+    # SIGINT (Ctrl-C, or the app's Stop) saves a checkpoint and exits. A shell starts background jobs with SIGINT
+    # ignored and Python then keeps it ignored, so a run started with `&` would not stop: take it back explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     result = train(cfg)
     if is_main_process():
         print(
