@@ -101,3 +101,18 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
     else:
         os.replace(tmp_dir, final_dir)
     fsync_dir(final_dir.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside `final_dir`; on a clean exit it is published there (`publish_dir`), on an
+    exception it is removed and `final_dir` is left as it was."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    try:
+        yield tmp
+        publish_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -19,14 +19,13 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from vlm.atomic import publish_dir
+from vlm.atomic import atomic_dir
 from vlm.errors import CheckpointError
 from vlm.fingerprint import state_fingerprint
 
@@ -63,9 +62,7 @@ def save(
     `weights_dtype=torch.float16` stores half-size weights (for shipping a demo model); loading casts them back.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {}
         for k, v in model.state_dict().items():
             v = v.detach().to("cpu")
@@ -93,10 +90,6 @@ def save(
             tokenizer.tokenizer.save_pretrained(str(tmp))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_NAME)
-        publish_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     LOG.info("saved checkpoint %s", path)
     return path
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlm.atomic import publish_dir
+from vlm.atomic import atomic_dir
 from vlm.checkpoint import read_format_record
 from vlm.errors import CheckpointError, ConfigError
 from vlm.models import Encoders
@@ -203,9 +201,7 @@ def save_decoder(
 ) -> Path:
     """Write a decoder directory atomically (temp dir, fsync, rename) and return its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in decoder.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         record = {
@@ -218,10 +214,6 @@ def save_decoder(
         (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_NAME)
-        publish_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     LOG.info("saved decoder %s", path)
     return path
 
