@@ -4,7 +4,8 @@
     python -m bench.train_throughput --model vlm-tiny --steps 40 --repeats 2
 
 Claim (issue 3): `vlm train` trains at least as many samples/s as `open_clip_train` (ratio >= 1.0) with the same
-model, data, batch size, precision, optimizer and data-loader workers.
+model, data, batch size, precision, optimizer, data-loader workers and training transform (open_clip's
+random-resized crop, which open_clip_train always applies).
 
 Both train the same synthetic shapes pairs (`vlm.synth`, rendered at the model's input size so decoding is cheap and
 the comparison is about the training loop) for exactly `--steps` optimizer steps, without validation or periodic
@@ -69,7 +70,7 @@ def run_ours(csv_path: Path, out: Path, args: argparse.Namespace) -> float:
             "log_every": 10**9,
             "tensorboard": False,
             "model": {"model": args.model, "precision": args.precision},
-            "data": {"train_data": str(csv_path), "val_fraction": 0.0, "workers": args.workers, "augment": False},
+            "data": {"train_data": str(csv_path), "val_fraction": 0.0, "workers": args.workers, "augment": True},
             "optim": {"lr": 5e-4, "warmup_steps": 10, "weight_decay": 0.2, "grad_clip": 1.0},
         },
     )
@@ -82,11 +83,10 @@ def run_open_clip(csv_path: Path, logs: Path, name: str, args: argparse.Namespac
     from open_clip_train.main import main as open_clip_main
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = {"fp32": "fp32", "amp": "amp", "amp_bf16": "amp_bf16"}[args.precision]
     argv = [
         "--train-data", str(csv_path), "--dataset-type", "csv", "--csv-separator", ",",
         "--csv-img-key", "filepath", "--csv-caption-key", "title", "--model", args.model,
-        "--device", device, "--precision", precision, "--workers", str(args.workers),
+        "--device", device, "--precision", args.precision, "--workers", str(args.workers),
         "--batch-size", str(args.batch_size), "--epochs", "1", "--lr", "5e-4", "--wd", "0.2",
         "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--warmup", "10", "--grad-clip-norm", "1.0",
         "--seed", "0", "--logs", str(logs), "--name", name, "--save-frequency", "1", "--zeroshot-frequency", "0",
