@@ -17,6 +17,20 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread of ours writes files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 entries (private temp files); the published file or directory should get the
+# permissions an ordinary open()/mkdir() would have given it.
+_UMASK = _current_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename or a new file) to disk; a no-op where directories cannot be opened."""
     try:
@@ -40,6 +54,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
@@ -71,6 +86,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         write(tmp)
@@ -111,6 +127,7 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
+        tmp.chmod(DIR_MODE)
         yield tmp
         publish_dir(tmp, final_dir)
     except BaseException:
