@@ -45,8 +45,9 @@ def test_segment_errors_exit_2_with_a_message(shapes, tmp_path, capsys):
     assert "phrase 0 is empty" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "none.png"), "x", "--model", "vlm-tiny"]) == 2
     assert "missing file" in capsys.readouterr().err
-    assert main(["segment", image, "x", "--model", "RN50", "--out", str(tmp_path / "o.png")]) == 2
-    assert "ModifiedResNet" in capsys.readouterr().err
+    # ResNet towers segment now (MaskCLIP); a timm tower still has no feature maps this code reads
+    assert main(["segment", image, "x", "--model", "convnext_tiny", "--out", str(tmp_path / "o.png")]) == 2
+    assert "TimmModel" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
 

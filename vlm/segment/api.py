@@ -1,10 +1,12 @@
 """`segment(encoders, image, phrases)`: one mask and one heat map per phrase, at the image's own resolution.
 
 Two methods:
-  "dense"    training-free (ClearCLIP, `dense.py`), any open_clip ViT. Each phrase's patch scores compete with a set
-             of background prompts through a softmax at the model's temperature; the heat map is the phrase's
-             probability and the mask is where it reaches `threshold`.
-  "decoder"  a decoder trained with `vlm train-seg` (`decoder.py`); the heat map is its sigmoid.
+  "dense"    training-free (`dense.py`): ClearCLIP on an open_clip ViT, MaskCLIP on an open_clip ModifiedResNet
+             (CLIP's RN50 family). Each phrase's cell scores compete with a set of background prompts through a
+             softmax at the model's temperature; the heat map is the phrase's probability and the mask is where it
+             reaches `threshold`.
+  "decoder"  a decoder trained with `vlm train-seg` (`decoder.py`) over either tower; the heat map is its sigmoid.
+Other towers (timm, CoCa's attentional pooling) raise a `ModelError` that says why (`towers.py`).
 With `exclusive=True` every pixel goes to at most one phrase (the one with the highest heat, if it reaches the
 threshold); for the dense method the phrases then also compete with each other in the softmax.
 
@@ -31,7 +33,7 @@ from PIL import Image
 from vlm.data import ImageRef, to_rgb
 from vlm.errors import ConfigError, DataError
 from vlm.models import Encoders
-from vlm.segment import dense, vit
+from vlm.segment import dense, towers
 from vlm.segment.decoder import SegDecoder, load_decoder, predict_logits
 from vlm.segment.overlay import overlay
 
@@ -171,7 +173,7 @@ def _dense_heat(
     logit_scale: float,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """(P, h, w) phrase probabilities at compute resolution."""
-    visual = vit.check_supported(encoders.model.visual)
+    visual = towers.check_supported(encoders.model.visual)
     tile = dense.tiling((image.height, image.width), visual, cfg)
     pixels = Pixels.of(encoders)(image, tile.size).to(encoders.device)
     with encoders.autocast():
@@ -214,7 +216,7 @@ def segment(
 
     Parameters
     ----------
-    encoders : a loaded ViT model (`vlm.models.load`)
+    encoders : a loaded model with a ViT or ModifiedResNet image tower (`vlm.models.load`)
     image : PIL image, path, or uint8 array (H, W) / (H, W, 3)
     phrases : one phrase or a sequence of them (each non-blank)
     method : "dense" (training-free) or "decoder" (needs `decoder`: a `SegDecoder` or a decoder directory)

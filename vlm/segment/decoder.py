@@ -1,25 +1,32 @@
-"""A light learned decoder over a frozen CLIP ViT, in the spirit of CLIPSeg (Lüddecke & Ecker, CVPR 2022).
+"""A light learned decoder over a frozen CLIP image tower, in the spirit of CLIPSeg (Lüddecke & Ecker, CVPR 2022).
 
-The encoder is frozen. The decoder reads the token outputs of a few ViT blocks (three, evenly spaced, by default),
-projects each to a small width, and walks from the deepest to the shallowest:
+The encoder is frozen. The decoder reads a few of its layers as tokens on one grid (`towers.activations`), each
+(B, 1 + h*w, C_k) with a global token first:
+  - a ViT (open_clip VisionTransformer): the tokens of a few blocks (three, evenly spaced, by default); the grid is
+    the patch grid;
+  - a ResNet (open_clip ModifiedResNet): the outputs of a few stages (layer2..layer4 = stages 1, 2, 3, strides 8, 16,
+    32, by default), brought to one grid of stride 8 (finer stages average-pooled, coarser ones bilinearly
+    upsampled), with the stage's spatial mean as the global token.
+It projects each to a small width, and walks from the deepest to the shallowest:
 
     a = 0
-    for each read block, deepest first:
+    for each read layer, deepest first:
         a = a + Linear(tokens_k)                     (B, 1 + h*w, width)
         a = gamma(t) * a + beta(t)                   FiLM by the phrase's text embedding t (B, D)
         a = TransformerEncoderLayer(a)
     logits = head(a[:, 1:] as a (width, h, w) map)                                      (B, 1, H, W)
-    head = Conv3x3 -> GELU -> ConvTranspose(x f1) -> GELU -> ConvTranspose(x f2), f1 * f2 = patch size
+    head = Conv3x3 -> GELU -> ConvTranspose(x f1) -> GELU -> ConvTranspose(x f2), f1 * f2 = the grid's stride
 
 CLIPSeg applies FiLM once, before the first layer; here every stage is conditioned, which costs a few thousand
 parameters and lets a decoder this small keep the phrase in view. The output is one logit per input pixel.
 
 A decoder is saved as a directory (written atomically, like `vlm.checkpoint`):
-    config.json           {"format": "vlm-seg-decoder", "spec": DecoderSpec, "encoder": how to load the encoder and
-                          its weights fingerprint, "provenance": ...}
+    config.json           {"format": "vlm-seg-decoder", "spec": DecoderSpec (which tower kind and token stride it
+                          reads), "encoder": how to load the encoder and its weights fingerprint, "provenance": ...}
     decoder.safetensors   the decoder's weights only (the encoder is loaded from its own source)
     train_state.pt        optional: optimizer, schedule, RNG, step; tensors and containers only (weights_only=True)
-Loading checks the encoder's fingerprint, so a decoder never runs on features it was not trained on.
+Loading checks the encoder's fingerprint, so a decoder never runs on features it was not trained on. Format 1 (ViT
+only) has no `tower` in its spec and loads as a ViT decoder; format 2 adds `tower` and `layer_widths`.
 """
 
 from __future__ import annotations
@@ -36,14 +43,14 @@ from torch import nn
 
 from vlm.atomic import atomic_dir
 from vlm.checkpoint import read_format_record
-from vlm.errors import CheckpointError, ConfigError
+from vlm.errors import CheckpointError, ConfigError, ModelError
 from vlm.models import Encoders
-from vlm.segment import vit
+from vlm.segment import towers
 
 LOG = logging.getLogger(__name__)
 
 FORMAT = "vlm-seg-decoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DecoderSpec.tower and layer_widths (ResNet towers); 1 is read as a ViT decoder
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "decoder.safetensors"
 TRAIN_STATE_NAME = "train_state.pt"
@@ -53,28 +60,38 @@ TRAIN_STATE_NAME = "train_state.pt"
 class DecoderSpec:
     """Everything that fixes the decoder's shapes; stored in its config.json."""
 
-    layers: tuple[int, ...]  # encoder blocks read (0-based), shallowest first
+    layers: tuple[int, ...]  # encoder layers read (0-based), shallowest first: ViT blocks, or ResNet stages 0..3
     width: int  # decoder width (CLIPSeg: 64)
     heads: int  # attention heads of the decoder's transformer layers
-    input_size: int  # side in pixels of the square input given to the encoder (a multiple of the patch size)
-    encoder_width: int  # width of the ViT's tokens
+    input_size: int  # side in pixels of the square input given to the encoder (a multiple of its stride)
+    encoder_width: int  # width of the ViT's tokens; for a ResNet, the channels of the deepest read stage
     embed_dim: int  # size of the text embedding
-    patch_size: int
+    patch_size: int  # pixels per decoder token: the ViT's patch, or the stride of the ResNet's common grid (8)
+    tower: str = towers.VIT  # "vit" or "resnet"; configs written before ResNet support have none: ViT
+    layer_widths: tuple[int, ...] = ()  # channels of each read layer, shallowest first; () (format 1): encoder_width
+
+    @property
+    def read_widths(self) -> tuple[int, ...]:
+        """Channels of each read layer's tokens, shallowest first."""
+        return self.layer_widths or (self.encoder_width,) * len(self.layers)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "layers": list(self.layers)}
+        return {**dataclasses.asdict(self), "layers": list(self.layers), "layer_widths": list(self.layer_widths)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DecoderSpec:
         try:
-            return cls(**{**data, "layers": tuple(data["layers"])})
+            spec = cls(**{**data, "layers": tuple(data["layers"]), "layer_widths": tuple(data.get("layer_widths", ()))})
         except (TypeError, KeyError) as e:
             raise CheckpointError(f"decoder spec {data} is not valid: {e}") from e
+        if spec.tower not in towers.KINDS:
+            raise CheckpointError(f"decoder spec names tower {spec.tower!r}; known: {list(towers.KINDS)}")
+        if spec.layer_widths and len(spec.layer_widths) != len(spec.layers):
+            raise CheckpointError(f"decoder spec has {len(spec.layers)} layers but layer_widths {spec.layer_widths}")
+        return spec
 
 
-def evenly_spaced_layers(depth: int, count: int = 3) -> tuple[int, ...]:
-    """`count` block indices spread over `depth` blocks, the last block included: 12, 3 -> (3, 7, 11)."""
-    return tuple(sorted({round((i + 1) * depth / count) - 1 for i in range(count)}))
+evenly_spaced_layers = towers.evenly_spaced_layers
 
 
 def make_spec(
@@ -85,29 +102,32 @@ def make_spec(
     heads: int = 4,
     input_size: int | None = None,
 ) -> DecoderSpec:
-    """The spec of a new decoder for `encoders` (defaults: 3 evenly spaced blocks, the model's input size)."""
-    visual = vit.check_supported(encoders.model.visual)
-    depth = len(visual.transformer.resblocks)
-    layers = tuple(layers) if layers else evenly_spaced_layers(depth)
+    """The spec of a new decoder for `encoders` (defaults: `towers.default_layers`, the model's input size)."""
+    visual = encoders.model.visual
+    tower = towers.kind(visual)
+    depth = towers.depth(visual)
+    layers = tuple(sorted(set(layers))) if layers else towers.default_layers(visual)
     bad = [i for i in layers if not 0 <= i < depth]
     if bad:
-        raise ConfigError(f"decoder layers {bad} do not exist: the image tower has blocks 0..{depth - 1}")
-    ph, pw = vit.patch_size(visual)
-    if ph != pw:
-        raise ConfigError(f"the decoder needs square patches, this tower has {ph}x{pw}")
-    size = input_size or vit.default_input_size(visual)
-    if size % ph:
-        raise ConfigError(f"decoder input_size {size} must be a multiple of the patch size {ph}")
+        what = towers.layer_names(visual)
+        raise ConfigError(f"decoder layers {bad} do not exist: the image tower has {what} 0..{depth - 1}")
+    multiple, name = towers.input_multiple(visual)
+    size = input_size or towers.default_input_size(visual)
+    if size % multiple:
+        raise ConfigError(f"decoder input_size {size} must be a multiple of the {name} {multiple}")
     if width % heads:
         raise ConfigError(f"decoder width {width} must be divisible by heads {heads}")
+    widths = towers.layer_widths(visual, layers)
     return DecoderSpec(
-        layers=tuple(sorted(set(layers))),
+        layers=layers,
         width=width,
         heads=heads,
         input_size=size,
-        encoder_width=int(visual.conv1.out_channels),
+        encoder_width=widths[-1],
         embed_dim=encoders.embed_dim,
-        patch_size=ph,
+        patch_size=towers.token_stride(visual),
+        tower=tower,
+        layer_widths=widths,
     )
 
 
@@ -125,7 +145,7 @@ class SegDecoder(nn.Module):
         super().__init__()
         self.spec = spec
         n, d = len(spec.layers), spec.width
-        self.reduce = nn.ModuleList([nn.Linear(spec.encoder_width, d) for _ in range(n)])
+        self.reduce = nn.ModuleList([nn.Linear(w, d) for w in spec.read_widths])
         self.film_mul = nn.ModuleList([nn.Linear(spec.embed_dim, d) for _ in range(n)])
         self.film_add = nn.ModuleList([nn.Linear(spec.embed_dim, d) for _ in range(n)])
         self.blocks = nn.ModuleList(
@@ -145,8 +165,8 @@ class SegDecoder(nn.Module):
         )
 
     def forward(self, activations: list[torch.Tensor], grid: tuple[int, int], text: torch.Tensor) -> torch.Tensor:
-        """`activations`: the read blocks' tokens, shallowest first, each (B, 1 + h*w, encoder_width); `text`:
-        (B, D) normalised text embeddings -> logits (B, h*patch, w*patch)."""
+        """`activations`: the read layers' tokens, shallowest first, each (B, 1 + h*w, read_widths[k]); `text`:
+        (B, D) normalised text embeddings -> logits (B, h*patch_size, w*patch_size)."""
         a = None
         stages = zip(activations[::-1], self.reduce[::-1], self.film_mul, self.film_add, self.blocks, strict=True)
         for act, reduce, mul, add, block in stages:
@@ -159,21 +179,26 @@ class SegDecoder(nn.Module):
 
 
 def encoder_activations(
-    visual: vit.VisionTransformer, pixels: torch.Tensor, layers: tuple[int, ...]
+    visual: nn.Module, pixels: torch.Tensor, layers: tuple[int, ...], grid_stride: int | None = None
 ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-    """The outputs of blocks `layers` (shallowest first) for normalised pixels (B, 3, S, S), and the grid.
-    Runs only as many blocks as needed; no gradients (the encoder is frozen)."""
-    with torch.no_grad():
-        x, grid = vit.embed(visual, pixels)
-        _, kept = vit.run_blocks(visual, x, max(layers) + 1, keep=layers)
-    return [kept[i].float() for i in layers], grid
+    """The tokens of `layers` (shallowest first) for normalised pixels (B, 3, S, S), each (B, 1 + h*w, C_k), and
+    the grid (h, w); `grid_stride`: the spec's `patch_size` (default: the tower's). Runs only as many blocks or
+    stages as needed; no gradients (the encoder is frozen)."""
+    return towers.activations(visual, pixels, layers, grid_stride)
 
 
 def predict_logits(encoders: Encoders, decoder: SegDecoder, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Normalised pixels (B, 3, S, S) at the decoder's input size and (B, D) text embeddings -> (B, S, S) logits."""
     visual = encoders.model.visual
+    if towers.kind(visual) != decoder.spec.tower:
+        raise ModelError(
+            f"this decoder reads a {decoder.spec.tower} image tower, but the encoder's is {type(visual).__name__}; "
+            f"load the encoder it was trained on"
+        )
     with encoders.autocast():
-        acts, grid = encoder_activations(visual, pixels.to(encoders.device), decoder.spec.layers)
+        acts, grid = encoder_activations(
+            visual, pixels.to(encoders.device), decoder.spec.layers, decoder.spec.patch_size
+        )
     return decoder(acts, grid, text.to(encoders.device).float()).float()
 
 

@@ -1,18 +1,26 @@
-"""Training-free dense matching: ClearCLIP (Lan et al., ECCV 2024) on any open_clip ViT.
+"""Training-free dense matching of image regions and text, for the two tower kinds (`towers.py`):
 
-For an input window the ViT runs as usual up to its last block; the last block is replaced by its attention branch
-alone, with query-query attention, and no residual and no MLP:
+ViT (open_clip VisionTransformer): ClearCLIP (Lan et al., ECCV 2024). The ViT runs as usual up to its last block;
+the last block is replaced by its attention branch alone, with query-query attention, and no residual and no MLP:
 
     X = blocks[:-1](embed(window))                       (B, 1 + h*w, width)
     Z = ls_1(out_proj(softmax(Q Q^T / sqrt(d)) V))       Q, V = the last block's projections of ln_1(X), per head
     F = ln_post(Z[:, 1:]) @ proj                         (B, h*w, D) patch features in the joint space
-    S = normalise(F) @ normalise(T)^T                    (B, h*w, P) cosine with the P text embeddings
 
 (ClearCLIP's `custom_attn(..., model_type='ClearCLIP')` with `ignore_residual=True` in its fork of open_clip.)
-The patch map S is upsampled bilinearly to the window's pixels. Large images are covered by overlapping windows
-(ClearCLIP's `forward_slide`): each window's pixel map is added into the image and divided by the number of windows
-that cover each pixel. Windows that are not a multiple of the patch size are zero-padded (in normalised space, i.e.
-with the mean colour), and the padding is cut off again after upsampling, as ClearCLIP does.
+
+ResNet (open_clip ModifiedResNet): MaskCLIP (Zhou, Loy & Dai, ECCV 2022). The tower runs up to layer4; the attention
+pool loses its query-key attention and is applied at every position (`resnet.dense_features`):
+
+    X = layer4(...(stem(window)))                        (B, C, h, w), h*w cells of 32 x 32 pixels
+    F = c_proj(v_proj(X + pos))                          (B, h*w, D); pos = the pool's spatial positions
+
+Both: S = normalise(F) @ normalise(T)^T, the (B, h*w, P) cosine with the P text embeddings. The cell map S is
+upsampled bilinearly to the window's pixels. Large images are covered by overlapping windows (ClearCLIP's
+`forward_slide`): each window's pixel map is added into the image and divided by the number of windows that cover
+each pixel. Windows that are not a multiple of the cell size (the ViT's patch, the ResNet's stride of 32) are
+zero-padded (in normalised space, i.e. with the mean colour), and the padding is cut off again after upsampling, as
+ClearCLIP does. A window's default side is the tower's input size, where its positions need no resizing.
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vlm.errors import ConfigError
-from vlm.segment import vit
+from vlm.segment import towers
 
 LOG = logging.getLogger(__name__)
 
@@ -37,7 +46,7 @@ class DenseConfig:
     stride: int | None = None  # step between windows; None = window // 2 (ClearCLIP: 112 for 224 windows)
     short_side: int | None = None  # the image is resized so its short side is this; None = 2 * window
     max_side: int = 2048  # ... but its long side never exceeds this (caps compute for panoramas)
-    batch: int = 16  # windows run through the ViT at once
+    batch: int = 16  # windows run through the image tower at once
 
     def __post_init__(self) -> None:
         for name in ("window", "stride", "short_side"):
@@ -70,9 +79,9 @@ class Tiling:
         return out
 
 
-def tiling(image_hw: tuple[int, int], visual: vit.VisionTransformer, cfg: DenseConfig) -> Tiling:
+def tiling(image_hw: tuple[int, int], visual: nn.Module, cfg: DenseConfig) -> Tiling:
     """The compute size of an image of `image_hw` pixels (keeping its aspect ratio) and its windows."""
-    window = cfg.window or vit.default_input_size(visual)
+    window = cfg.window or towers.default_input_size(visual)
     stride = cfg.stride or max(1, window // 2)
     short = cfg.short_side or 2 * window
     h, w = image_hw
@@ -84,29 +93,23 @@ def tiling(image_hw: tuple[int, int], visual: vit.VisionTransformer, cfg: DenseC
 
 
 def _pad_to_patch(h: int, w: int, patch: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero padding that makes (h, w) a multiple of the patch size (ClearCLIP's split)."""
+    """(left, right, top, bottom) zero padding that makes (h, w) a multiple of the cell size (ClearCLIP's split)."""
     pw_, ph_ = (-w) % patch[1], (-h) % patch[0]
     return pw_ // 2, pw_ - pw_ // 2, ph_ // 2, ph_ - ph_ // 2
 
 
 @torch.no_grad()
-def patch_features(visual: vit.VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
-    """ClearCLIP patch features: normalised pixels (B, 3, H, W), H and W multiples of the patch size ->
-    (B, h, w, D) float32, not normalised."""
-    x, (h, w) = vit.embed(visual, pixels)  # (B, 1 + h*w, width)
-    blocks = visual.transformer.resblocks
-    x, _ = vit.run_blocks(visual, x, len(blocks) - 1)
-    last = blocks[-1]
-    z = vit.self_self_attention(last, last.ln_1(x))  # (B, 1 + h*w, width): no residual, no MLP
-    feats = vit.project(visual, z[:, 1:])  # (B, h*w, D)
-    return feats.float().reshape(x.shape[0], h, w, -1)
+def patch_features(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Dense features (ClearCLIP for a ViT, MaskCLIP for a ResNet): normalised pixels (B, 3, H, W), H and W
+    multiples of `towers.stride(visual)` -> (B, h, w, D) float32, not normalised."""
+    return towers.dense_features(visual, pixels)
 
 
 @torch.no_grad()
-def window_scores(visual: vit.VisionTransformer, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def window_scores(visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Cosine scores at pixel resolution for windows of any size: (B, 3, H, W) normalised pixels and (P, D)
     L2-normalised text embeddings -> (B, P, H, W) float32."""
-    patch = vit.patch_size(visual)
+    patch = towers.stride(visual)
     h, w = pixels.shape[-2:]
     left, right, top, bottom = _pad_to_patch(h, w, patch)
     padded = F.pad(pixels, (left, right, top, bottom))
@@ -118,11 +121,11 @@ def window_scores(visual: vit.VisionTransformer, pixels: torch.Tensor, text: tor
 
 @torch.no_grad()
 def dense_scores(
-    visual: vit.VisionTransformer, pixels: torch.Tensor, text: torch.Tensor, tile: Tiling, batch: int = 16
+    visual: nn.Module, pixels: torch.Tensor, text: torch.Tensor, tile: Tiling, batch: int = 16
 ) -> torch.Tensor:
     """Sliding-window cosine scores over one image: (3, H, W) normalised pixels at `tile.size` and (P, D)
     normalised text embeddings -> (P, H, W) float32, the mean over the windows covering each pixel."""
-    vit.check_supported(visual)
+    towers.check_supported(visual)
     if tuple(pixels.shape[-2:]) != tile.size:
         raise ValueError(f"pixels {tuple(pixels.shape[-2:])} do not match the tiling size {tile.size}")
     (wh, ww), origins = tile.window, tile.origins

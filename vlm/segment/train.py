@@ -68,7 +68,11 @@ class SegTrainConfig:
     pretrained: str | None = dataclasses.field(default=None, metadata=_help("pretrained tag or weights file"))
     precision: Literal["auto", "fp32", "amp", "amp_bf16"] = "auto"
     layers: tuple[int, ...] = dataclasses.field(
-        default=(), metadata=_help("encoder blocks read (0-based); empty = 3 evenly spaced")
+        default=(),
+        metadata=_help(
+            "encoder layers read (0-based): ViT blocks, or ResNet stages 0-3 (layer1-layer4); empty = the tower's "
+            "default (ViT: 3 evenly spaced blocks; ResNet: 1 2 3)"
+        ),
     )
     width: int = dataclasses.field(default=64, metadata=_help("decoder width (CLIPSeg: 64)"))
     heads: int = 4
@@ -315,12 +319,12 @@ class SegTrainer:
         visual, layers = self.encoders.model.visual, self.decoder.spec.layers
         if not self.cfg.cache_activations:
             with self.encoders.autocast():
-                return dec.encoder_activations(visual, pixels, layers)[0]
+                return dec.encoder_activations(visual, pixels, layers, self.decoder.spec.patch_size)[0]
         keys = images.tolist()
         missing = sorted({i for i, k in enumerate(keys) if k not in self.cache}, key=keys.__getitem__)
         if missing:
             with self.encoders.autocast():
-                fresh, _ = dec.encoder_activations(visual, pixels[missing], layers)
+                fresh, _ = dec.encoder_activations(visual, pixels[missing], layers, self.decoder.spec.patch_size)
             for j, i in enumerate(missing):
                 self.cache.setdefault(keys[i], [a[j].to("cpu", torch.float16) for a in fresh])
         return [torch.stack([self.cache[k][n] for k in keys]).to(self.device).float() for n in range(len(layers))]

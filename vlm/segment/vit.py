@@ -10,9 +10,9 @@ tower piece by piece, as `VisionTransformer.forward` does, with three difference
 
 Supported: open_clip's `VisionTransformer` with `ResidualAttentionBlock` (nn.MultiheadAttention, batch-first or
 not) or `CustomResidualAttentionBlock` (open_clip's own `Attention`: qk-norm, scaled-cosine attention, head scale,
-inner norm, layer scale), any `pool_type`, `final_ln_after_pool`. Not supported, with a `ModelError`: ResNet towers
-(`ModifiedResNet`), timm towers (`TimmModel`), Hugging Face towers, and attentional pooling (CoCa), whose output
-tokens are learned queries rather than patches.
+inner norm, layer scale), any `pool_type`, `final_ln_after_pool`. Not supported here, with a `ModelError`: other
+towers (`ModifiedResNet` goes through `resnet.py`; timm and Hugging Face towers through nothing, see `towers.py`),
+and attentional pooling (CoCa), whose output tokens are learned queries rather than patches.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ def check_supported(visual: nn.Module) -> VisionTransformer:
     if not isinstance(visual, VisionTransformer):
         kind = type(visual).__name__
         raise ModelError(
-            f"segmentation needs an open_clip ViT image tower (VisionTransformer); this model's tower is {kind} "
-            f"(ResNet, timm and Hugging Face towers have no patch tokens this code can read). Use a ViT model, "
-            f"e.g. --model ViT-B-16 --pretrained laion2b_s34b_b88k"
+            f"expected an open_clip ViT image tower (VisionTransformer), got {kind}; `towers.check_supported` says "
+            f"which towers segmentation can read"
         )
     if visual.attn_pool is not None:
         raise ModelError(
@@ -168,3 +167,16 @@ def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """
     tokens = visual.ln_post(tokens)
     return tokens @ visual.proj if visual.proj is not None else tokens
+
+
+@torch.no_grad()
+def dense_features(visual: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
+    """ClearCLIP's patch features (see `dense.py`): normalised pixels (B, 3, H, W), H and W multiples of the patch
+    size -> (B, h, w, D) float32, not normalised."""
+    x, (h, w) = embed(visual, pixels)  # (B, 1 + h*w, width)
+    blocks = visual.transformer.resblocks
+    x, _ = run_blocks(visual, x, len(blocks) - 1)
+    last = blocks[-1]
+    z = self_self_attention(last, last.ln_1(x))  # (B, 1 + h*w, width): no residual, no MLP
+    feats = project(visual, z[:, 1:])  # (B, h*w, D)
+    return feats.float().reshape(x.shape[0], h, w, -1)
