@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from bench.common import report
 from vlm import models
-from vlm.segment import DenseConfig, dense, segment
+from vlm.segment import DenseConfig, dense, segment, towers
 from vlm.segment import decoder as dec
 
 
@@ -76,7 +76,7 @@ def _clearclip_visual(path: Path, encoders: models.Encoders):
 def bench_clearclip(path: Path, encoders: models.Encoders, runs: int) -> list[dict]:
     visual = encoders.model.visual
     ref = _clearclip_visual(path, encoders)
-    native = dense.vit.default_input_size(visual)
+    native = towers.default_input_size(visual)
     rows = []
     for size in (native, 2 * native):
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size)).to(encoders.device)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.decoder
         else dec.SegDecoder(dec.make_spec(encoders)).to(device).eval()
     )
-    native = dec.vit.default_input_size(encoders.model.visual)
+    native = towers.default_input_size(encoders.model.visual)
     peer_input = torch.randn(1, 3, native, native, device=device)
     phrases = ["the red circle", "a dog"]
     rows = []
