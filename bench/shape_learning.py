@@ -51,13 +51,12 @@ def scenes(n: int, rng: np.random.Generator, first_seed: int, preprocess) -> tup
     return torch.stack(pixels), torch.tensor(targets)
 
 
-def run(name: str, steps: int, batch: int, lr: float, seed: int) -> dict:
+def run(name: str, steps: int, batch: int, lr: float, seed: int, preprocess) -> dict:
     torch.manual_seed(seed)
     tower, dim = build_tower(name)
     head = torch.nn.Linear(dim, len(SHAPES))
     params = [*tower.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
-    preprocess = models.load("vlm-rn").preprocess  # 64 px, CLIP normalisation: the same for every tower
     rng = np.random.default_rng(seed)
     test_x, test_y = scenes(480, np.random.default_rng(seed + 1), 9_000_000, preprocess)
     elapsed = 0.0
@@ -92,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     models.register_model_configs()
-    rows = [run(name, args.steps, args.batch, args.lr, args.seed) for name in args.towers]
+    preprocess = models.load("vlm-rn").preprocess  # 64 px, CLIP normalisation: the same for every tower
+    rows = [run(name, args.steps, args.batch, args.lr, args.seed, preprocess) for name in args.towers]
     report("shape_learning", rows, **json.loads(json.dumps(vars(args))))
     return 0
 
