@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import numpy as np
 import pytest
@@ -57,27 +56,6 @@ def _pixels(shape, seed=0):
 # -- independent references ----------------------------------------------------------------------------------------
 
 
-def _cubic(t, a=-0.75):
-    """Keys' cubic convolution kernel with PyTorch's a = -0.75, at distance |t|."""
-    t = abs(t)
-    if t <= 1:
-        return ((a + 2) * t - (a + 3)) * t * t + 1
-    if t < 2:
-        return (((t - 5) * t + 8) * t - 4) * a
-    return 0.0
-
-
-def bicubic_matrix(n_in, n_out):
-    """(n_out, n_in) matrix of 1-D bicubic resampling, align_corners=False, borders replicated."""
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        x = (i + 0.5) * n_in / n_out - 0.5  # not clamped for cubic
-        x0 = math.floor(x)
-        for k in range(x0 - 1, x0 + 3):
-            m[i, min(max(k, 0), n_in - 1)] += _cubic(x - k)
-    return m
-
-
 def bilinear_matrix(n_in, n_out):
     """(n_out, n_in) matrix of 1-D bilinear resampling, align_corners=False."""
     m = np.zeros((n_out, n_in))
@@ -99,23 +77,18 @@ def _layer4(visual, pixels):
 
 
 def reference_maskclip(visual, pixels):
-    """(B, 3, H, W) -> (B, h, w, D) float64: c_proj(v_proj(x + pos)) with NumPy matmuls on the pool's weights."""
+    """(B, 3, H, W) -> (B, h, w, D) float64: c_proj(v_proj(x)) with NumPy matmuls on the pool's weights, as
+    MaskCLIP's `MaskClipHead` computes it (1x1 convolutions on layer4's map, no positional embedding)."""
     x = _layer4(visual, pixels)
-    _, c, h, w = x.shape
     sd = {k: v.double().numpy() for k, v in visual.attnpool.state_dict().items()}
-    pos = sd["positional_embedding"][1:]  # row 0 is the mean token's
-    n = math.isqrt(pos.shape[0])
-    grid = pos.reshape(n, n, c)
-    grid = np.einsum("ir,rsc,js->ijc", bicubic_matrix(n, h), grid, bicubic_matrix(n, w))  # (h, w, C)
-    tokens = x.transpose(0, 2, 3, 1) + grid  # (B, h, w, C)
-    v = tokens @ sd["v_proj.weight"].T + sd["v_proj.bias"]
+    v = x.transpose(0, 2, 3, 1) @ sd["v_proj.weight"].T + sd["v_proj.bias"]  # (B, h, w, C)
     return v @ sd["c_proj.weight"].T + sd["c_proj.bias"]  # (B, h, w, D)
 
 
 # -- MaskCLIP dense features ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(64, 64), (96, 160)])  # native 2 x 2 grid; a resized 3 x 5 one
+@pytest.mark.parametrize("size", [(64, 64), (96, 160)])  # the native 2 x 2 grid; a 3 x 5 one
 def test_maskclip_features_equal_the_plain_formula(rn_visual, size):
     pixels = _pixels((2, 3, *size))
     ours = dense.patch_features(rn_visual, pixels)  # through the dispatch
@@ -127,7 +100,8 @@ def test_maskclip_features_equal_the_plain_formula(rn_visual, size):
 
 def test_maskclip_features_are_what_the_attention_pool_averages(rn_visual):
     """With the query and key projections zeroed, open_clip's own AttentionPool2d attends uniformly, so its output
-    is the mean of c_proj(v_proj(token + pos)) over the mean token and the h*w cells: the cells' terms are ours."""
+    is the mean of c_proj(v_proj(token + pos)) over the mean token and the h*w cells. The pool is affine, so each
+    cell's term is ours plus W_c W_v pos_j: what remains once the positions' part is taken out is our features."""
     visual = copy.deepcopy(rn_visual)
     with torch.no_grad():
         for proj in (visual.attnpool.q_proj, visual.attnpool.k_proj):
@@ -140,7 +114,8 @@ def test_maskclip_features_are_what_the_attention_pool_averages(rn_visual):
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels)))))
         pool = visual.attnpool
         mean_token = pool.c_proj(pool.v_proj(x.mean(dim=(2, 3)) + pool.positional_embedding[0])).double()
-    want = (mean_token + feats.sum(dim=1)) / (feats.shape[1] + 1)
+        positions = pool.positional_embedding[1:].sum(dim=0) @ pool.v_proj.weight.T @ pool.c_proj.weight.T
+    want = (mean_token + feats.sum(dim=1) + positions.double()) / (feats.shape[1] + 1)
     torch.testing.assert_close(want, pooled, atol=1e-5, rtol=1e-5)
 
 
