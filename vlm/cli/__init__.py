@@ -4,6 +4,7 @@ the result, so everything the CLI does is also a library call.
     vlm synth DIR --scenes N --seed S        make the synthetic shapes dataset
     vlm train --train-data pairs.csv ...     train or fine-tune encoders (torchrun for several processes)
     vlm info MODEL [--pretrained TAG]        load a model and describe it
+    vlm serve [--model M] [--images DIR]     the web app (as `python app.py`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from vlm.errors import VLMError
 
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
-COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index", "demo"]
+COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index", "demo", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     steps = p.add_subparsers(dest="demo_step", required=True, metavar="STEP")
     d = steps.add_parser("data", help="write shapes + Twemoji training pairs to DIR/pairs.csv")
     d.add_argument("out_dir")
-    d.add_argument("--scenes", type=int, default=10000, help="synthetic scenes (default: 10000)")
+    d.add_argument("--scenes", type=int, default=40000, help="synthetic scenes (default: 40000)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=64, help="synthetic image side in pixels (default: 64)")
     d.set_defaults(run=run_data)
