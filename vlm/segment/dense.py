@@ -10,10 +10,11 @@ the last block is replaced by its attention branch alone, with query-query atten
 (ClearCLIP's `custom_attn(..., model_type='ClearCLIP')` with `ignore_residual=True` in its fork of open_clip.)
 
 ResNet (open_clip ModifiedResNet): MaskCLIP (Zhou, Loy & Dai, ECCV 2022). The tower runs up to layer4; the attention
-pool loses its query-key attention and is applied at every position (`resnet.dense_features`):
+pool loses its query-key attention; its value and output projections are applied at every cell, as MaskCLIP's
+`MaskClipHead` does (`resnet.dense_features`):
 
     X = layer4(...(stem(window)))                        (B, C, h, w), h*w cells of 32 x 32 pixels
-    F = c_proj(v_proj(X + pos))                          (B, h*w, D); pos = the pool's spatial positions
+    F = c_proj(v_proj(X))                                (B, h*w, D)
 
 Both: S = normalise(F) @ normalise(T)^T, the (B, h*w, P) cosine with the P text embeddings. The cell map S is
 upsampled bilinearly to the window's pixels. Large images are covered by overlapping windows (ClearCLIP's
