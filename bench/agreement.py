@@ -7,6 +7,13 @@ in-process on a DataLoader over the same images, with amp off, next to this proj
 Data (../shared/data): Fashion-MNIST train5k with its class names (zero-shot classification), Twemoji images with
 their Unicode names (retrieval, R@1/5/10 both ways).
 
+Twemoji holds groups of pixel-identical icons under different names (eight "family: ..." codepoints share one
+picture; "australia flag" and "heard & mcdonald islands flag"). Their captions score the twins exactly alike up to
+float rounding, so which twin `topk` ranks first differs between any two pipelines and recall@1 is ill-defined
+there. Retrieval is therefore scored twice: on the pairs as given (shown, not judged), and with each group of
+identical icons merged into one image that carries all the group's names (the standard several-captions-per-image
+form that both evaluators handle), on which the claim is judged.
+
     python -m bench.agreement                                   # the demo model
     python -m bench.agreement --model runs/x/final --model vlm-small --pretrained w.safetensors
 """
@@ -14,6 +21,7 @@ their Unicode names (retrieval, R@1/5/10 both ways).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
@@ -37,6 +45,8 @@ from vlm.data import Pair, read_pairs
 LOG = logging.getLogger("bench.agreement")
 
 TOLERANCE_POINTS = 0.1
+AS_GIVEN = "twemoji retrieval, as given (not judged)"
+MERGED = "twemoji retrieval, identical icons merged"
 CLASSIFICATION_KEYS = ("acc1", "acc5", "mean_per_class_recall")
 
 
@@ -94,6 +104,20 @@ def reference_retrieval(
     )
 
 
+def merge_identical_images(pairs: Sequence[Pair]) -> list[Pair]:
+    """Pairs whose decoded pixels are identical become one pair (the first one's image) with all their captions."""
+    from indexing.embed import pixel_sha256
+
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(pixel_sha256(pair.image.open()), []).append(pair)
+    merged = []
+    for group in groups.values():
+        captions = [c for pair in group for c in pair.captions]
+        merged.append(dataclasses.replace(group[0], captions=tuple(dict.fromkeys(captions))))
+    return merged
+
+
 def compare(task: str, model: str, ours: dict[str, float], theirs: dict[str, float]) -> list[dict[str, Any]]:
     """One row per metric: both values in percent and |difference| in points (NaN equals NaN)."""
     rows = []
@@ -106,19 +130,22 @@ def compare(task: str, model: str, ours: dict[str, float], theirs: dict[str, flo
     return rows
 
 
-def run_model(spec: str, pretrained: str | None, fashion: LabelledData, twemoji: list[Pair], args) -> list[dict]:
+def run_model(
+    spec: str, pretrained: str | None, fashion: LabelledData, twemoji: dict[str, list[Pair]], args
+) -> list[dict]:
     encoders = models.load(spec, pretrained, device=args.device, precision="fp32")
     templates = template_sets.resolve(args.templates)
     name = encoders.source
     start = time.perf_counter()
     ours_zs = evaluate_zeroshot(encoders, fashion, templates, batch_size=args.batch_size).metrics
     ref_zs = reference_zeroshot(encoders, fashion, templates, args.batch_size)
-    ours_ret = evaluate_pairs(encoders, twemoji, ks=args.ks, batch_size=args.batch_size)
-    ref_ret = reference_retrieval(encoders, twemoji, args.ks, args.batch_size)
+    rows = compare("fashion_mnist zero-shot", name, ours_zs, ref_zs)
+    for task, pairs in twemoji.items():
+        ours_ret = evaluate_pairs(encoders, pairs, ks=args.ks, batch_size=args.batch_size)
+        ref_ret = reference_retrieval(encoders, pairs, args.ks, args.batch_size)
+        rows += compare(task, name, ours_ret, ref_ret)
     LOG.info("%s: both evaluators in %.1f s", name, time.perf_counter() - start)
-    return compare("fashion_mnist zero-shot", name, ours_zs, ref_zs) + compare(
-        "twemoji retrieval", name, ours_ret, ref_ret
-    )
+    return rows
 
 
 class ModelAction(argparse.Action):
@@ -148,16 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()  # our packages at INFO, libraries (open_clip logs to root) only warn
     logging.getLogger("bench").setLevel(logging.INFO)
     fashion = read_labelled(shared_data("fashion_mnist_train5k") / "labels.csv")
-    twemoji = read_pairs(shared_data("twemoji_captions") / "pairs.csv", progress=False).pairs
+    pairs = read_pairs(shared_data("twemoji_captions") / "pairs.csv", progress=False).pairs
     if args.limit:
-        fashion, twemoji = fashion.subset(range(min(args.limit, len(fashion)))), twemoji[: args.limit]
+        fashion, pairs = fashion.subset(range(min(args.limit, len(fashion)))), pairs[: args.limit]
+    merged = merge_identical_images(pairs)
+    twemoji = {AS_GIVEN: pairs, MERGED: merged}
     rows = []
     for spec, pretrained in args.models or [["demo", None]]:
         rows += run_model(spec, pretrained, fashion, twemoji, args)
-    worst = max(r["|diff| (points)"] for r in rows)
-    report("agreement", rows, templates=args.templates, fashion_images=len(fashion), twemoji_images=len(twemoji),
-           tolerance_points=TOLERANCE_POINTS, worst_diff_points=worst, precision="fp32")  # fmt: skip
-    print(f"\nworst difference: {worst:.4f} points (tolerance {TOLERANCE_POINTS})")
+    worst = max(r["|diff| (points)"] for r in rows if r["task"] != AS_GIVEN)
+    worst_as_given = max(r["|diff| (points)"] for r in rows if r["task"] == AS_GIVEN)
+    report("agreement", rows, templates=args.templates, fashion_images=len(fashion), twemoji_images=len(pairs),
+           twemoji_images_merged=len(merged), tolerance_points=TOLERANCE_POINTS, worst_diff_points=worst,
+           worst_diff_points_as_given=worst_as_given, precision="fp32")  # fmt: skip
+    print(f"\nworst difference: {worst:.4f} points (tolerance {TOLERANCE_POINTS}); on Twemoji as given, with its "
+          f"{len(pairs) - len(merged)} duplicate icons tied: {worst_as_given:.4f}")  # fmt: skip
     return 0 if worst <= TOLERANCE_POINTS else 1
 
 

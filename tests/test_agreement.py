@@ -88,3 +88,30 @@ def test_retrieval_metrics_equal_clip_benchmark(trained, shapes):
     for key, ref in theirs.items():
         assert ours[key] == pytest.approx(ref, abs=1e-6), key  # clip-benchmark averages in float32
     assert 0 < ours["text_retrieval_recall@5"] < 1
+
+
+def test_identical_icons_are_merged_into_one_image_with_all_their_names(tmp_path):
+    """bench.agreement merges pixel-identical images (ties make recall@1 ill-defined); a re-saved copy with other
+    metadata is identical, an image differing in one pixel is not."""
+    from PIL import Image
+
+    from bench.agreement import merge_identical_images
+
+    pixels = np.asarray(single_object_scene("star", "red", image_size=32, seed=3))
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "b.png", pnginfo=_png_text("comment", "a re-saved twin"))
+    changed = pixels.copy()
+    changed[0, 0] ^= 1
+    Image.fromarray(changed).save(tmp_path / "c.png")
+    (tmp_path / "pairs.csv").write_text("image,caption\na.png,red star\nb.png,a star\nb.png,red star\nc.png,other\n")
+    pairs = read_pairs(tmp_path / "pairs.csv", progress=False).pairs
+    merged = merge_identical_images(pairs)
+    assert [(p.key, p.captions) for p in merged] == [("a.png", ("red star", "a star")), ("c.png", ("other",))]
+
+
+def _png_text(key: str, value: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(key, value)
+    return info
