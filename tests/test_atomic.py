@@ -38,3 +38,15 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_files_written_into_a_directory_by_other_libraries_get_the_same_mode_as_open(tmp_path):
+    """safetensors creates its files 0600; a checkpoint published through atomic_dir is readable like any file."""
+    import torch
+    from safetensors.torch import save_file
+
+    reference = tmp_path / "plain.txt"
+    reference.write_text("x")
+    with atomic.atomic_dir(tmp_path / "ckpt") as d:
+        save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+    assert _mode(tmp_path / "ckpt" / "model.safetensors") == _mode(reference)

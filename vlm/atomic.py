@@ -122,13 +122,17 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `final_dir`; on a clean exit it is published there (`publish_dir`), on an
-    exception it is removed and `final_dir` is left as it was."""
+    exception it is removed and `final_dir` is left as it was. Files written into it get the umask's permissions,
+    whichever library wrote them (safetensors creates its files 0600)."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
         tmp.chmod(DIR_MODE)
         yield tmp
+        for child in tmp.iterdir():
+            if child.is_file() and not child.is_symlink():
+                child.chmod(FILE_MODE)
         publish_dir(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,7 +43,7 @@ def twemoji_captions(row: dict[str, str]) -> list[str]:
     return out
 
 
-def build_training_data(out_dir: str | Path, *, scenes: int = 10000, seed: int = 0, image_size: int = 64) -> Path:
+def build_training_data(out_dir: str | Path, *, scenes: int = 40000, seed: int = 0, image_size: int = 64) -> Path:
     """Write `out_dir/pairs.csv` over `out_dir/shapes` (synthetic) and `out_dir/twemoji` (copied) and return it.
 
     One CSV with paths relative to `out_dir`, so the trainer's root check covers both sources.
