@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/python app.py
 
 # Re-make the demo model from scratch with this project's own trainer.
-# About an hour on 2 CPU cores; `vlm train --config configs/demo.yaml --resume` continues an interrupted run.
+# About 45 minutes on 2 CPU cores; `vlm train --config configs/demo.yaml --resume` continues an interrupted run.
 demo: setup
 	$(BIN)/vlm demo data runs/demo-data
 	$(BIN)/vlm train --config configs/demo.yaml

@@ -11,6 +11,7 @@ the top-1 label scored separately (a model that knows colours but not shapes sco
 
     python -m bench.shapes_zeroshot                          # the demo model
     python -m bench.shapes_zeroshot --model runs/shapes/final --per-label 10
+    python -m bench.shapes_zeroshot --object-size small      # one size class (radius 6.5-8.5 % of the side)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eval.zeroshot import evaluate_zeroshot
 from vlm import models
 from vlm import templates as template_sets
 from vlm.cli import configure_logging
-from vlm.synth import LABELS, single_object_scene
+from vlm.synth import LABELS, SIZES, single_object_scene
 
 LOG = logging.getLogger("bench.shapes_zeroshot")
 
@@ -36,13 +37,15 @@ TARGET_ACCURACY = 0.9
 FIRST_SEED = 1_000_000
 
 
-def scenes(per_label: int, seed: int, image_size: int) -> LabelledData:
-    """`per_label` scenes of each of the 48 labels; image i uses seed `seed + i`."""
+def scenes(per_label: int, seed: int, image_size: int, object_size: str | None = None) -> LabelledData:
+    """`per_label` scenes of each of the 48 labels; image i uses seed `seed + i`; objects of `object_size` (small,
+    medium, large), or of a random size each."""
     targets = np.repeat(np.arange(len(LABELS)), per_label)
     images = []
     for i, t in enumerate(targets):
         colour, shape = LABELS[t].split(" ")
-        images.append(np.asarray(single_object_scene(shape, colour, image_size=image_size, seed=seed + i)))
+        image = single_object_scene(shape, colour, image_size=image_size, seed=seed + i, size=object_size)
+        images.append(np.asarray(image))
     return LabelledData(ArrayImages(np.stack(images)), targets, LABELS, f"synth single-object scenes (seed {seed}+)")
 
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-label", type=int, default=10, help="images per label (default: 10, so 480 images)")
     p.add_argument("--seed", type=int, default=FIRST_SEED)
     p.add_argument("--image-size", type=int, default=128, help="rendered side before the model's preprocessing")
+    p.add_argument("--object-size", choices=SIZES, help="only objects of this size class (default: random sizes)")
     p.add_argument("--templates", help="override the held-out templates (set name, JSON file, or one template)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bench").setLevel(logging.INFO)
     templates = template_sets.resolve(args.templates) if args.templates else HELD_OUT_TEMPLATES
     encoders = models.load(args.model, args.pretrained, device=args.device, precision="fp32")
-    data = scenes(args.per_label, args.seed, args.image_size)
+    data = scenes(args.per_label, args.seed, args.image_size, args.object_size)
     result = evaluate_zeroshot(encoders, data, templates)
     row = {
         "model": encoders.source,
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_per_class_recall": result.metrics["mean_per_class_recall"],
     }
     report("shapes_zeroshot", [row], templates=list(templates), seed=args.seed, per_label=args.per_label,
-           image_size=args.image_size, target_acc1=TARGET_ACCURACY, fingerprint=encoders.fingerprint)  # fmt: skip
+           image_size=args.image_size, object_size=args.object_size, target_acc1=TARGET_ACCURACY,
+           fingerprint=encoders.fingerprint)  # fmt: skip
     passed = row["acc1"] >= TARGET_ACCURACY
     verdict = f">= {TARGET_ACCURACY}: criterion met" if passed else f"< {TARGET_ACCURACY}: criterion not met"
     print(f"\nacc1 {row['acc1']:.3f} {verdict}")
