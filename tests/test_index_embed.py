@@ -113,3 +113,20 @@ def test_another_job_clears_the_staging_folder_and_a_missing_shard_is_reported(t
         embed.collect(staging, other)
     with pytest.raises(IndexingError, match="dtype"):
         Job.for_items([], tiny_encoders, dtype="int8", shard_size=4)
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "cores", "before", "inside"),
+    [("cpu", 2, 2, 2, 1), ("cpu", 2, 16, 8, 8), ("cpu", 2, 16, 16, 14), ("cpu", 4, 2, 2, 1), ("cpu", 0, 2, 2, 2),
+     ("cuda", 2, 2, 2, 2)],
+)  # fmt: skip
+def test_model_threads_leave_the_decoding_workers_their_cores(monkeypatch, device, workers, cores, before, inside):
+    original = torch.get_num_threads()
+    monkeypatch.setattr(embed, "available_cores", lambda: cores)
+    try:
+        torch.set_num_threads(before)
+        with embed.threads_beside_workers(torch.device(device), workers) as used:
+            assert used == inside == torch.get_num_threads()
+        assert torch.get_num_threads() == before  # restored
+    finally:
+        torch.set_num_threads(original)
