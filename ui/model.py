@@ -31,7 +31,7 @@ def banner_text(state: AppState, active: Active | None = None) -> str:
     if active.is_demo:
         return (
             f"**Demo** — a small model trained by this project on synthetic shapes and Twemoji icons, searching "
-            f"{count:,} demo images; it knows colours well, shapes and emoji names only a little. {DEMO_HINT}"
+            f"{count:,} demo images; it knows colours and shapes well, emoji names only a little. {DEMO_HINT}"
         )
     return f"Model **{active.encoders.source}** · collection of {count:,} images."
 

@@ -27,8 +27,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 VIEWPORT = {"width": 1400, "height": 950}
-ICON = "1f436.png"  # dog face (one of the icons the small demo model gets right)
-ICON_LABELS = "dog face, cat face, tiger face, grinning face, slice of pizza, rocket, banana"
+# Classify: a single-object scene of the demo collection (labels.csv) against labels that differ from its own in
+# colour or in shape only, which is what the demo model is made to tell apart.
+CLASSIFY_LABEL = "green star"
+CLASSIFY_LABELS = "green star, green cross, green triangle, blue star, yellow star, red circle, purple diamond"
 
 
 def scene_with(shapes: Path, words: str) -> tuple[Path, str]:
@@ -38,6 +40,15 @@ def scene_with(shapes: Path, words: str) -> tuple[Path, str]:
             if words in row["caption"]:
                 return shapes / row["path"], row["caption"]
     raise LookupError(f"no scene in {shapes} mentions {words!r}")
+
+
+def labelled_scene(shapes: Path, label: str) -> Path:
+    """The first single-object scene of the demo collection labelled `label` (its labels.csv)."""
+    with open(shapes / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["label"] == label:
+                return shapes / row["path"]
+    raise LookupError(f"no scene in {shapes / 'labels.csv'} is labelled {label!r}")
 
 
 def upload(page: Page, elem_id: str, path: Path) -> None:
@@ -55,8 +66,8 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     tab = lambda name: page.get_by_role("tab", name=name, exact=True).click()  # noqa: E731
 
     tab("Classify")
-    upload(page, "classify-image", home / "twemoji" / "images" / ICON)
-    page.locator("#classify-labels textarea").fill(ICON_LABELS)
+    upload(page, "classify-image", labelled_scene(home / "shapes", CLASSIFY_LABEL))
+    page.locator("#classify-labels textarea").fill(CLASSIFY_LABELS)
     page.locator("#classify-button").click()
     expect(page.locator("#classify-notes")).to_contain_text("prompt templates")
     page.locator("#classify-scores button.confidence-set").first.click()  # the most probable label
