@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from vlm import synth
 from vlm.errors import CheckpointError, ConfigError
 from vlm.segment import decoder as dec
-from vlm.segment import segment
+from vlm.segment import segment, towers
 from vlm.segment.train import SegTrainConfig, seg_loss, train_decoder
 
 
@@ -26,9 +26,9 @@ def shapes(tmp_path_factory):
 
 
 def test_layer_choice_and_spec(tiny_encoders):
-    assert dec.evenly_spaced_layers(12) == (3, 7, 11)
-    assert dec.evenly_spaced_layers(4) == (0, 2, 3)
-    assert dec.evenly_spaced_layers(2) == (0, 1)
+    assert towers.evenly_spaced_layers(12) == (3, 7, 11)
+    assert towers.evenly_spaced_layers(4) == (0, 2, 3)
+    assert towers.evenly_spaced_layers(2) == (0, 1)
     spec = dec.make_spec(tiny_encoders)
     assert (spec.layers, spec.input_size, spec.patch_size, spec.encoder_width) == ((0, 1), 32, 8, 64)
     with pytest.raises(ConfigError, match="multiple of the patch size"):

@@ -91,9 +91,6 @@ class DecoderSpec:
         return spec
 
 
-evenly_spaced_layers = towers.evenly_spaced_layers
-
-
 def make_spec(
     encoders: Encoders,
     *,

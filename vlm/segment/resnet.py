@@ -47,11 +47,6 @@ def check_supported(visual: nn.Module) -> ModifiedResNet:
     return visual
 
 
-def stride(visual: ModifiedResNet) -> int:
-    """Pixels per cell of the output grid (layer4): 32 for every CLIP ResNet."""
-    return STRIDE
-
-
 def stage_stride(stage: int) -> int:
     """Pixels per cell of stage `stage` (0 = layer1 .. 3 = layer4): 4, 8, 16, 32."""
     return 4 * 2**stage

@@ -52,7 +52,7 @@ def stride(visual: nn.Module) -> tuple[int, int]:
     dense method are padded to a multiple of it."""
     if kind(visual) == VIT:
         return vit.patch_size(visual)
-    return resnet.stride(visual), resnet.stride(visual)
+    return resnet.STRIDE, resnet.STRIDE
 
 
 def default_input_size(visual: nn.Module) -> int:
