@@ -194,16 +194,31 @@ def _train(index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig) -> np.ndar
     rng = np.random.default_rng(cfg.seed)
     rows = np.sort(rng.choice(n, sample_size, replace=False)) if sample_size < n else np.arange(n)
     sample = vectors[rows] if sample_size < n else vectors
-    ivf.cp.niter = cfg.kmeans_iters
-    ivf.cp.seed = cfg.seed
-    ivf.cp.spherical = True  # unit centroids, so the inner product ranks lists as it ranks vectors
-    ivf.cp.max_points_per_centroid = max(cfg.train_per_list, 39)
-    # k-means assigns with exact brute force (BLAS, or the GPU), not through the HNSW graph being built.
-    clustering = faiss.IndexFlatL2(ivf.d)
-    ivf.clustering_index = faiss.index_cpu_to_all_gpus(clustering) if gpu_count() else clustering
     LOG.info("training %d IVF lists on %d of %d vectors", ivf.nlist, sample_size, n)
+    ivf.quantizer.add(kmeans_centroids(sample, ivf.nlist, cfg))
+    # The quantizer now holds nlist centroids, so faiss skips its own k-means and trains only the codes (SQ/PQ on
+    # the residuals), on the same sample.
     index.train(sample)
     return rows
+
+
+def kmeans_centroids(sample: np.ndarray, k: int, cfg: IndexConfig) -> np.ndarray:
+    """(k, d) unit centroids of spherical k-means over `sample`, by exact assignment (BLAS, or the GPUs).
+
+    Through `faiss.Kmeans`, which owns its GPU assignment index and frees it with itself. Handing a GPU index to
+    `IndexIVF.clustering_index` instead gives it to faiss, which never frees it: about 1.5 GiB per GPU leaked on
+    every IVF build in a long-lived app."""
+    kmeans = faiss.Kmeans(
+        sample.shape[1],
+        k,
+        niter=cfg.kmeans_iters,
+        seed=cfg.seed,
+        spherical=True,  # unit centroids, so the inner product ranks lists as it ranks vectors
+        max_points_per_centroid=max(cfg.train_per_list, 39),
+        gpu=gpu_count() > 0,
+    )
+    kmeans.train(sample)
+    return kmeans.centroids
 
 
 def ef_for(nprobe: int) -> int:

@@ -148,3 +148,28 @@ def test_gpu_path_not_taken_without_a_gpu():
     if fi.gpu_count():
         pytest.skip("a GPU is visible: the GPU path is taken here")
     assert not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0
+
+
+@pytest.mark.parametrize("codec", ["Flat", "PQ"])
+def test_ivf_training_gives_faiss_own_centroids_and_owns_no_clustering_index(codec):
+    """k-means runs through `faiss.Kmeans` (which frees its GPU assignment index); the centroids equal those of
+    faiss's own IVF training with the same parameters, and the IVF keeps no `clustering_index` (a GPU one given to
+    it was never freed)."""
+    vectors = clustered(3000, 32, 20, seed=4)
+    ids = np.arange(3000, dtype=np.int64)
+    cfg = fi.IndexConfig(exact_threshold=100, nlist=16, memory_budget_gb=1e-4 if codec != "Flat" else 4.0)
+    index, info = fi.build(vectors, ids, cfg)
+    assert info.factory.split(",")[1].startswith(codec)
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.clustering_index is None
+
+    reference = faiss.index_factory(32, info.factory, fi.METRIC)
+    ref_ivf = faiss.extract_index_ivf(reference)
+    ref_ivf.cp.niter, ref_ivf.cp.seed, ref_ivf.cp.spherical = cfg.kmeans_iters, cfg.seed, True
+    ref_ivf.cp.max_points_per_centroid = max(cfg.train_per_list, 39)
+    ref_ivf.clustering_index = faiss.IndexFlatL2(32)  # the old path, on the CPU where owning it is harmless
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(3000, cfg.train_per_list * 16, replace=False))
+    reference.train(vectors[rows])
+    np.testing.assert_allclose(
+        ivf.quantizer.reconstruct_n(0, 16), ref_ivf.quantizer.reconstruct_n(0, 16), rtol=0, atol=1e-6
+    )

@@ -162,3 +162,22 @@ def test_read_config_errors(tmp_path, tiny_encoders):
         checkpoint.read_config(ck)
     with pytest.raises(CheckpointError, match="cannot be resumed"):
         checkpoint.load_train_state(ck)
+
+
+def test_pure_bf16_encodes_float32_input_like_the_fp32_model(tiny_encoders):
+    # Pure bf16 weights take a float32 batch (what preprocessing makes): the input is cast to the weights' dtype,
+    # as open_clip does; uncast, the first convolution raises "Input type (float) and bias type (BFloat16)".
+    torch.manual_seed(0)
+    bf16 = models.load("vlm-tiny", device="cpu", precision="bf16")
+    bf16.model.load_state_dict({k: v.to(torch.bfloat16) for k, v in tiny_encoders.model.state_dict().items()})
+    assert bf16.input_dtype == torch.bfloat16 and tiny_encoders.input_dtype == torch.float32
+    images = torch.randn(3, 3, *_size(tiny_encoders))
+    got = bf16.encode_image(images)
+    want = tiny_encoders.encode_image(images)
+    assert got.dtype == torch.float32
+    assert F.cosine_similarity(got, want).min() > 0.98  # bf16 keeps about 3 significant digits
+
+
+def _size(encoders) -> tuple[int, int]:
+    size = encoders.image_size
+    return (size, size) if isinstance(size, int) else tuple(size)

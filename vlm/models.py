@@ -132,6 +132,12 @@ class Encoders:
         """The learned inverse temperature exp(t), as the model uses it (clamped to 100 as in CLIP)."""
         return float(self.model.logit_scale.detach().exp().clamp(max=100.0).item())
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype image inputs must have: the weights' under pure fp16/bf16 (a float32 batch into bf16 convolution
+        weights raises), float32 otherwise (autocast casts inside). As open_clip's `get_input_dtype`."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.precision, self.device)
 
@@ -143,7 +149,7 @@ class Encoders:
         """(B, 3, H, W) preprocessed images -> (B, D) float32 features, L2-normalised in float32 by default."""
         self.model.eval()
         with self.autocast():
-            features = self.model.encode_image(images.to(self.device, non_blocking=True))
+            features = self.model.encode_image(images.to(self.device, self.input_dtype, non_blocking=True))
         features = features.float()
         return F.normalize(features, dim=-1) if normalize else features
 
