@@ -120,35 +120,11 @@ def plan(n: int, d: int, cfg: IndexConfig) -> IndexPlan:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# GPU (taken when faiss sees a GPU; the CPU wheel has no GPU symbols).
+# GPU (taken when faiss sees a GPU; the CPU wheel has no GPU symbols). Copies and locks: indexing/gpu.py.
 
 
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-
-
-def to_gpu(index: faiss.Index) -> faiss.Index:
-    """A copy of `index` on all GPUs. GPU IVF wants a flat coarse quantizer: HNSW is a CPU-side speed-up, so its
-    centroids are moved into an `IndexFlatIP` first."""
-    ivf = _ivf(index)
-    if ivf is not None and not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
-        index = faiss.clone_index(index)
-        ivf = _ivf(index)
-        flat = faiss.IndexFlatIP(ivf.d)
-        flat.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
-        ivf.quantizer = flat
-        ivf.own_fields = True
-        flat.this.disown()
-    options = faiss.GpuMultipleClonerOptions()
-    options.shard = False
-    return faiss.index_cpu_to_all_gpus(index, co=options)
-
-
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

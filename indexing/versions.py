@@ -34,6 +34,7 @@ import numpy as np
 from indexing import faiss_index
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexInfo
+from indexing.gpu import Replicas, gpu_copy
 from indexing.store import Store
 from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
 
@@ -141,7 +142,7 @@ class Version:
     index: faiss.Index
     store: Store
     vectors: Vectors
-    gpu_index: faiss.Index | None = None
+    gpu_index: Replicas | None = None  # copies on the GPUs, searched under their locks
 
     @property
     def name(self) -> str:
@@ -170,7 +171,7 @@ def load_version(root: Path, name: str, index: faiss.Index | None = None) -> Ver
             f"stored vectors {vectors.rows}; restore from a copy or rebuild with `vlm index build`"
         )
     info = IndexInfo(**manifest["index"])
-    gpu = faiss_index.to_gpu(index) if faiss_index.gpu_count() and index.ntotal else None
+    gpu = gpu_copy(index, info, manifest["model"]["embed_dim"])
     return Version(_number(name), folder, manifest, info, index, store, vectors, gpu)
 
 
