@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlm.data import FOLDER_IMAGE_EXTS, IMAGE_KEYS, BadRow, ImageError, ImageRef, read_pairs, to_rgb
+from vlm.data import FOLDER_IMAGE_EXTS, BadRow, ImageError, ImageRef, read_pairs, to_rgb
 from vlm.errors import ConfigError, DataError
+from vlm.readers.tables import IMAGE_KEYS, pick_column
 
 LOG = logging.getLogger(__name__)
 
@@ -299,18 +300,6 @@ def _header(path: Path, delimiter: str) -> list[str]:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def _pick(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, source: Path) -> str:
-    if wanted is not None:
-        if wanted not in columns:
-            raise DataError(f"{source}: no {what} column {wanted!r}; columns are {list(columns)}")
-        return wanted
-    lower = {c.lower(): c for c in columns}
-    for c in candidates:
-        if c in lower:
-            return lower[c]
-    raise DataError(f"{source}: cannot find the {what} column among {list(columns)}; name it with {what}_key=")
-
-
 def _read_table(
     path: Path,
     fmt: str,
@@ -328,8 +317,8 @@ def _read_table(
         raise DataError(f"labels file not found: {path}")
     delimiter = "," if fmt == "csv" else "\t"
     columns = _header(path, delimiter)
-    image_col = _pick(columns, image_key, IMAGE_KEYS, "image", path)
-    label_col = _pick(columns, label_key, LABEL_KEYS, "label", path)
+    image_col = pick_column(columns, image_key, IMAGE_KEYS, "image", path)
+    label_col = pick_column(columns, label_key, LABEL_KEYS, "label", path)
     table = read_pairs(
         path, format=fmt, image_key=image_col, caption_key=label_col, root=root,
         verify_images=verify_images, workers=workers, progress=progress,
@@ -439,7 +428,7 @@ def _read_hf(
     if image_col is None or image_col not in features or not isinstance(features[image_col], datasets.Image):
         raise DataError(f"{label}: no Image column (columns: {dict(features)}); name it with image_key=")
     label_col = label_key or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
-    label_col = _pick(list(features), label_col, LABEL_KEYS, "label", path)
+    label_col = pick_column(list(features), label_col, LABEL_KEYS, "label", path)
     values = ds.data.column(label_col).to_pylist()
     feature = features[label_col]
     keep = np.array([i for i, v in enumerate(values) if v is not None and v != -1], dtype=np.int64)

@@ -24,6 +24,7 @@ from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from vlm.models import Encoders
 from vlm.segment import segment
 from vlm.segment.data import SegSample, load_pair, slug
+from vlm.segment.decoder import SegDecoder
 from vlm.segment.overlay import heatmap_image, overlay
 
 LOG = logging.getLogger(__name__)
@@ -128,6 +129,12 @@ def evaluate_segmentation(
     metrics = segmentation_metrics([r["intersection"] for r in rows], [r["union"] for r in rows])
     settings = {"method": method, **{k: _jsonable(v) for k, v in segment_kwargs.items()}}
     return SegEvalResult(metrics, rows, kept, settings)
+
+
+def validate_decoder(encoders: Encoders, samples: Sequence[SegSample], decoder: SegDecoder) -> dict[str, float]:
+    """The decoder trainer's validation (`vlm.segment.train.train_decoder(validate=...)`): IoU metrics on `samples`."""
+    result = evaluate_segmentation(encoders, samples, method="decoder", decoder=decoder)
+    return {k: v for k, v in result.metrics.items() if k != "samples"}
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,6 +27,8 @@ from pathlib import Path
 from vlm import data
 from vlm.data import BadRow, ImageRef
 from vlm.errors import DataError
+from vlm.readers.paths import RootedPaths
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, pick_column
 
 LOG = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def _gather_file(path: Path, keys: _Keys) -> Gathered:
 
 
 def _gather_folder(folder: Path, keys: _Keys) -> Gathered:
-    resolver = data._Resolver(folder)  # the project's one check that a path stays inside its root
+    resolver = RootedPaths(folder)  # the project's one check that a path stays inside its root
     out = Gathered()
     # followlinks=False: a symlinked folder could loop, or lead out of the root.
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -139,7 +141,7 @@ def _sidecar_caption(image: Path) -> str | None:
 
 
 def _gather_list(path: Path, keys: _Keys) -> Gathered:
-    resolver = data._Resolver(path.parent)
+    resolver = RootedPaths(path.parent)
     out = Gathered()
     for line, image, caption, problem in _rows(path):
         image = (image or "").strip()
@@ -167,8 +169,8 @@ def _rows(path: Path) -> Iterable[tuple[int, str | None, str | None, str | None]
             header = [h.strip() for h in next(reader, [])]
             if not header:
                 raise DataError(f"{path} is empty: it needs a header row naming an image column")
-            i = header.index(data._pick_column(header, None, data.IMAGE_KEYS, "image", str(path)))
-            captions = [h for h in header if h.lower() in data.CAPTION_KEYS]
+            i = header.index(pick_column(header, None, IMAGE_KEYS, "image", str(path)))
+            captions = [h for h in header if h.lower() in CAPTION_KEYS]
             j = header.index(captions[0]) if captions else None
             for fields in reader:
                 if fields:
@@ -190,8 +192,8 @@ def _jsonl_rows(path: Path, f) -> Iterable[tuple[int, str | None, str | None, st
         if not isinstance(obj, dict):
             yield line, None, None, f"malformed row: not a JSON object ({type(obj).__name__})"
             continue
-        image = next((obj[k] for k in data.IMAGE_KEYS if isinstance(obj.get(k), str)), None)
-        caption = next((obj[k] for k in data.CAPTION_KEYS if k in obj), None)
+        image = next((obj[k] for k in IMAGE_KEYS if isinstance(obj.get(k), str)), None)
+        caption = next((obj[k] for k in CAPTION_KEYS if k in obj), None)
         if isinstance(caption, list):
             caption = "\n".join(c for c in caption if isinstance(c, str))
         yield line, image, caption if isinstance(caption, str) else None, None

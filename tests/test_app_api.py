@@ -375,6 +375,7 @@ def distinct_images(paths: list[Path]) -> int:
 @pytest.fixture()
 def small_demo(tmp_path, monkeypatch):
     """The demo's recipe on 12 scenes and the first 15 Twemoji icons."""
+    import indexing.library
     import vlm.demo
 
     icons = tmp_path / "twemoji"
@@ -386,12 +387,12 @@ def small_demo(tmp_path, monkeypatch):
     (icons / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (icons / "ATTRIBUTION.md").write_text("CC-BY 4.0\n", encoding="utf-8")
     monkeypatch.setattr(vlm.demo, "TWEMOJI", icons)
-    monkeypatch.setattr(vlm.demo, "DEMO_COLLECTION_SCENES", 12)
+    monkeypatch.setattr(indexing.library, "DEMO_COLLECTION_SCENES", 12)
     return tmp_path / "cache"
 
 
 def test_demo_collection_per_model_reopened_and_pruned(small_demo):
-    from ui.library import Library
+    from indexing.library import Library
     from vlm import models
 
     lib = Library.choose(images=[], collection=None, cache_dir=small_demo)
@@ -417,7 +418,7 @@ def test_demo_collection_per_model_reopened_and_pruned(small_demo):
 
 
 def test_folders_added_from_the_app_follow_to_another_model(shapes, tmp_path):
-    from ui.library import Library
+    from indexing.library import Library
     from vlm import models
 
     extra = tmp_path / "extra"

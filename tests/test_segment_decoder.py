@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from eval.segmentation import validate_decoder
 from vlm import synth
 from vlm.errors import CheckpointError, ConfigError
 from vlm.segment import decoder as dec
@@ -104,7 +105,7 @@ def _cfg(shapes, out, **kw):
 
 
 def test_train_writes_checkpoints_metrics_and_resumes_exactly(shapes, tmp_path):
-    full = train_decoder(_cfg(shapes, tmp_path / "full"), progress=False)
+    full = train_decoder(_cfg(shapes, tmp_path / "full"), progress=False, validate=validate_decoder)
     assert full.steps == 6 and set(full.metrics) >= {"mIoU", "oIoU", "precision@0.5"}
     run = tmp_path / "full"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
@@ -122,7 +123,7 @@ def test_train_writes_checkpoints_metrics_and_resumes_exactly(shapes, tmp_path):
     shutil.rmtree(cut / "checkpoints" / "step_00000006")
     with pytest.raises(CheckpointError, match="--resume"):
         train_decoder(_cfg(shapes, cut), progress=False)
-    resumed = train_decoder(_cfg(shapes, cut, resume=True), progress=False)
+    resumed = train_decoder(_cfg(shapes, cut, resume=True), progress=False, validate=validate_decoder)
     a = load_file(str(full.final_checkpoint / "decoder.safetensors"))
     b = load_file(str(resumed.final_checkpoint / "decoder.safetensors"))
     for k in a:

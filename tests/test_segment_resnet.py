@@ -19,6 +19,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from PIL import Image
 
+from eval.segmentation import validate_decoder
 from vlm import models, synth
 from vlm.errors import CheckpointError, ConfigError, ModelError
 from vlm.segment import decoder as dec
@@ -261,7 +262,7 @@ def test_train_seg_on_vlm_rn_then_segment(tmp_path):
     cfg = SegTrainConfig(train_data=str(data / "phrases.csv"), model="vlm-rn", batch_size=8, steps=4,
                          warmup_steps=1, save_every=0, val_every=0, log_every=1, workers=0, val_limit=4,
                          cache_activations=True, output_dir=str(tmp_path / "run"))  # fmt: skip
-    result = train_decoder(cfg, progress=False)
+    result = train_decoder(cfg, progress=False, validate=validate_decoder)
     assert result.steps == 4 and "mIoU" in result.metrics
     losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if "train/loss" in r] == [1, 2, 3, 4]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from eval.retrieval import evaluate_pairs
 from vlm import checkpoint, models
 from vlm.config import TrainConfig, from_dict
 from vlm.errors import CheckpointError, ConfigError, DataError
@@ -114,7 +115,7 @@ def test_no_weight_decay_on_biases_norms_and_temperature(tiny_encoders):
 
 def test_train_writes_open_clip_checkpoint_and_metrics(tmp_path, shapes):
     cfg = make_cfg(tmp_path, shapes, steps=8, save_every=4)
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, validate=evaluate_pairs)
     out = Path(cfg.output_dir)
     assert result.steps == 8 and result.final_checkpoint == out / "final"
     assert [s for s, _ in checkpoint.list_step_checkpoints(out)] == [4, 8]
@@ -145,7 +146,6 @@ def test_training_learns_the_pairs(tmp_path, shapes):
     """About 15 epochs on 160 scenes: retrieval over the *training* pairs climbs far above chance (5/160)."""
     cfg = make_cfg(tmp_path, shapes, steps=150, data={"val_fraction": 0.0}, optim={"lr": 1e-3, "warmup_steps": 5})
     train(cfg, progress=False)
-    from eval.retrieval import evaluate_pairs
     from vlm.data import read_pairs
 
     pairs = read_pairs(shapes / "pairs.csv", progress=False).pairs

@@ -178,6 +178,8 @@ def test_template_sources_and_errors(tmp_path):
     good = tmp_path / "mine.json"
     good.write_text(json.dumps(["a sketch of {c}", "{c}"]))
     assert template_sets.resolve(str(good)) == ("a sketch of {c}", "{c}")
+    with pytest.raises(ConfigError, match="unknown template set"):  # text from the web never names a file
+        template_sets.resolve(str(good), files=False)
     with pytest.raises(ConfigError, match=r"unknown template set 'nope'. Available: \['cifar10'"):
         template_sets.resolve("nope")
     cases = {
@@ -185,7 +187,11 @@ def test_template_sources_and_errors(tmp_path):
         "a photo": "unknown template set",  # no brace: read as a set name
         "a {} photo of {c}": "fields other than",
         "a {c} photo {": "malformed",
-        "{c.upper}": "no \\{c\\}",
+        "{c.upper}": "fields other than",
+        "{c:>999999999}": "a bare \\{c\\}",
+        "{c!s}": "a bare \\{c\\}",
+        "{c}{c}{c}{c}": "at most 3",
+        "{c}" + "x" * 300: "303 characters long",
     }
     for spec, message in cases.items():
         with pytest.raises(ConfigError, match=message):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from indexing.library import Library, default_cache_dir
 from ui import classify, explain, model, search, segment, train
-from ui.library import Library, default_cache_dir
 from ui.state import AppState, Limits, ModelChoice
 
 LOG = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ def classify(
     image = require_image(image)
     clean = checked_labels(labels, state.limits.max_labels)
     encoders = state.active.encoders
-    clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers)
+    clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers, template_files=False)
     k = max(1, min(int(k), len(clf.labels)))
     best = top_k(clf.probs(embed_images(encoders, [image])), clf.labels, k)[0]
     scores = dict(zip(best.labels, best.probs, strict=True))

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexing.collection import Collection
+from indexing.library import Library
 from ui.files import ResultFiles
 from ui.jobs import TrainRunner
-from ui.library import Library
 from vlm import models
 from vlm.errors import VLMError
 from vlm.models import Encoders

@@ -27,7 +27,6 @@ import os
 import posixpath
 import random
 import re
-import stat
 import tarfile
 from bisect import bisect_right
 from collections import Counter
@@ -44,12 +43,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from vlm.errors import ConfigError, DataError
+from vlm.readers.paths import RootedPaths
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, open_text, pick_column, read_header
 
 LOG = logging.getLogger(__name__)
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "folder", "hf", "webdataset")
-IMAGE_KEYS = ("image", "filepath", "path", "file", "image_path", "img", "filename")
-CAPTION_KEYS = ("caption", "captions", "text", "title", "sentence")
 FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -336,54 +335,8 @@ def _clean_captions(value: Any) -> tuple[list[str], str | None]:
     return captions, None if captions else "empty caption"
 
 
-class _Resolver:
-    """Resolves image paths against the dataset root and refuses any that leave it (`../x`, absolute paths,
-    symlinks pointing outside): a data file must not make us read arbitrary files.
-
-    Results are cached by the text as written, since rows with several captions repeat the same path.
-    """
-
-    def __init__(self, root: Path):
-        resolved = root.expanduser().resolve()
-        if not resolved.is_dir():
-            raise DataError(f"dataset root {root} is not a folder")
-        self.root = str(resolved)
-        self._prefix = os.path.join(self.root, "")  # "/root/": a sibling "/root2" must not pass
-        self._cache: dict[str, tuple[str | None, str | None]] = {}
-
-    def __call__(self, text: str) -> tuple[str | None, str | None]:
-        """(absolute path, None) or (None, reason)."""
-        found = self._cache.get(text)
-        if found is None:
-            found = self._cache[text] = self._resolve(text)
-        return found
-
-    def _resolve(self, text: str) -> tuple[str | None, str | None]:
-        try:
-            path = os.path.realpath(os.path.join(self.root, text))  # follows symlinks and ".." alike
-        except (ValueError, OSError) as e:  # embedded NUL, symlink loop
-            return None, f"malformed row: invalid path ({e})"
-        if not path.startswith(self._prefix):
-            return None, "path escapes the dataset root"
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None, "missing file"
-        except OSError as e:
-            return None, f"unreadable file ({e.strerror})"
-        if not stat.S_ISREG(st.st_mode):
-            return None, "not a file"
-        if st.st_size == 0:
-            return None, "empty file"
-        return path, None
-
-    def key(self, path: str) -> str:
-        """The path relative to the root, with forward slashes."""
-        return path[len(self._prefix) :].replace(os.sep, "/")
-
-
 def _add_path_row(
-    out: _Collector, resolver: _Resolver, source: str, row: int | None, image: str, caption: Any, item: str = ""
+    out: _Collector, resolver: RootedPaths, source: str, row: int | None, image: str, caption: Any, item: str = ""
 ) -> None:
     """One row that names an image by path: check the caption, then the path, then group it."""
     image = image.strip()
@@ -400,51 +353,17 @@ def _add_path_row(
     out.add(resolver.key(path), ImageRef("file", path), captions, (source, row, item))
 
 
-def _pick_column(found: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, source: str) -> str:
-    if wanted is not None:
-        if wanted in found:
-            return wanted
-        raise DataError(f"{source} has no {what} column {wanted!r}; columns found: {list(found)}")
-    lower = {c.lower(): c for c in found}
-    for name in candidates:
-        if name in lower:
-            return lower[name]
-    raise DataError(
-        f"{source}: no {what} column among {list(found)}; name one of them {list(candidates)} "
-        f"or pass {what}_key= (--{what}-key)"
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Readers, one per format.
 
 
-@contextlib.contextmanager
-def _open_text(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
-    try:
-        f = open(path, encoding="utf-8-sig", newline=newline)  # noqa: SIM115 (closed below)
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-    with f:
-        try:
-            yield f
-        except UnicodeDecodeError as e:  # raised while the body reads: the file is decoded lazily
-            raise DataError(f"{path} is not UTF-8 text ({e.reason}); re-save it as UTF-8") from e
-
-
 def _read_delimited(path: Path, delimiter: str, keys: tuple[str | None, str | None], resolver, out) -> None:
     source = str(path)
-    with _open_text(path, newline="") as f:
+    with open_text(path, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next((row for row in reader if row), None)
-        except csv.Error as e:
-            raise DataError(f"{path}: cannot parse the header row: {e}") from e
-        if header is None:
-            raise DataError(f"{path} is empty: it needs a header row such as 'image{delimiter}caption'")
-        header = [h.strip() for h in header]
-        i = header.index(_pick_column(header, keys[0], IMAGE_KEYS, "image", source))
-        j = header.index(_pick_column(header, keys[1], CAPTION_KEYS, "caption", source))
+        header = read_header(reader, path, delimiter)
+        i = header.index(pick_column(header, keys[0], IMAGE_KEYS, "image", source))
+        j = header.index(pick_column(header, keys[1], CAPTION_KEYS, "caption", source))
         while True:
             line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
             try:
@@ -466,7 +385,7 @@ def _read_delimited(path: Path, delimiter: str, keys: tuple[str | None, str | No
 def _read_jsonl(path: Path, keys: tuple[str | None, str | None], resolver, out) -> None:
     source = str(path)
     image_key = None
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
                 continue
@@ -479,8 +398,8 @@ def _read_jsonl(path: Path, keys: tuple[str | None, str | None], resolver, out) 
                 out.reject(source, line, "", f"malformed row: not a JSON object ({type(obj).__name__})")
                 continue
             if image_key is None:  # the first object fixes the image key and proves a caption key exists
-                image_key = _pick_column(list(obj), keys[0], IMAGE_KEYS, "image", f"{source}, line {line}")
-                _pick_column(list(obj), keys[1], CAPTION_KEYS, "caption", f"{source}, line {line}")
+                image_key = pick_column(list(obj), keys[0], IMAGE_KEYS, "image", f"{source}, line {line}")
+                pick_column(list(obj), keys[1], CAPTION_KEYS, "caption", f"{source}, line {line}")
             # The caption key is looked up per row so "caption" and "captions" rows may mix.
             caption_key = keys[1] or next((k for k in CAPTION_KEYS if k in obj), None)
             image = obj.get(image_key)
@@ -493,7 +412,7 @@ def _read_jsonl(path: Path, keys: tuple[str | None, str | None], resolver, out) 
                 _add_path_row(out, resolver, source, line, image, obj[caption_key])
 
 
-def _read_folder(folder: Path, resolver: _Resolver, out: _Collector) -> None:
+def _read_folder(folder: Path, resolver: RootedPaths, out: _Collector) -> None:
     source = str(folder)
     # followlinks=False: a symlinked folder could loop, or lead out of the root.
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -513,7 +432,7 @@ def _read_folder(folder: Path, resolver: _Resolver, out: _Collector) -> None:
                 out.add(resolver.key(path), ImageRef("file", path), captions, (source, None, rel))
 
 
-def _folder_captions(rel_txt: str, resolver: _Resolver) -> tuple[list[str], str | None]:
+def _folder_captions(rel_txt: str, resolver: RootedPaths) -> tuple[list[str], str | None]:
     path, problem = resolver(rel_txt)
     if problem == "missing file":
         return [], "missing caption file"
@@ -721,8 +640,8 @@ def _read_hf(ds: Any, label: str, split: str, keys: tuple[str | None, str | None
     image_key = keys[0]
     if image_key is None and not any(c.lower() in IMAGE_KEYS for c in columns):
         image_key = next((c for c in columns if isinstance(ds.features[c], datasets.Image)), None)
-    image_col = _pick_column(columns, image_key, IMAGE_KEYS, "image", label)
-    caption_col = _pick_column(columns, keys[1], CAPTION_KEYS, "caption", label)
+    image_col = pick_column(columns, image_key, IMAGE_KEYS, "image", label)
+    caption_col = pick_column(columns, keys[1], CAPTION_KEYS, "caption", label)
     feature = ds.features[image_col]
     captions = ds.data.column(caption_col).to_pylist()
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
@@ -811,7 +730,7 @@ def read_pairs(
     if fmt in ("csv", "tsv", "jsonl"):
         if not path.is_file():
             raise DataError(f"pairs file not found (or not a file): {path}")
-        resolver = _Resolver(Path(root) if root is not None else path.parent)
+        resolver = RootedPaths(Path(root) if root is not None else path.parent)
         if fmt == "jsonl":
             _read_jsonl(path, keys, resolver, out)
         else:
@@ -819,13 +738,13 @@ def read_pairs(
     elif fmt == "folder":
         if not path.is_dir():
             raise DataError(f"image folder not found: {path}")
-        _read_folder(path, _Resolver(Path(root) if root is not None else path), out)
+        _read_folder(path, RootedPaths(Path(root) if root is not None else path), out)
     elif fmt == "webdataset":
         for shard in _shards(str(source)):
             _read_tar(shard, out)
     else:
         ds, split, base = _load_hf(str(source))
-        _read_hf(ds, str(source), split, keys, _Resolver(Path(root) if root is not None else base), out)
+        _read_hf(ds, str(source), split, keys, RootedPaths(Path(root) if root is not None else base), out)
     entries = out.entries
     if verify_images and not out.verify_inline:
         entries = _verify(entries, out, workers, progress)

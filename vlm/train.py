@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file
@@ -44,6 +44,15 @@ RESUME_FREE_FIELDS = {
     "resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict", "peak_tflops",
     "dist_timeout_minutes",
 }  # fmt: skip
+
+
+class Validate(Protocol):
+    """Scores held-out pairs, e.g. `eval.retrieval.evaluate_pairs`: the caller passes it, the trainer (a lower layer
+    than `eval`) does not import it. It may leave the model in eval mode; the trainer puts it back in train mode."""
+
+    def __call__(
+        self, encoders: models.Encoders, pairs: Sequence[Pair], *, batch_size: int, workers: int
+    ) -> dict[str, float]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +194,10 @@ class MetricsLog:
 class Trainer:
     """Build everything from a `TrainConfig`, then `run()`."""
 
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None):
         self.cfg = cfg
         self.progress = progress
+        self.validate = validate
         self.out = Path(cfg.output_dir)
 
     # -- set-up -----------------------------------------------------------------------------------------------
@@ -484,13 +494,11 @@ class Trainer:
         return loss.detach()
 
     def _validate(self) -> dict[str, float]:
-        if not self.val_pairs:
+        if not self.val_pairs or self.validate is None:
             return {}
         metrics: dict[str, float] = {}
         if self.dist.is_main:
-            from eval.retrieval import evaluate_pairs
-
-            metrics = evaluate_pairs(
+            metrics = self.validate(
                 self.encoders,
                 self.val_pairs,
                 batch_size=max(self.micro_batch, 64),
@@ -625,6 +633,10 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Train (or resume) according to `cfg`; returns where the final checkpoint is and the last metrics."""
-    return Trainer(cfg, progress=progress).run()
+def train(cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None) -> TrainResult:
+    """Train (or resume) according to `cfg`; returns where the final checkpoint is and the last metrics.
+
+    `validate(encoders, val_pairs, batch_size=, workers=) -> metrics` scores the held-out pairs (the CLI passes
+    `eval.retrieval.evaluate_pairs`); without it the pairs are still held out but not scored.
+    """
+    return Trainer(cfg, progress=progress, validate=validate).run()

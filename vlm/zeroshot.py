@@ -223,13 +223,15 @@ def build_classifier(
     batch_size: int = 256,
     cache: ClassifierCache | None = None,
     progress: bool = False,
+    template_files: bool = True,
 ) -> ZeroShotClassifier:
     """Class weights for `labels` (cleaned strictly: an empty or duplicate label is an error, so label i stays
-    class i) with `templates` (a set name, a JSON file, one template with `{c}`, or a list; default "generic")."""
+    class i) with `templates` (a set name, a JSON file, one template with `{c}`, or a list; default "generic").
+    `template_files=False` for text from the web: a set name or a literal template, never a file."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     labels = clean_labels(labels, strict=True).labels
-    templates = template_sets.resolve(templates, DEFAULT_TEMPLATES)
+    templates = template_sets.resolve(templates, DEFAULT_TEMPLATES, files=template_files)
     key = cache_key(encoders, labels, templates)
     if cache is not None and (found := cache.get(key)) is not None:
         return found

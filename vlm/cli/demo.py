@@ -35,8 +35,9 @@ def run_data(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    from eval.demo import held_out_figures
     from vlm import checkpoint, models
-    from vlm.demo import DEMO_MODEL, export, held_out_figures
+    from vlm.demo import DEMO_MODEL, export
 
     cfg = checkpoint.read_config(args.checkpoint).get("provenance", {}).get("config", {})
     data_dir = Path(args.data) if args.data else Path(cfg["data"]["train_data"]).parent

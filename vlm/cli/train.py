@@ -23,13 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from eval.retrieval import evaluate_pairs
     from vlm.train import train
 
     cfg = config.resolve(config.TrainConfig, args, args.config)
     # SIGINT (Ctrl-C, or the app's Stop) saves a checkpoint and exits. A shell starts background jobs with SIGINT
     # ignored and Python then keeps it ignored, so a run started with `&` would not stop: take it back explicitly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    result = train(cfg)
+    result = train(cfg, validate=evaluate_pairs)
     if is_main_process():
         print(
             json.dumps(

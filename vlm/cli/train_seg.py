@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from eval.segmentation import validate_decoder
     from vlm.segment.train import SegTrainConfig, train_decoder
 
     cfg = config.resolve(SegTrainConfig, args, args.config)
-    result = train_decoder(cfg)
+    result = train_decoder(cfg, validate=validate_decoder)
     print(json.dumps({"final_checkpoint": str(result.final_checkpoint), "steps": result.steps, **result.metrics}))

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vlm.data import BadRow, ImageRef, _Resolver
+from vlm.data import BadRow, ImageRef
 from vlm.errors import DataError
+from vlm.readers.paths import RootedPaths
 
 LOG = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ def read_segmentation(
     fmt = detect_format(source) if format == "auto" else format
     if fmt == "folder" and (source / "phrases.csv").is_file():
         source, fmt = source / "phrases.csv", "csv"
-    resolver = _Resolver(Path(root) if root else (source if source.is_dir() else source.parent))
+    resolver = RootedPaths(Path(root) if root else (source if source.is_dir() else source.parent))
     bad: list[BadRow] = []
 
     def reject(row: int | None, item: str, reason: str) -> None:
@@ -280,7 +281,7 @@ def read_segmentation(
     return table
 
 
-def _read_csv(path: Path, resolver: _Resolver, reject: Callable) -> list[SegSample]:
+def _read_csv(path: Path, resolver: RootedPaths, reject: Callable) -> list[SegSample]:
     samples: list[SegSample] = []
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
@@ -318,7 +319,7 @@ def _add_png_sample(samples, resolver, reject, line, image: str, mask: str, phra
     samples.append(SegSample(key, group, ImageRef("file", image_path), phrase, MaskRef("png", path=mask_path)))
 
 
-def _read_mask_folder(folder: Path, resolver: _Resolver, reject: Callable) -> list[SegSample]:
+def _read_mask_folder(folder: Path, resolver: RootedPaths, reject: Callable) -> list[SegSample]:
     """images/<stem>.<ext> + masks/<stem>__<phrase_slug>.png."""
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
@@ -348,7 +349,7 @@ def _sentences(ref: dict) -> list[str]:
     return out
 
 
-def _read_coco(path: Path, resolver: _Resolver, reject: Callable, split: str | None) -> list[SegSample]:
+def _read_coco(path: Path, resolver: RootedPaths, reject: Callable, split: str | None) -> list[SegSample]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

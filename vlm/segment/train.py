@@ -19,7 +19,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,10 @@ from vlm.segment.data import SegDataset, SegSample, read_segmentation, split_by_
 from vlm.train import MetricsLog, StepSampler, lr_at, param_groups
 
 LOG = logging.getLogger(__name__)
+
+# Scores the held-out samples with the decoder (in eval mode), e.g. `eval.segmentation.validate_decoder`: passed by
+# the caller, since `eval` is a layer above the trainer.
+ValidateDecoder = Callable[[models.Encoders, Sequence[SegSample], dec.SegDecoder], dict[str, float]]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 # Settings that may change between a run and its resume without changing the weights it produces (output_dir: a
@@ -166,9 +170,10 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 class SegTrainer:
     """Build everything from a `SegTrainConfig`, then `run()`."""
 
-    def __init__(self, cfg: SegTrainConfig, *, progress: bool = True):
+    def __init__(self, cfg: SegTrainConfig, *, progress: bool = True, validate: ValidateDecoder | None = None):
         self.cfg = cfg
         self.progress = progress
+        self.validate = validate
         self.out = Path(cfg.output_dir)
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -344,14 +349,12 @@ class SegTrainer:
         return float(loss.detach())
 
     def _validate(self) -> dict[str, float]:
-        if not self.val_samples:
+        if not self.val_samples or self.validate is None:
             return {}
-        from eval.segmentation import evaluate_segmentation
-
         self.decoder.eval()
-        result = evaluate_segmentation(self.encoders, self.val_samples, method="decoder", decoder=self.decoder)
+        metrics = self.validate(self.encoders, self.val_samples, self.decoder)
         self.decoder.train()
-        return {k: v for k, v in result.metrics.items() if k != "samples"}
+        return metrics
 
     def run(self) -> SegTrainResult:
         cfg = self.cfg
@@ -408,6 +411,12 @@ class SegTrainer:
         return SegTrainResult(self.out, final, step, metrics)
 
 
-def train_decoder(cfg: SegTrainConfig, *, progress: bool = True) -> SegTrainResult:
-    """Train (or resume) a segmentation decoder according to `cfg`."""
-    return SegTrainer(cfg, progress=progress).run()
+def train_decoder(
+    cfg: SegTrainConfig, *, progress: bool = True, validate: ValidateDecoder | None = None
+) -> SegTrainResult:
+    """Train (or resume) a segmentation decoder according to `cfg`.
+
+    `validate(encoders, val_samples, decoder) -> metrics` scores the held-out samples (the CLI passes
+    `eval.segmentation.validate_decoder`); without it they are held out but not scored.
+    """
+    return SegTrainer(cfg, progress=progress, validate=validate).run()

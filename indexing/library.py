@@ -1,12 +1,13 @@
-"""Where the app's image collection lives, and what goes in it, whatever the active model.
+"""A library of collections: one collection per model fingerprint over the same inputs, and the demo collection.
 
 Vectors from one model cannot be searched with another, so a library keeps one collection per model fingerprint
 (`<home>/collection-<fingerprint>`) and remembers its inputs in `<home>/sources.json`: switching to another model
 reopens that model's collection, or embeds the same inputs afresh. Three kinds:
-    demo      the Twemoji icons and synthetic scenes (`vlm.demo.build_demo_collection`), plus folders added later
-    folders   the folders given with --images, plus folders added later
-    existing  a collection built with `vlm index build` (--collection DIR holding one): opened as it is; it can only
-              be searched with the model that built it
+    demo      the Twemoji icons and synthetic scenes (`build_demo_collection`), plus folders added later
+    folders   the given image folders, plus folders added later
+    existing  a collection built with `vlm index build` (a folder holding one): opened as it is; it can only be
+              searched with the model that built it
+The app (`ui/`) keeps one `Library`; this module owns the layout of its home folder.
 """
 
 from __future__ import annotations
@@ -14,27 +15,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexing.collection import AddResult, Collection
 from indexing.config import EmbedConfig
-from indexing.versions import CURRENT
+from indexing.errors import IndexingError
+from indexing.versions import CURRENT, lock
+from vlm import demo
 from vlm.atomic import atomic_write_json
 from vlm.errors import ConfigError
 from vlm.models import Encoders
+from vlm.synth import generate
 
 LOG = logging.getLogger(__name__)
 
 SOURCES = "sources.json"
-# Decode in the serving process: DataLoader workers would fork a process that runs web-server threads.
+# Decode in this process: DataLoader workers would fork a process that may run web-server threads.
 EMBED = EmbedConfig(batch_size=64, workers=0)
+
+DEMO_COLLECTION_SCENES = 300
+DEMO_COLLECTION_SEED = 7  # not the training seed (0): the scenes in the demo collection are new to the demo model
+DEMO_COLLECTIONS_KEPT = 3  # collections of other models' fingerprints kept beside the current one's images
 
 
 def default_cache_dir() -> Path:
     """`$XDG_CACHE_HOME/vlm` or `~/.cache/vlm`."""
-    import os
-
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vlm"
 
@@ -43,7 +51,7 @@ def default_cache_dir() -> Path:
 class Library:
     kind: str  # "demo", "folders" or "existing"
     home: Path  # the folder holding sources.json and one collection per model (for "existing": the collection)
-    images: list[Path] = field(default_factory=list)  # the --images folders
+    images: list[Path] = field(default_factory=list)  # the image folders given at start
 
     @classmethod
     def choose(cls, *, images: list[Path], collection: Path | None, cache_dir: Path) -> Library:
@@ -70,7 +78,7 @@ class Library:
         return self.kind == "demo"
 
     def sources(self) -> list[Path]:
-        """Inputs beyond the defaults: the --images folders and folders added from the UI, in order."""
+        """Inputs beyond the defaults: the --images folders and folders added later, in order."""
         extra = []
         if (self.home / SOURCES).is_file():
             extra = [Path(p) for p in json.loads((self.home / SOURCES).read_text(encoding="utf-8"))]
@@ -81,8 +89,6 @@ class Library:
         if self.kind == "existing":
             coll = Collection.open(self.home, read_only=False, encoders=encoders)
         elif self.kind == "demo":
-            from vlm.demo import build_demo_collection
-
             coll = build_demo_collection(self.home, encoders, progress=progress)
         else:
             path = self.home / f"collection-{encoders.fingerprint[:16]}"
@@ -101,3 +107,47 @@ class Library:
             self.home.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.home / SOURCES, extra)
         return result
+
+
+def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool = True) -> Collection:
+    """The app's default collection: the Twemoji icons and a few hundred synthetic scenes, embedded by `encoders`.
+
+    The images are written once into `dest` (`twemoji/`, `shapes/`) and shared by every model; each model gets its
+    own collection `dest/collection-<fingerprint>`, so a model whose weights changed is embedded afresh and a
+    model used before is reopened at once. Collections of other models beyond the newest `DEMO_COLLECTIONS_KEPT`
+    are deleted. Returns the collection, open for writing (read-only when another process is writing it).
+    """
+    dest = Path(dest)
+    icons, shapes = dest / "twemoji", dest / "shapes"
+    if not (shapes / "pairs.csv").is_file():
+        generate(shapes, DEMO_COLLECTION_SCENES, DEMO_COLLECTION_SEED, 128, progress=progress)
+    if not (icons / "pairs.csv").is_file():
+        demo.copy_twemoji(icons)
+    path = dest / f"collection-{encoders.fingerprint[:16]}"
+    try:
+        coll = Collection.create(path, encoders, root=dest, exist_ok=True)
+    except IndexingError:
+        if not (path / CURRENT).exists():
+            raise
+        LOG.warning("%s is being written by another process; opening it read-only", path)
+        return Collection.open(path, read_only=True, encoders=encoders)
+    coll.add([icons / "pairs.csv", shapes / "pairs.csv"], embed=EMBED, progress=progress)  # adds only what is missing
+    path.touch()  # most recently used first when pruning
+    prune_collections(dest, keep=path)
+    return coll
+
+
+def prune_collections(dest: Path, keep: Path) -> None:
+    """Delete the least recently used collections of other models in `dest`, skipping any another process is writing;
+    the newest `DEMO_COLLECTIONS_KEPT` (with `keep`) stay."""
+    others = sorted((p for p in dest.glob("collection-*") if p != keep), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (DEMO_COLLECTIONS_KEPT - 1))]:
+        try:
+            fd = lock(old)
+        except IndexingError:
+            continue
+        try:
+            shutil.rmtree(old)
+        finally:
+            os.close(fd)
+        LOG.info("deleted the demo collection of an older model: %s", old)

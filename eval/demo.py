@@ -1,0 +1,45 @@
+"""The demo model's figures on held-out data, for its model card (`vlm demo export`).
+
+The demo's data and export live in `vlm.demo`; the figures need the evaluations, which sit a layer above it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from eval.datasets import read_labelled
+from eval.retrieval import evaluate_pairs
+from eval.zeroshot import evaluate_zeroshot
+from vlm.data import Pair, read_pairs, split
+from vlm.errors import DataError
+from vlm.models import Encoders
+from vlm.synth import LABELS
+
+
+def held_out_figures(encoders: Encoders, data_dir: str | Path, val_fraction: float, seed: int) -> dict[str, float]:
+    """Figures on the pairs the trainer held out of `data_dir/pairs.csv` (same split function, fraction and seed).
+
+    Shapes: image<->text recall@1 over all held-out captions, and zero-shot top-1 over the 48 "colour shape" labels on
+    the held-out single-object scenes. Twemoji: image<->name recall@1/@5 against the held-out icons' names.
+    """
+    data_dir = Path(data_dir).resolve()
+    _, val = split(read_pairs(data_dir / "pairs.csv", progress=False).pairs, val_fraction, seed=seed)
+    shapes = [p for p in val if p.key.startswith("shapes/")]
+    icons = [Pair(p.key, p.image, p.captions[:1]) for p in val if p.key.startswith("twemoji/")]  # the name alone
+    if not shapes or not icons:
+        raise DataError(f"the held-out part of {data_dir / 'pairs.csv'} lacks shapes or icons; is it demo data?")
+    figures: dict[str, float] = {"held-out shape scenes": len(shapes), "held-out icons": len(icons)}
+    for name, pairs, ks in (("shapes", shapes, (1, 5)), ("twemoji", icons, (1, 5))):
+        m = evaluate_pairs(encoders, pairs, ks=ks)
+        for k in ks:
+            figures[f"{name} image->text R@{k}"] = m[f"text_retrieval_recall@{k}"]
+            figures[f"{name} text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
+    labelled = read_labelled(data_dir / "shapes" / "labels.csv", class_names=LABELS)
+    held = {str((data_dir / p.key).resolve()) for p in shapes}
+    keep = [i for i, ref in enumerate(labelled.images.refs) if str(Path(ref.path).resolve()) in held]
+    zs = evaluate_zeroshot(encoders, labelled.subset(np.asarray(keep)), "generic")
+    figures["shapes zero-shot top-1 (48 labels)"] = zs.metrics["acc1"]
+    figures["held-out single-object scenes"] = len(keep)
+    return figures

@@ -1,0 +1,59 @@
+"""Tables of rows in text files (CSV, TSV, JSONL): opening them as UTF-8, reading the header, choosing a column."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from vlm.errors import DataError
+
+# Column names tried in order when the caller names none (case-insensitive), as CLIP-style datasets write them.
+IMAGE_KEYS = ("image", "filepath", "path", "file", "image_path", "img", "filename")
+CAPTION_KEYS = ("caption", "captions", "text", "title", "sentence")
+
+
+def pick_column(
+    found: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, source: str | Path
+) -> str:
+    """The column to use for `what` ("image", "caption", "label"): `wanted` if given (it must exist), else the first of
+    `candidates` found (case-insensitive). Raises `DataError` naming the columns found and how to choose one."""
+    if wanted is not None:
+        if wanted in found:
+            return wanted
+        raise DataError(f"{source} has no {what} column {wanted!r}; columns found: {list(found)}")
+    lower = {c.lower(): c for c in found}
+    for name in candidates:
+        if name in lower:
+            return lower[name]
+    raise DataError(
+        f"{source}: cannot find the {what} column: no {what} column among {list(found)}; "
+        f"name one of them {list(candidates)} or pass {what}_key= (--{what}-key)"
+    )
+
+
+@contextlib.contextmanager
+def open_text(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A UTF-8 text file (a byte-order mark is skipped); failures to open or decode raise `DataError`."""
+    try:
+        f = open(path, encoding="utf-8-sig", newline=newline)  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    with f:
+        try:
+            yield f
+        except UnicodeDecodeError as e:  # raised while the body reads: the file is decoded lazily
+            raise DataError(f"{path} is not UTF-8 text ({e.reason}); re-save it as UTF-8") from e
+
+
+def read_header(reader: Iterator[list[str]], path: Path, delimiter: str) -> list[str]:
+    """The first non-blank row of a `csv.reader`, stripped; `DataError` when there is none or it cannot be parsed."""
+    try:
+        header = next((row for row in reader if row), None)
+    except csv.Error as e:
+        raise DataError(f"{path}: cannot parse the header row: {e}") from e
+    if header is None:
+        raise DataError(f"{path} is empty: it needs a header row such as 'image{delimiter}caption'")
+    return [h.strip() for h in header]
