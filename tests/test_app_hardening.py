@@ -161,3 +161,77 @@ def test_numbers_from_the_web_are_bounded(app, api_name, make_args, what, value)
     # Sliders are range-checked by Gradio itself ("Value 7 is greater than maximum value 0.95"); ids and NaN by us.
     assert re.search(f"{what} must be (a finite number )?between|Value .* is (greater|less) than", message), message
     assert time.perf_counter() - start < 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 6: a damaged checkpoint gets a message, through the CLI and the Model tab, never a traceback.
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`vlm ARGV...` as a user runs it: the exit code, stdout and stderr."""
+    from vlm.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoint folders and weights files damaged the ways a download, a disk or a user damages them."""
+    import shutil
+
+    from vlm import models
+
+    tmp = tmp_path_factory.mktemp("damaged")
+    torch.manual_seed(0)
+    good = models.save(models.load("vlm-tiny", device="cpu"), tmp / "good")
+    out = {}
+
+    def copy(name: str) -> Path:
+        out[name] = shutil.copytree(good, tmp / name)
+        return out[name]
+
+    (copy("non-utf8 config.json") / "config.json").write_bytes(b'{"format": "vlm-checkpoint", "x": "\xff\xfe"}')
+    weights = (good / "model.safetensors").read_bytes()
+    (copy("truncated weights") / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (copy("empty weights") / "model.safetensors").write_bytes(b"")
+    torch.save({"visual.proj": torch.zeros(1)}, copy("stray .bin beside the weights") / "open_clip_pytorch_model.bin")
+    (copy("no weights") / "model.safetensors").unlink()
+    (tmp / "notes.txt").write_text("not weights", encoding="utf-8")
+    out["--pretrained a text file"] = tmp / "notes.txt"
+    out["--pretrained a config file"] = good / "config.json"
+    (tmp / "empty.bin").write_bytes(b"")
+    out["--pretrained an empty file"] = tmp / "empty.bin"
+    torch.save([1, 2, 3], tmp / "list.pt")
+    out["--pretrained a list"] = tmp / "list.pt"
+    return out
+
+
+DAMAGE = {
+    "non-utf8 config.json": "not valid JSON in UTF-8",
+    "truncated weights": "may be truncated",
+    "empty weights": "may be truncated",
+    "stray .bin beside the weights": "holds 2 weights files",
+    "no weights": "has no weights file",
+    "--pretrained a text file": "may be truncated, not a checkpoint",
+    "--pretrained a config file": "may be truncated, not a checkpoint",
+    "--pretrained an empty file": "may be truncated, not a checkpoint",
+    "--pretrained a list": "may be truncated, not a checkpoint",
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_checkpoints_get_a_message_from_the_cli(damaged, capsys, kind):
+    argv = ["vlm-tiny", "--pretrained", str(damaged[kind])] if kind.startswith("--") else [str(damaged[kind])]
+    code, _, err = run_cli(capsys, "info", *argv)
+    assert code == 2 and DAMAGE[kind] in err and "Traceback" not in err, err
+
+
+def test_a_damaged_checkpoint_in_the_model_tab_leaves_the_model_as_it_was(app, damaged):
+    import shutil
+
+    folder = shutil.copytree(damaged["truncated weights"], app.state.runs_dir / "damaged")
+    assert "may be truncated" in refusal(app.client, str(folder), "", api_name="/model_switch")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"
+    still_serving(app)

@@ -23,6 +23,7 @@ from ui.errors import shown
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
+from vlm.printable import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _render(
     """Gallery items, a JSON-ready table, a status line and the ids in rank order."""
     gallery, table, ids = [], [], []
     for record, score in zip(hits.records[0], hits.scores[0], strict=False):
-        caption = (record.caption or "").split("\n")[0]
-        gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or record.path}"))
+        caption = printable((record.caption or "").split("\n")[0])
+        gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or printable(record.path)}"))
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.stats().count:,} images in {elapsed * 1000:.0f} ms."
@@ -168,12 +169,12 @@ def build(state: AppState) -> None:
     def add_folder(folder: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         path = server_path(folder, state.allowed_dirs, "folder")
         if not path.is_dir():
-            raise gr.Error(f"{path} is not a folder; give a folder of images", print_exception=False)
+            raise gr.Error(f"{printable(path)} is not a folder; give a folder of images", print_exception=False)
         active = state.active
         result = state.library.add_folder(active.collection, path, progress=True)
         text = result.summary() + f". The collection now holds {active.collection.stats().count:,} images."
         if result.bad:
-            text += " Unusable: " + "; ".join(str(b) for b in result.bad[:5])
+            text += " Unusable: " + "; ".join(printable(b) for b in result.bad[:5])
         return text
 
     def collection_info() -> dict:

@@ -23,7 +23,13 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def printable(text: object) -> str:
+def printable(text: object, lines: bool = False) -> str:
     """`str(text)` with every control, bidi-override and undecodable character escaped (`\\x1b`, `\\n`,
-    `\\u202e`); the result holds nothing a terminal or a web page would interpret."""
-    return _UNSAFE.sub(_escape, str(text))
+    `\\u202e`); the result holds nothing a terminal would interpret. `lines=True` keeps line breaks (for a
+    message of several lines whose names were escaped already)."""
+    escape = _escape_keeping_lines if lines else _escape
+    return _UNSAFE.sub(escape, str(text))
+
+
+def _escape_keeping_lines(match: re.Match[str]) -> str:
+    return "\n" if match.group() == "\n" else _escape(match)
