@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from ui.errors import shown
-from ui.inputs import server_path
+from ui.inputs import checked_float, checked_int, checked_model, server_path
 from ui.jobs import TrainRequest, TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
@@ -28,6 +28,8 @@ MODELS = {
     "vlm-small (from scratch, 64 px)": "vlm-small",
 }
 POLL_S = 2.0
+MAX_COUNT = 10**9  # epochs, steps, validation interval: bounds on the number only (the server's caps come later)
+MAX_BATCH = 65536
 RECALL_KEYS = ("val/image_retrieval_recall@1", "val/text_retrieval_recall@1", "val/mean_recall")
 
 
@@ -58,7 +60,7 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
     dataset = check_dataset(source, root, batch_size)
     total = plan_steps(dataset.pairs, batch_size, epochs, steps)
     active = state.active.choice
-    name = MODELS.get(model, model)
+    name = MODELS[model] if model in MODELS else checked_model(model, None, state.allowed_dirs)[0]
     request = TrainRequest(
         train_data=dataset.source,
         data_root=dataset.root,
@@ -163,8 +165,10 @@ def build(state: AppState, banner: gr.Markdown) -> None:
     @shown
     def train_start(data: str, upload: str | None, model: str, epochs: float, steps: float, batch_size: float,
                     lr: float, val_every: float):  # fmt: skip
-        line = start(state, data, upload, model, int(epochs or 0), int(steps or 0), int(batch_size or 0), float(lr),
-                     int(val_every or 0))  # fmt: skip
+        line = start(state, data, upload, model, checked_int(epochs or 0, "epochs", 0, MAX_COUNT),
+                     checked_int(steps or 0, "steps", 0, MAX_COUNT), checked_int(batch_size or 0, "the batch size", 0,
+                     MAX_BATCH), checked_float(lr, "the learning rate", 0.0, 1.0),
+                     checked_int(val_every or 0, "validate every", 0, MAX_COUNT))  # fmt: skip
         return line, gr.Timer(active=True)
 
     def train_status():
