@@ -9,11 +9,11 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from ui import explain
 from ui.errors import shown
 from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import templates as template_sets
+from vlm.segment import explain
 from vlm.zeroshot import build_classifier, embed_images, top_k
 
 LOG = logging.getLogger(__name__)
