@@ -9,8 +9,23 @@ DTYPES = ("float32", "float16")  # of stored vectors; float16 halves disk and ch
 
 @dataclass
 class EmbedConfig:
-    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
-    workers: int = field(default=2, metadata={"help": "DataLoader processes decoding images (0: in the main one)"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "images per forward pass; none: 64 on CPU, 256 on a GPU"}
+    )
+    workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader processes decoding images (0: in the main one); none: 2 on CPU, 8 on a GPU"},
+    )
     shard_size: int = field(
         default=1024, metadata={"help": "images per shard: the unit of resume and of the split over torchrun ranks"}
     )
+
+
+def embed_defaults(cfg: EmbedConfig, device_type: str, cores: int) -> tuple[int, int]:
+    """(batch size, workers) of `cfg`, with unset ones chosen for the device: a GPU embeds a batch of 64 faster
+    than two processes decode it, so it gets larger batches and up to 8 decoding workers (never more than the
+    cores); a CPU keeps 64 and 2, which leave its cores to the model."""
+    gpu = device_type == "cuda"
+    batch = cfg.batch_size if cfg.batch_size is not None else (256 if gpu else 64)
+    workers = cfg.workers if cfg.workers is not None else (max(1, min(8, cores - 1)) if gpu else 2)
+    return batch, workers

@@ -38,7 +38,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from indexing.config import DTYPES, EmbedConfig
+from indexing.config import DTYPES, EmbedConfig, embed_defaults
 from indexing.errors import IndexingError
 from indexing.sources import Item
 from vlm.atomic import atomic_open, atomic_write_json
@@ -253,15 +253,14 @@ def embed(
         raise IndexingError(f"{staging} is not prepared for this job; call prepare() first")
     done = set(done_shards(staging, job))
     todo = [s for s in range(job.shards) if s % world_size == rank and s not in done]
-    batches = [
-        list(job.span(s)[b : b + cfg.batch_size]) for s in todo for b in range(0, len(job.span(s)), cfg.batch_size)
-    ]
+    batch_size, workers = embed_defaults(cfg, encoders.device.type, available_cores())
+    batches = [list(job.span(s)[b : b + batch_size]) for s in todo for b in range(0, len(job.span(s)), batch_size)]
     total = sum(len(b) for b in batches)
     LOG.info("embedding %d images in %d shard(s) (%d already done)", total, len(todo), len(done))
     loader = DataLoader(
         ItemDataset(items, encoders.preprocess),
         batch_sampler=batches,
-        num_workers=cfg.workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=encoders.device.type == "cuda",
     )
@@ -270,7 +269,7 @@ def embed(
     wait = encode = 0.0
     start = mark = time.perf_counter()
     with (
-        threads_beside_workers(encoders.device, cfg.workers),
+        threads_beside_workers(encoders.device, workers),
         tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar,
     ):
         for batch in loader:

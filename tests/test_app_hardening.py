@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -96,3 +97,141 @@ def test_a_literal_template_and_a_shipped_set_still_work(app):
     assert len(scores["confidences"]) == 2 and "1 prompt templates" in notes
     scores, _, notes = app.client.predict(app.image, "red circle, blue square", "photo", 2, api_name="/classify")
     assert len(scores["confidences"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 5: one server-path rule, and bounded numbers, for every field that reaches the file system or a loop.
+
+
+def same_answers(app, api_name: str, make_args, paths: list[str]) -> str:
+    """The app's messages for each path, with the path itself blanked out; asserts they are all the same."""
+    answers = {}
+    for path in paths:
+        message = refusal(app.client, *make_args(path), api_name=api_name)
+        answers[path] = re.sub(r"'.*?'", "PATH", message, count=1)  # the path as typed (escaped, shortened)
+    assert len(set(answers.values())) == 1, answers
+    return next(iter(answers.values()))
+
+
+def test_paths_outside_the_allowed_folders_get_one_answer_whether_or_not_they_exist(app):
+    outside = ["/etc", "/no/such/folder", str(app.secret), "/etc\x00/x", str(app.shapes / "missing"), "/" + "a" * 5000]
+    message = same_answers(app, "/add_folder", lambda p: (p,), outside)
+    assert "outside the folders this app may read" in message and "--allow-dir" in message
+    args = (None, "vlm-tiny (from scratch, 32 px)", 1, 0, 8, 1e-3, 0)
+    same_answers(app, "/train_start", lambda p: (p, *args), ["/etc/passwd", str(app.secret / "secret.json"), "/nope"])
+    same_answers(app, "/segment", lambda p: (app.image, "a", "learned decoder", p, 0.5), ["/etc", "/nope"])
+    still_serving(app)
+
+
+def test_the_launch_folder_is_not_readable_from_the_web(app):
+    here = Path(__file__).resolve().parent  # inside the folder the tests (and the app) started from
+    message = refusal(app.client, str(here), api_name="/add_folder")
+    assert "outside the folders this app may read" in message
+    assert app.client.predict(api_name="/collection_info")["images"] == 9
+
+
+def test_model_fields_take_names_ids_or_allowed_folders_only(app):
+    message = same_answers(app, "/model_switch", lambda p: (p, ""), ["/etc", "/no/such/model", str(app.secret), "./x"])
+    assert "model folder" in message
+    same_answers(app, "/model_switch", lambda p: ("vlm-tiny", p), ["/etc/passwd", "/no/such.bin", "../../x.pt"])
+    args = (1, 0, 8, 1e-3, 0)
+    same_answers(app, "/train_start", lambda p: (str(app.shapes / "pairs.csv"), None, p, *args), ["/etc", "/nope/m"])
+    assert "outside the folders" in refusal(app.client, "hf-hub:../../etc", "", api_name="/model_switch")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"
+
+
+APP_IMAGE = object()  # stands for the app fixture's image in the parametrisation below
+
+
+@pytest.mark.parametrize(
+    ("api_name", "make_args", "what"),
+    [
+        ("/search_similar", lambda v: (v, 5, "", ""), "the image id"),
+        ("/explain_result", lambda v: (v, "a red circle"), "the image id"),
+        ("/search_text", lambda v: ("a red circle", v, "", ""), "the number of results k"),
+        ("/classify", lambda v: (APP_IMAGE, "a, b", "generic", v), "top k"),
+        ("/segment", lambda v: (APP_IMAGE, "a", "training-free (dense)", "", v), "the mask threshold"),
+    ],
+)
+@pytest.mark.parametrize("value", [10**30, -1, 2.5e300, 2**63])
+def test_numbers_from_the_web_are_bounded(app, api_name, make_args, what, value):
+    args = tuple(app.image if a is APP_IMAGE else a for a in make_args(value))
+    start = time.perf_counter()
+    message = refusal(app.client, *args, api_name=api_name)
+    # Sliders are range-checked by Gradio itself ("Value 7 is greater than maximum value 0.95"); ids and NaN by us.
+    assert re.search(f"{what} must be (a finite number )?between|Value .* is (greater|less) than", message), message
+    assert time.perf_counter() - start < 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 6: a damaged checkpoint gets a message, through the CLI and the Model tab, never a traceback.
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`vlm ARGV...` as a user runs it: the exit code, stdout and stderr."""
+    from vlm.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoint folders and weights files damaged the ways a download, a disk or a user damages them."""
+    import shutil
+
+    from vlm import models
+
+    tmp = tmp_path_factory.mktemp("damaged")
+    torch.manual_seed(0)
+    good = models.save(models.load("vlm-tiny", device="cpu"), tmp / "good")
+    out = {}
+
+    def copy(name: str) -> Path:
+        out[name] = shutil.copytree(good, tmp / name)
+        return out[name]
+
+    (copy("non-utf8 config.json") / "config.json").write_bytes(b'{"format": "vlm-checkpoint", "x": "\xff\xfe"}')
+    weights = (good / "model.safetensors").read_bytes()
+    (copy("truncated weights") / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (copy("empty weights") / "model.safetensors").write_bytes(b"")
+    torch.save({"visual.proj": torch.zeros(1)}, copy("stray .bin beside the weights") / "open_clip_pytorch_model.bin")
+    (copy("no weights") / "model.safetensors").unlink()
+    (tmp / "notes.txt").write_text("not weights", encoding="utf-8")
+    out["--pretrained a text file"] = tmp / "notes.txt"
+    out["--pretrained a config file"] = good / "config.json"
+    (tmp / "empty.bin").write_bytes(b"")
+    out["--pretrained an empty file"] = tmp / "empty.bin"
+    torch.save([1, 2, 3], tmp / "list.pt")
+    out["--pretrained a list"] = tmp / "list.pt"
+    return out
+
+
+DAMAGE = {
+    "non-utf8 config.json": "not valid JSON in UTF-8",
+    "truncated weights": "may be truncated",
+    "empty weights": "may be truncated",
+    "stray .bin beside the weights": "holds 2 weights files",
+    "no weights": "has no weights file",
+    "--pretrained a text file": "may be truncated, not a checkpoint",
+    "--pretrained a config file": "may be truncated, not a checkpoint",
+    "--pretrained an empty file": "may be truncated, not a checkpoint",
+    "--pretrained a list": "may be truncated, not a checkpoint",
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_checkpoints_get_a_message_from_the_cli(damaged, capsys, kind):
+    argv = ["vlm-tiny", "--pretrained", str(damaged[kind])] if kind.startswith("--") else [str(damaged[kind])]
+    code, _, err = run_cli(capsys, "info", *argv)
+    assert code == 2 and DAMAGE[kind] in err and "Traceback" not in err, err
+
+
+def test_a_damaged_checkpoint_in_the_model_tab_leaves_the_model_as_it_was(app, damaged):
+    import shutil
+
+    folder = shutil.copytree(damaged["truncated weights"], app.state.runs_dir / "damaged")
+    assert "may be truncated" in refusal(app.client, str(folder), "", api_name="/model_switch")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"
+    still_serving(app)

@@ -130,3 +130,12 @@ def test_model_threads_leave_the_decoding_workers_their_cores(monkeypatch, devic
         assert torch.get_num_threads() == before  # restored
     finally:
         torch.set_num_threads(original)
+
+
+def test_embed_defaults_follow_the_device():
+    from indexing.config import EmbedConfig, embed_defaults
+
+    assert embed_defaults(EmbedConfig(), "cpu", 2) == (64, 2)
+    assert embed_defaults(EmbedConfig(), "cuda", 16) == (256, 8)  # a GPU would starve on 64 and 2 workers
+    assert embed_defaults(EmbedConfig(), "cuda", 4) == (256, 3)  # one core left to the main process
+    assert embed_defaults(EmbedConfig(batch_size=32, workers=0), "cuda", 16) == (32, 0)  # given ones are kept

@@ -278,3 +278,81 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, shapes):
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert_same_weights(single / "final", double / "final", atol=1e-5)
+
+
+# -- GPU-readiness pieces that a CPU can show (issue 19) -------------------------------------------------------------
+
+
+def test_rng_state_is_restored_per_rank(caplog):
+    from vlm.train import restore_rng, rng_state
+
+    cpu = torch.device("cpu")
+    states = []
+    for seed in (11, 22):
+        torch.manual_seed(seed)
+        states.append(rng_state(cpu))
+    assert states[0]["cuda"] is None
+    draws = []
+    for rank in (0, 1):
+        restore_rng({"per_rank": states}, rank, cpu)
+        draws.append(torch.rand(3))
+    torch.manual_seed(22)
+    torch.testing.assert_close(draws[1], torch.rand(3))  # rank 1 got its own state, not rank 0's
+    assert not torch.equal(draws[0], draws[1])
+
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    with caplog.at_level("WARNING", logger="vlm.train"):
+        restore_rng({"per_rank": states}, 2, cpu)  # more processes than the checkpoint had
+    assert torch.equal(torch.get_rng_state(), before) and "no RNG state for rank 2" in caplog.text
+    # The old layout (rank 0's CPU state and a state for each of 8 GPUs it saw) resumes on fewer devices.
+    restore_rng({"torch": states[1]["torch"], "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}, 0, cpu)
+    torch.testing.assert_close(torch.rand(3), draws[1])
+
+
+def test_process_group_timeout_is_configurable(monkeypatch):
+    import datetime as dt
+
+    from vlm import distributed
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.update(kw))
+    info = distributed.init("cpu", timeout=dt.timedelta(minutes=90))
+    assert info.rank == 1 and seen["backend"] == "gloo" and seen["timeout"] == dt.timedelta(minutes=90)
+    distributed.init("cpu")
+    assert seen["timeout"] == dt.timedelta(minutes=60)  # NCCL's own default, 10 minutes, is too short
+    with pytest.raises(ConfigError, match="dist_timeout_minutes"):
+        make_cfg(Path("/tmp"), Path("/tmp"), dist_timeout_minutes=0)
+
+
+@pytest.mark.slow
+def test_torchrun_clip_loss_on_a_siglip_model(tmp_path, shapes):
+    """A model with a SigLIP bias fine-tuned with --loss clip under DDP: the bias gets no gradient from InfoNCE,
+    which stopped DDP at step 2; it is now kept fixed."""
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    siglip = tmp_path / "siglip"
+    subprocess.run(
+        _cli(tmp_path, shapes, siglip, "--workers", "0", "--steps", "1", "--loss", "siglip"),
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
+    cmd = _cli(tmp_path, shapes, tmp_path / "clip", "--workers", "0", "--steps", "3", "--loss", "clip")
+    cmd[cmd.index("--model") + 1] = str(siglip / "final")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    run = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", *cmd[2:]],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, after = weights(siglip / "final"), weights(tmp_path / "clip" / "final")
+    torch.testing.assert_close(after["logit_bias"], before["logit_bias"])
+    assert not torch.equal(after["text_projection"], before["text_projection"])

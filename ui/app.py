@@ -22,6 +22,10 @@ import gradio as gr
 from indexing.library import Library, default_cache_dir
 from ui import classify, explain, model, search, segment, train
 from ui.state import AppState, Limits, ModelChoice
+from vlm import checkpoint
+from vlm.demo import DEMO_DATA, DEMO_MODEL
+from vlm.errors import ConfigError
+from vlm.printable import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -44,15 +48,22 @@ def create_state(
     device: str | None = None,
     progress: bool = True,
 ) -> AppState:
-    """Load the model and open (or build) its collection. People may type paths inside the working directory, the
-    --images folders, the collection's folder, the runs folder and `allowed_dirs`."""
+    """Load the model and open (or build) its collection. People may type paths inside the --images folders, the
+    collection's folder, the runs folder, `allowed_dirs`, the demo's own folders and the folder of a checkpoint
+    given as `model`; nothing else (not the working directory: started from $HOME it would open every file there)."""
     library = Library.choose(
         images=[Path(p) for p in images],
         collection=Path(collection) if collection is not None else None,
         cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
     )
     runs = Path(runs_dir).resolve()
-    dirs = (Path.cwd(), *library.images, library.home, runs, *(Path(d).expanduser().resolve() for d in allowed_dirs))
+    extra = [Path(d).expanduser().resolve() for d in allowed_dirs]
+    for folder in extra:
+        if not folder.is_dir():
+            raise ConfigError(f"--allow-dir {printable(folder)}: not a folder")
+    if checkpoint.is_checkpoint_dir(Path(model).expanduser()):  # the owner named it: switching back must work
+        extra.append(Path(model).expanduser().resolve())
+    dirs = (*library.images, library.home, runs, *extra, DEMO_DATA.resolve(), DEMO_MODEL.resolve())
     state = AppState(
         choice=ModelChoice(model, pretrained),
         library=library,

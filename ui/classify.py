@@ -11,7 +11,7 @@ from PIL import Image
 
 from ui import explain
 from ui.errors import shown
-from ui.inputs import checked_labels, image_input, require_image
+from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import templates as template_sets
 from vlm.zeroshot import build_classifier, embed_images, top_k
@@ -78,7 +78,7 @@ def build(state: AppState) -> None:
 
     @shown
     def classify_image(image: Image.Image | None, labels: str, templates: str | None, top_k: float):
-        return classify(state, image, labels, templates, int(top_k))
+        return classify(state, image, labels, templates, checked_int(top_k, "top k", 1, state.limits.max_labels))
 
     @shown
     def explain_label(image: Image.Image | None, evt: gr.SelectData):

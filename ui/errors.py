@@ -15,6 +15,7 @@ from typing import TypeVar
 import gradio as gr
 
 from vlm.errors import VLMError
+from vlm.printable import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ def shown(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VLMError as e:
-            LOG.info("%s: %s", fn.__name__, e)
-            raise gr.Error(str(e), print_exception=False) from e
+            message = printable(e, lines=True)  # a file name in it may hold control characters
+            LOG.info("%s: %s", fn.__name__, message)
+            raise gr.Error(message, print_exception=False) from e
 
     return wrapper  # type: ignore[return-value]

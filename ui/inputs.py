@@ -9,7 +9,9 @@ header, refuses a file that is not an image or has more pixels than the limit (a
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlm.data import to_rgb
 from vlm.errors import ConfigError, DataError
+from vlm.printable import printable
 from vlm.zeroshot import CleanLabels, clean_labels
 
 LOG = logging.getLogger(__name__)
@@ -125,17 +128,97 @@ def checked_text(text: str | None, what: str, max_chars: int) -> str:
     return text
 
 
-def server_path(text: str | None, roots: Sequence[Path], what: str) -> Path:
-    """A path on the server that people may name: it exists and lies inside one of `roots` (symlinks resolved)."""
-    if text is None or not str(text).strip():
+MAX_PATH_CHARS = 1024  # longer text is not a path anyone types
+MAX_NUMBER_CHARS = 40  # a number sent as text
+LARGEST_ID = 2**63 - 1  # SQLite's integer range: the collection's ids
+HF_HUB_ID = re.compile(r"hf-hub:[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,95}")
+
+
+def server_path(text: str | None, allowed_dirs: Sequence[Path], what: str = "path") -> Path:
+    """A path on the server that people may name: it exists and lies inside one of `allowed_dirs` (symlinks
+    resolved). A missing path, one outside, a NUL byte or an overlong text all get the same message, so the answer
+    tells nothing about what exists elsewhere on the server."""
+    raw = "" if text is None else str(text).strip()
+    if not raw:
         raise ConfigError(f"no {what} given: type a path on the server")
-    path = Path(str(text).strip()).expanduser().resolve()
-    if not any(path == root or root in path.parents for root in (r.resolve() for r in roots)):
-        allowed = ", ".join(str(r) for r in roots) or "none"
+    path = _existing_inside(raw, allowed_dirs)
+    if path is None:
+        allowed = ", ".join(printable(str(d)) for d in allowed_dirs) or "none"
         raise ConfigError(
-            f"{path} is outside the folders this app may read ({allowed}); start the app with --allow-dir "
-            f"{path.parent} to allow it"
+            f"{what} {printable(raw[:200])!r} does not exist or is outside the folders this app may read "
+            f"({allowed}); the server's owner can allow another folder with --allow-dir"
         )
-    if not path.exists():
-        raise DataError(f"{what} not found on the server: {path}")
     return path
+
+
+def _existing_inside(raw: str, allowed_dirs: Sequence[Path]) -> Path | None:
+    if len(raw) > MAX_PATH_CHARS or "\x00" in raw:
+        return None
+    try:
+        path = Path(raw).expanduser().resolve()
+        roots = [Path(d).resolve() for d in allowed_dirs]
+        if not any(path == root or root in path.parents for root in roots):
+            return None  # checked before `exists`: nothing outside is even looked at
+        return path if path.exists() else None
+    except (OSError, ValueError, RuntimeError):  # an unknown ~user, a symlink loop, an overlong name
+        return None
+
+
+def checked_model(model: str | None, pretrained: str | None, allowed_dirs: Sequence[Path]) -> tuple[str, str | None]:
+    """A model people typed: "demo", a name from open_clip's list (with "" or one of its pretrained tags, or a
+    weights file inside `allowed_dirs`), an `hf-hub:org/name` id, or a checkpoint folder inside `allowed_dirs`.
+    Returns (model, pretrained) as `vlm.models.load` takes them; a path comes back resolved."""
+    import open_clip
+
+    from vlm.models import register_model_configs
+
+    name = "" if model is None else str(model).strip()
+    tag = ("" if pretrained is None else str(pretrained).strip()) or None
+    if not name:
+        raise ConfigError("no model given: type a model name or choose one from the list")
+    if name == "demo" or HF_HUB_ID.fullmatch(name):
+        return name, tag
+    register_model_configs()
+    if name in open_clip.list_models():
+        if tag is None or tag in open_clip.list_pretrained_tags_by_model(name):
+            return name, tag
+        return name, str(server_path(tag, allowed_dirs, "pretrained weights file"))
+    if len(name) > MAX_PATH_CHARS or not ("/" in name or name.startswith(("~", "."))):
+        raise ConfigError(
+            f"unknown model {printable(name[:200])!r}: give 'demo', an open_clip name (e.g. ViT-B-32), an "
+            f"hf-hub:org/name id, or a checkpoint folder on the server"
+        )
+    return str(server_path(name, allowed_dirs, "model folder")), tag
+
+
+def checked_int(value: object, what: str, lo: int, hi: int) -> int:
+    """A whole number from the web within [lo, hi]; NaN, infinities, fractions, huge values and non-numbers are
+    refused with a message (Gradio's Number and Slider send floats, and an API client may send anything)."""
+    number = _number(value, what, lo, hi)
+    if number != int(number):
+        raise ConfigError(f"{what} must be a whole number, got {number}")
+    return int(number)
+
+
+def checked_float(value: object, what: str, lo: float, hi: float) -> float:
+    """A finite number from the web within [lo, hi]."""
+    return float(_number(value, what, lo, hi))
+
+
+def _number(value: object, what: str, lo: float, hi: float) -> float | int:
+    bounds = f"between {lo:,} and {hi:,}"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{what} must be a number {bounds}, got {type(value).__name__}")
+    if isinstance(value, str):
+        if len(value) > MAX_NUMBER_CHARS:
+            raise ConfigError(f"{what} must be a number {bounds}")
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{what} must be a number {bounds}, got {printable(value)!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number {bounds}, got {value}")
+    if not lo <= value <= hi:
+        shown = f"{value:,}" if abs(value) <= 10**18 else "a larger value"
+        raise ConfigError(f"{what} must be {bounds}, got {shown}")
+    return value

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ui.errors import shown
+from ui.inputs import checked_model
 from ui.state import Active, AppState, ModelChoice
 from vlm import checkpoint
 
@@ -85,7 +86,7 @@ def local_checkpoints(*folders: Path) -> list[str]:
 
 
 def choices(state: AppState) -> list[str]:
-    return ["demo", *local_checkpoints(state.runs_dir, Path("runs")), "vlm-tiny", "vlm-small", "ViT-B-32"]
+    return ["demo", *local_checkpoints(state.runs_dir), "vlm-tiny", "vlm-small", "ViT-B-32"]  # paths people may load
 
 
 def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> None:
@@ -115,10 +116,8 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> None:
 
     @shown
     def model_switch(model: str, pretrained: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        name = (model or "").strip()
-        if not name:
-            raise gr.Error("type a model name or choose one from the list", print_exception=False)
-        active = state.switch(ModelChoice(name, (pretrained or "").strip() or None), progress=True)
+        name, weights = checked_model(model, pretrained, state.allowed_dirs)
+        active = state.switch(ModelChoice(name, weights), progress=True)
         return describe_active(state, active), json.dumps(info(state), indent=2, default=str), banner_text(state)
 
     def model_info() -> dict:

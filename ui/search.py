@@ -21,8 +21,9 @@ from indexing.store import Filter
 from ui import explain
 from ui.errors import shown
 from ui.files import ResultFiles
-from ui.inputs import checked_text, image_input, require_image, server_path
+from ui.inputs import LARGEST_ID, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
+from vlm.printable import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _render(
     """Gallery items, a JSON-ready table, a status line and the ids in rank order."""
     gallery, table, ids = [], [], []
     for record, score in zip(hits.records[0], hits.scores[0], strict=False):
-        caption = (record.caption or "").split("\n")[0]
-        gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or record.path}"))
+        caption = printable((record.caption or "").split("\n")[0])
+        gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or printable(record.path)}"))
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.stats().count:,} images in {elapsed * 1000:.0f} ms."
@@ -113,13 +114,19 @@ def build(state: AppState) -> None:
 
     outputs = [gallery, table, status, ids, last_text, why, why_info, similar_button]
 
+    def _k(k: object) -> int:
+        return checked_int(k, "the number of results k", 1, limits.max_k)
+
+    def _id(image_id: object) -> int:
+        return checked_int(image_id, "the image id", 0, LARGEST_ID)
+
     @shown
     def search_text(text: str, k: float, caption_contains: str, path_contains: str):
         text = checked_text(text, "search text", limits.max_text_chars)
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        hits = coll.search_text(text, k=int(k), filters=_filters(caption_contains, path_contains))
+        hits = coll.search_text(text, k=_k(k), filters=_filters(caption_contains, path_contains))
         return respond(coll, hits, start, text)
 
     @shown
@@ -128,21 +135,21 @@ def build(state: AppState) -> None:
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        hits = coll.search_image(image, k=int(k), filters=_filters(caption_contains, path_contains))
+        hits = coll.search_image(image, k=_k(k), filters=_filters(caption_contains, path_contains))
         return respond(coll, hits, start, "")
 
     @shown
     def search_similar(image_id: float, k: float, caption_contains: str, path_contains: str):
         coll = state.active.collection
         start = time.perf_counter()
-        image = coll.open_image(int(image_id))  # IndexingError for an id not in the collection
-        hits = coll.search_image(image, k=int(k), filters=_filters(caption_contains, path_contains))
+        image = coll.open_image(_id(image_id))  # IndexingError for an id not in the collection
+        hits = coll.search_image(image, k=_k(k), filters=_filters(caption_contains, path_contains))
         return respond(coll, hits, start, "")
 
     @shown
     def explain_result(image_id: float, text: str):
         text = checked_text(text, "text", limits.max_text_chars)
-        found = explain.explain(state.active.encoders, state.active.collection.open_image(int(image_id)), text)
+        found = explain.explain(state.active.encoders, state.active.collection.open_image(_id(image_id)), text)
         return state.files.image(found.picture), found.describe(text)
 
     @shown
@@ -162,12 +169,12 @@ def build(state: AppState) -> None:
     def add_folder(folder: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         path = server_path(folder, state.allowed_dirs, "folder")
         if not path.is_dir():
-            raise gr.Error(f"{path} is not a folder; give a folder of images", print_exception=False)
+            raise gr.Error(f"{printable(path)} is not a folder; give a folder of images", print_exception=False)
         active = state.active
         result = state.library.add_folder(active.collection, path, progress=True)
         text = result.summary() + f". The collection now holds {active.collection.stats().count:,} images."
         if result.bad:
-            text += " Unusable: " + "; ".join(str(b) for b in result.bad[:5])
+            text += " Unusable: " + "; ".join(printable(b) for b in result.bad[:5])
         return text
 
     def collection_info() -> dict:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ui.errors import shown
 from ui.explain import display_size, heat_picture
-from ui.inputs import checked_phrases, image_input, require_image, server_path
+from ui.inputs import checked_float, checked_phrases, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.errors import ConfigError
 from vlm.segment import segment
@@ -36,7 +36,14 @@ def run_segmentation(
     if kind == "decoder":
         path = server_path(decoder, state.allowed_dirs, "decoder folder")
         seg_decoder = load_decoder(path, encoders)  # CheckpointError if trained on other encoder weights
-    result = segment(encoders, image, wanted, method=kind, decoder=seg_decoder, threshold=float(threshold))
+    result = segment(
+        encoders,
+        image,
+        wanted,
+        method=kind,
+        decoder=seg_decoder,
+        threshold=checked_float(threshold, "the mask threshold", 0.0, 1.0),
+    )
     heat = [
         (state.files.image(heat_picture(image, h)), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
     ]

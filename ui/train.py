@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ui.errors import shown
-from ui.inputs import server_path
+from ui.inputs import checked_float, checked_int, checked_model, server_path
 from ui.jobs import TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
@@ -32,6 +32,8 @@ MODELS = {
     "vlm-small (from scratch, 64 px)": "vlm-small",
 }
 POLL_S = 2.0
+MAX_COUNT = 10**9  # epochs, steps, validation interval: bounds on the number only (the server's caps come later)
+MAX_BATCH = 65536
 RECALL_KEYS = ("val/image_retrieval_recall@1", "val/text_retrieval_recall@1", "val/mean_recall")
 
 
@@ -54,7 +56,7 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
             "the path box, or upload a .zip with the images"
         )
     active = state.active.choice
-    name = MODELS.get(model, model)
+    name = MODELS[model] if model in MODELS else checked_model(model, None, state.allowed_dirs)[0]
     said: list[str] = []
 
     def prepare(run: RunDir) -> TrainConfig:
@@ -187,8 +189,10 @@ def build(state: AppState, banner: gr.Markdown) -> None:
     @shown
     def train_start(data: str, upload: str | None, model: str, epochs: float, steps: float, batch_size: float,
                     lr: float, val_every: float):  # fmt: skip
-        line = start(state, data, upload, model, int(epochs or 0), int(steps or 0), int(batch_size or 0), float(lr),
-                     int(val_every or 0))  # fmt: skip
+        line = start(state, data, upload, model, checked_int(epochs or 0, "epochs", 0, MAX_COUNT),
+                     checked_int(steps or 0, "steps", 0, MAX_COUNT), checked_int(batch_size or 0, "the batch size", 0,
+                     MAX_BATCH), checked_float(lr, "the learning rate", 0.0, 1.0),
+                     checked_int(val_every or 0, "validate every", 0, MAX_COUNT))  # fmt: skip
         return line, gr.Timer(active=True)
 
     def train_status():

@@ -98,8 +98,8 @@ def read_format_record(file: Path, fmt: str, version: int) -> dict[str, Any]:
     """A JSON record tagged `"format": fmt`, refused when it is not JSON, another format, or from a newer version."""
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{file} is not valid JSON in UTF-8: {e}") from e
     if not isinstance(record, dict) or record.get("format") != fmt:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise CheckpointError(f"{file} is not a {fmt} config (format={found!r})")

@@ -350,6 +350,13 @@ class TrainConfig:
         default=None, metadata=_help("stop after N minutes, saving a checkpoint as Ctrl-C does; none = no limit")
     )
     tensorboard: bool = True
+    peak_tflops: float | None = dataclasses.field(
+        default=None, metadata=_help("the device's dense peak for the logged MFU; none: from a table of known GPUs")
+    )
+    dist_timeout_minutes: float = dataclasses.field(
+        default=60.0,
+        metadata=_help("how long a process waits for the others (rank 0 alone reads the data first); NCCL's is 10"),
+    )
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -365,6 +372,10 @@ class TrainConfig:
         for name in ("save_every", "val_every", "log_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dist_timeout_minutes <= 0:
+            raise ValueError(f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
         if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:

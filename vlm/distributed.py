@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
@@ -30,10 +31,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init(device: str | None = None) -> DistInfo:
+DEFAULT_TIMEOUT = dt.timedelta(minutes=60)
+
+
+def init(device: str | None = None, timeout: dt.timedelta = DEFAULT_TIMEOUT) -> DistInfo:
     """Join the process group `torchrun` describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), if any.
 
-    The device is CUDA (one GPU per local rank) when available, else CPU; `device` forces one.
+    The device is CUDA (one GPU per local rank) when available, else CPU; `device` forces one. `timeout` bounds
+    every collective: the other ranks wait that long while rank 0 alone reads and verifies the data or plans an
+    index add (NCCL's default, 10 minutes, stopped such jobs on large datasets).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -50,7 +56,7 @@ def init(device: str | None = None) -> DistInfo:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, device_id=dev if use_cuda else None)
+        dist.init_process_group(backend=backend, device_id=dev if use_cuda else None, timeout=timeout)
         LOG.info("joined process group: rank %d/%d, backend %s", rank, world_size, backend)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
@@ -67,6 +73,15 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order, on every rank (a one-element list for a single process)."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -29,17 +29,26 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from vlm import checkpoint
-from vlm.errors import ModelError
+from vlm.errors import CheckpointError, ModelError
 from vlm.fingerprint import state_fingerprint
+from vlm.printable import printable
 
 LOG = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEMO_CHECKPOINT = Path(__file__).parent / "demo_model"
 PRECISIONS = ("auto", "fp32", "amp", "amp_bf16", "fp16", "bf16")
+# What torch.load, safetensors and open_clip raise for a file that is not what it claims to be (truncated, empty,
+# not a checkpoint, another model's weights, non-UTF-8 JSON); each becomes a ModelError naming the file.
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, IndexError, AttributeError,
+               pickle.UnpicklingError, SafetensorError)  # fmt: skip
+# The weights files open_clip looks for in a folder (`factory._find_checkpoint_in_dir`): it takes one by a fixed
+# preference, so a stray second file would be loaded silently instead of the checkpoint's own.
+WEIGHTS_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
 
 
 def register_model_configs() -> None:
@@ -247,6 +256,12 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             )
         if pretrained:
             raise ModelError(f"a checkpoint directory carries its own weights; drop --pretrained ({pretrained!r})")
+        _check_weights_files(path)
+        if (path / checkpoint.CONFIG_NAME).is_file():
+            try:
+                checkpoint.read_config(path)  # a broken config.json is named before anything loads
+            except CheckpointError as e:
+                raise ModelError(str(e)) from e
         return f"local-dir:{path.resolve()}", None, f"checkpoint {path}"
     if model.startswith("hf-hub:"):
         if pretrained:
@@ -268,6 +283,32 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             raise ModelError(f"unknown pretrained tag {pretrained!r} for {model}. Available tags: {tags or 'none'}")
         return model, pretrained, f"{model} + {pretrained}"
     return model, None, f"{model} (randomly initialised)"
+
+
+def _check_weights_files(folder: Path) -> None:
+    """Exactly one weights file in a model folder: none would give random weights, two an arbitrary choice."""
+    found = sorted({p.name for pattern in WEIGHTS_PATTERNS for p in folder.glob(pattern)})
+    if not found:
+        raise ModelError(
+            f"{printable(folder)} has no weights file ({checkpoint.WEIGHTS_NAME}); open_clip would build the model "
+            f"with random weights. Point at a complete checkpoint folder"
+        )
+    if len(found) > 1:
+        raise ModelError(
+            f"{printable(folder)} holds {len(found)} weights files ({', '.join(printable(f) for f in found)}); "
+            f"open_clip would load one of them by name, perhaps not the checkpoint's own. Keep only one "
+            f"(for a checkpoint written by `vlm train`: {checkpoint.WEIGHTS_NAME})"
+        )
+
+
+def _short(error: BaseException, limit: int = 3000) -> str:
+    """A loader's message with its type; a long one keeps its start and end (a state-dict error lists every missing
+    key first and the unexpected ones last)."""
+    text = str(error).strip()
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(text) > limit:
+        text = text[: limit // 2] + " ... " + text[-limit // 2 :]
+    return printable(text).replace("\\n", "\n").replace("\\t", " ")  # keep the loader's own line breaks
 
 
 def _model_config(name: str) -> dict[str, Any]:
@@ -301,10 +342,13 @@ def load(
             clip, preprocess_train, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=weights, precision="fp32", device="cpu", cache_dir=cache_dir
             )
-    except (FileNotFoundError, ValueError, RuntimeError, OSError, pickle.UnpicklingError) as e:
+    except LOAD_ERRORS as e:
         if needs_hub and not online:
             raise ModelError(_offline_help(model, pretrained)) from e
-        raise ModelError(f"cannot load {source}: {e}") from e
+        raise ModelError(
+            f"cannot load {printable(source)}: {_short(e)}. The file may be truncated, not a checkpoint, or weights "
+            f"of another model"
+        ) from e
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     fingerprint = weights_fingerprint(clip)
     if precision in ("fp16", "bf16"):

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from vlm import __version__, checkpoint, distributed, models
+from vlm import __version__, checkpoint, distributed, flops, models
 from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, to_dict
 from vlm.data import Pair, PairDataset, read_pairs, split
@@ -42,8 +42,8 @@ LOG = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resume without changing what is being computed.
 RESUME_FREE_FIELDS = {
-    "resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict",
-    "time_limit_minutes",
+    "resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict", "peak_tflops",
+    "dist_timeout_minutes", "time_limit_minutes",
 }  # fmt: skip
 STATUS_EVERY_S = 1.0  # status.json is rewritten at most this often during the loop (and at every phase)
 
@@ -261,7 +261,13 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.cfg
-        self.dist = distributed.init()
+        self.dist = distributed.init(timeout=dt.timedelta(minutes=cfg.dist_timeout_minutes))
+        if self.dist.device.type == "cuda":
+            # As open_clip_train: TF32 matrix products and convolutions (fp32 runs 3-8x faster on Ampere and later,
+            # at bf16-like input precision), and cuDNN picking the fastest convolution for the fixed input size.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
         per_step = self.dist.world_size * cfg.optim.accum_steps
         if cfg.batch_size % per_step:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by processes x accum_steps = {per_step}")
@@ -296,6 +302,11 @@ class Trainer:
             with torch.no_grad():
                 clip.logit_scale.fill_(SIGLIP_LOGIT_SCALE_INIT)
             self.encoders.model_cfg = {**self.encoders.model_cfg, "init_logit_bias": SIGLIP_LOGIT_BIAS_INIT}
+        if self.cfg.loss.loss == "clip" and getattr(clip, "logit_bias", None) is not None:
+            # InfoNCE has no bias: left trainable it would get no gradient, and DDP stops at the second step waiting
+            # for it. Frozen, it is kept as it is (the checkpoint still loads as the SigLIP-shaped model it is).
+            clip.logit_bias.requires_grad_(False)
+            LOG.info("--loss clip: the model's SigLIP logit_bias is kept fixed (InfoNCE does not use it)")
         if mc.lock_image:
             clip.lock_image_tower(unlocked_groups=mc.lock_image_unlocked_groups, freeze_bn_stats=True)
         if mc.lock_text:
@@ -306,6 +317,26 @@ class Trainer:
         self.forward = ClipForward(clip)
         trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
         LOG.info("model %s: %s trainable parameters", self.encoders.source, f"{trainable:,}")
+        self._count_flops()
+
+    def _count_flops(self) -> None:
+        """FLOPs per sample and the device's peak, for the MFU logged with samples/s (where the peak is known)."""
+        peak_tflops = self.cfg.peak_tflops
+        self.peak = peak_tflops * 1e12 if peak_tflops else flops.peak_flops(self.dist.device, self.encoders.precision)
+        self.flops_per_sample = None
+        if self.peak is None:
+            return
+        size = self.encoders.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        images = torch.zeros(1, 3, *size, dtype=self.encoders.input_dtype, device=self.dist.device)
+        tokens = torch.zeros(1, self.encoders.context_length, dtype=torch.long, device=self.dist.device)
+        with self.encoders.autocast():
+            self.flops_per_sample = flops.flops_per_sample(self.forward, images, tokens)
+        LOG.info(
+            "%.2f GFLOPs per training sample (forward + backward); device peak %.0f TFLOP/s",
+            self.flops_per_sample / 1e9,
+            self.peak / 1e12,
+        )
 
     def _read(self, source: str) -> tuple[list[Pair], list]:
         dc = self.cfg.data
@@ -411,9 +442,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"], self.dist.rank, self.dist.device)
         LOG.info("resumed from %s at step %d", self.resume_from, state["step"])
         return int(state["step"])
 
@@ -433,16 +462,14 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
-    def _save(self, step: int, metrics: dict[str, float]) -> Path:
+    def _save(self, step: int, metrics: dict[str, float], rng: list[dict[str, Any]] | None = None) -> Path:
+        """Rank 0 writes the checkpoint; `rng` holds every rank's RNG state (`rng_states`), else rank 0's alone."""
         train_state = {
             "step": step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": {"per_rank": rng if rng is not None else [rng_state(self.dist.device)]},
             "config": to_dict(self.cfg),
             "train_keys": keys_digest(self.train_pairs),
         }
@@ -483,8 +510,9 @@ class Trainer:
             return self.loss_fn(image_features, text_features, scale, bias)
         return self.loss_fn(image_features, text_features, scale)
 
-    def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """One optimizer step over `accum_steps` micro-batches; returns the loss."""
+    def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over `accum_steps` micro-batches; returns this rank's loss, a tensor on the device
+        (read only at log steps: reading it every step would make the host wait for the GPU every step)."""
         model, dev = self.model, self.dist.device
         autocast = self.encoders.autocast
         micro_batches = [(x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)) for x, t in micro_batches]
@@ -522,8 +550,7 @@ class Trainer:
         self.scheduler.step()
         with torch.no_grad():
             self.encoders.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)  # CLIP: logits never exceed 100
-        # In local-loss mode and for SigLIP each rank holds only its rows' loss; the global loss is their mean.
-        return float(distributed.all_reduce_mean(loss.detach(), self.dist))
+        return loss.detach()
 
     def _validate(self) -> dict[str, float]:
         if not self.val_pairs or self.validate is None:
@@ -596,17 +623,24 @@ class Trainer:
                 self.step = step
                 window_steps += 1
                 pending.append(loss)
-                if main and (step % max(cfg.log_every, 1) == 0 or step == self.total_steps):
+                if step % max(cfg.log_every, 1) == 0 or step == self.total_steps:
+                    # Every rank joins the mean: in local-loss mode and for SigLIP each holds only its rows' loss.
+                    mean_loss = float(distributed.all_reduce_mean(torch.stack(pending).float().mean(), self.dist))
                     elapsed = time.perf_counter() - window_start
-                    values = {
-                        "train/loss": sum(pending) / len(pending),
-                        "train/lr": self.scheduler.get_last_lr()[0],
-                        "train/logit_scale": self.encoders.logit_scale,
-                        "train/samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
-                        "train/epoch": step / self.steps_per_epoch,
-                    }
-                    log.write(step, values)
-                    bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
+                    if main:
+                        values = {
+                            "train/loss": mean_loss,
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/logit_scale": self.encoders.logit_scale,
+                            "train/samples_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9),
+                            "train/epoch": step / self.steps_per_epoch,
+                        }
+                        if self.flops_per_sample is not None and self.peak is not None:
+                            values["train/mfu"] = flops.mfu(
+                                self.flops_per_sample, values["train/samples_per_s"], self.peak, self.dist.world_size
+                            )
+                        log.write(step, values)
+                        bar.set_postfix(loss=f"{values['train/loss']:.3f}", lr=f"{values['train/lr']:.2e}")
                     pending, window_start, window_steps = [], time.perf_counter(), 0
                 bar.update(1)
                 if cfg.val_every and step % cfg.val_every == 0 and step != self.total_steps:
@@ -614,8 +648,10 @@ class Trainer:
                     if main and metrics:
                         log.write(step, {f"val/{k}": v for k, v in metrics.items()})
                         LOG.info("step %d validation: %s", step, _fmt(metrics))
-                if cfg.save_every and step % cfg.save_every == 0 and step != self.total_steps and main:
-                    self._save(step, metrics)
+                if cfg.save_every and step % cfg.save_every == 0 and step != self.total_steps:
+                    rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)  # every rank joins
+                    if main:
+                        self._save(step, metrics, rng)
                 self._status("training", force=False)
                 if step != self.total_steps:
                     self._check_stop()
@@ -628,12 +664,13 @@ class Trainer:
         finally:
             bar.close()
         metrics = self._validate()
+        rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)
         if main:
             if metrics:
                 log.write(step, {f"val/{k}": v for k, v in metrics.items()})
                 LOG.info("final validation: %s", _fmt(metrics))
             if step > start or checkpoint.latest(self.out) is None:
-                self._save(step, metrics)
+                self._save(step, metrics, rng)
             models.save(self.encoders, self.run_dir.final, provenance=self._provenance(step, metrics))
             result = {"steps": step, "metrics": metrics, "final_checkpoint": str(self.run_dir.final)}
             atomic_write_json(self.run_dir.result, result)
@@ -641,6 +678,36 @@ class Trainer:
         self._status("finished")
         distributed.barrier(self.dist)
         return TrainResult(self.out, self.run_dir.final, step, metrics)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG state: the CPU generator's and, on a GPU, that one device's (not every visible GPU's)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng(saved: dict[str, Any], rank: int, device: torch.device) -> None:
+    """Restore rank `rank`'s RNG state from a checkpoint's `rng` record.
+
+    Each rank saved its own state (`per_rank`), so rank r gets its own CUDA state back, and a resume that sees fewer
+    GPUs works (the state goes to this rank's device only). A rank the checkpoint has no state for (more processes
+    than before, or an interrupted run that only rank 0 saved) keeps its seeded state, with a warning. Checkpoints
+    from before per-rank states ({"torch", "cuda": one state per visible GPU}) are read too."""
+    if "per_rank" in saved:
+        entries = saved["per_rank"]
+        if rank >= len(entries):
+            LOG.warning("the checkpoint holds no RNG state for rank %d; it keeps its seeded state", rank)
+            return
+        entry = entries[rank]
+    else:
+        cuda = saved.get("cuda") or []
+        index = (device.index or 0) if device.type == "cuda" else 0
+        entry = {"torch": saved["torch"], "cuda": cuda[index] if index < len(cuda) else None}
+    torch.set_rng_state(entry["torch"])
+    if device.type == "cuda" and entry.get("cuda") is not None:
+        torch.cuda.set_rng_state(entry["cuda"], device)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -16,6 +16,7 @@ import os
 import sys
 
 from vlm.errors import VLMError
+from vlm.printable import printable
 
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
 COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index", "demo", "serve"]
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except VLMError as e:
-        print(f"vlm {args.command}: error: {e}", file=sys.stderr)
+        print(f"vlm {args.command}: error: {printable(e, lines=True)}", file=sys.stderr)  # file names may hold escapes
         return 2
     except KeyboardInterrupt:
         print(f"vlm {args.command}: interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlm.cli.eval_zeroshot import add_model_arguments, load_model
 from vlm.errors import ConfigError
+from vlm.printable import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,6 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(out, indent=2))
         return
     for path, p in zip(args.images, predictions, strict=True):
-        print(path)
+        print(printable(path))
         for label, prob in zip(p.labels, p.probs, strict=True):
-            print(f"  {prob:7.2%}  {label}")
+            print(f"  {prob:7.2%}  {printable(label)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vlm import config
 from vlm.cli import is_main_process
+from vlm.printable import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,11 +125,11 @@ def run_add(args: argparse.Namespace) -> None:
 def _print_add(result) -> None:
     if not is_main_process():
         return
-    print(result.summary())
+    print(printable(result.summary()))
     for item, twin in result.duplicates[:20]:
-        print(f"  duplicate: {item} (same pixels as {twin})")
+        print(printable(f"  duplicate: {item} (same pixels as {twin})"))
     for bad in result.bad[:20]:
-        print(f"  unusable: {bad}")
+        print(printable(f"  unusable: {bad}"))
     hidden = max(len(result.duplicates) - 20, 0) + max(len(result.bad) - 20, 0)
     if hidden:
         print(f"  ... and {hidden:,} more")
@@ -141,7 +142,7 @@ def run_remove(args: argparse.Namespace) -> None:
         result = coll.remove(ids=args.ids, paths=args.paths)
     print(f"removed {len(result.removed):,} image(s) (version {result.version})")
     for missing in result.not_found:
-        print(f"  not in the collection: {missing}")
+        print(printable(f"  not in the collection: {missing}"))
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -163,7 +164,7 @@ def run_search(args: argparse.Namespace) -> None:
         return
     for row in rows:
         caption = (row["caption"] or "").split("\n")[0][:60]
-        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['path']}  {caption}")
+        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {printable(row['path'])}  {printable(caption)}")
     if not rows:
         print("no matching images")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -256,8 +257,26 @@ def read_decoder_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_decoder(path: str | Path, encoders: Encoders | None = None) -> SegDecoder:
-    """Read a decoder directory; with `encoders`, refuse one trained on other encoder weights."""
+    """Read a decoder directory; with `encoders`, refuse one trained on other encoder weights. A damaged folder
+    (missing keys, truncated weights, weights of another shape) raises `CheckpointError` naming it."""
     record = read_decoder_config(path)
+    try:
+        decoder = _build_decoder(path, record, encoders)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as e:
+        first = str(e).strip().split("\n")[0][:300]
+        raise CheckpointError(
+            f"cannot load the decoder {path} ({type(e).__name__}: {first}); the folder is damaged or not a "
+            f"`vlm train-seg` output"
+        ) from e
+    decoder.eval()
+    if encoders is not None:
+        decoder.to(encoders.device)
+    return decoder
+
+
+def _build_decoder(path: str | Path, record: dict[str, Any], encoders: Encoders | None) -> SegDecoder:
     if encoders is not None:
         want = record["encoder"]["fingerprint"]
         if want != encoders.fingerprint:
@@ -268,9 +287,5 @@ def load_decoder(path: str | Path, encoders: Encoders | None = None) -> SegDecod
                 + (f" --pretrained {record['encoder']['pretrained']}" if record["encoder"].get("pretrained") else "")
             )
     decoder = SegDecoder(DecoderSpec.from_json(record["spec"]))
-    state = load_file(str(Path(path) / WEIGHTS_NAME))
-    decoder.load_state_dict(state, strict=True)
-    decoder.eval()
-    if encoders is not None:
-        decoder.to(encoders.device)
+    decoder.load_state_dict(load_file(str(Path(path) / WEIGHTS_NAME)), strict=True)
     return decoder
