@@ -34,7 +34,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bench.common import report, shared_data
-from eval.datasets import LabelledData, LabelledDataset, read_labelled
+from eval.datasets import read_labelled
+from eval.images import LabelledData, LabelledDataset
 from eval.retrieval import evaluate_pairs
 from eval.zeroshot import evaluate_zeroshot
 from vlm import models

@@ -37,8 +37,8 @@ from bench.common import report
 from indexing.collection import Collection
 from ui.explain import explain
 from vlm import models
-from vlm.data import ImageRef
 from vlm.models import Encoders
+from vlm.readers.images import ImageRef
 from vlm.segment import segment
 from vlm.zeroshot import ClassifierCache, build_classifier, embed_images, top_k
 

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from bench.common import report
-from eval.datasets import ArrayImages, LabelledData
+from eval.images import ArrayImages, LabelledData
 from eval.zeroshot import evaluate_zeroshot
 from vlm import models
 from vlm import templates as template_sets

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from bench.common import report, shared_data
-from eval.datasets import LabelledData, read_labelled
+from eval.datasets import read_labelled
+from eval.images import LabelledData
 from eval.retrieval import evaluate_pairs
 from eval.zeroshot import evaluate_zeroshot
 from vlm import models

@@ -9,10 +9,8 @@
     CIFAR-10/100          the "python version" folders (cifar-10-batches-py, cifar-100-python) or their parent
 and returns a `LabelledData`: images (opened lazily, or held as arrays for CIFAR), integer targets, class names and
 the rows it skipped. `LabelledDataset` wraps it for a DataLoader and carries `.classes` as clip-benchmark expects.
-
-CIFAR's files are Python pickles. They are read with an unpickler that only rebuilds NumPy arrays and dtypes and
-refuses every other global, so a crafted file cannot run code; anything that is not the documented dict of arrays
-and lists is rejected.
+CIFAR is read by `eval.cifar`, without running the code a pickle may hold; the images and the record are
+`eval.images`.
 """
 
 from __future__ import annotations
@@ -20,153 +18,28 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import pickle
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
-from vlm.data import FOLDER_IMAGE_EXTS, BadRow, ImageError, ImageRef, read_pairs, to_rgb
+from eval.cifar import cifar_dir, read_cifar
+from eval.images import HFImages, LabelledData, RefImages, verify
+from vlm.data import read_pairs
 from vlm.errors import ConfigError, DataError
-from vlm.readers.tables import IMAGE_KEYS, pick_column
+from vlm.readers import hf
+from vlm.readers.images import IMAGE_EXTS, ImageRef
+from vlm.readers.paths import RootedPaths
+from vlm.readers.rows import BadRow
+from vlm.readers.tables import IMAGE_KEYS, open_text, pick_column, read_header
 
 LOG = logging.getLogger(__name__)
 
 FORMATS = ("auto", "folder", "csv", "tsv", "hf", "cifar")
 LABEL_KEYS = ("label", "labels", "class", "category", "label_name", "class_name", "fine_label", "target")
 ID_KEYS = ("label_id", "class_id", "target_id")
-HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
-CIFAR_DIRS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
-CIFAR_FILES = {
-    "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"], "meta": "batches.meta"},
-    "cifar100": {"train": ["train"], "test": ["test"], "meta": "meta"},
-}
-CIFAR_SIDE = 32
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Images, by where they live.
-
-
-class Images(Protocol):
-    def __len__(self) -> int: ...
-    def open(self, i: int) -> Image.Image: ...
-    def subset(self, indices: np.ndarray) -> Images: ...
-
-
-@dataclass(frozen=True)
-class RefImages:
-    """Image files (or tar members, Arrow rows) referenced by `vlm.data.ImageRef`."""
-
-    refs: tuple[ImageRef, ...]
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def open(self, i: int) -> Image.Image:
-        return self.refs[i].open()
-
-    def subset(self, indices: np.ndarray) -> RefImages:
-        return RefImages(tuple(self.refs[i] for i in indices))
-
-
-@dataclass(frozen=True, eq=False)  # holds an array: compared by identity
-class ArrayImages:
-    """Images held in memory: (N, H, W, 3) uint8."""
-
-    array: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.array)
-
-    def open(self, i: int) -> Image.Image:
-        return Image.fromarray(self.array[i])
-
-    def subset(self, indices: np.ndarray) -> ArrayImages:
-        return ArrayImages(self.array[indices])
-
-
-@dataclass(frozen=True, eq=False)
-class HFImages:
-    """Rows of a Hugging Face dataset's Image column, decoded on access (the dataset is memory-mapped)."""
-
-    dataset: Any
-    column: str
-    rows: np.ndarray  # (N,) int64 dataset rows
-    label: str  # the source, for error messages
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def open(self, i: int) -> Image.Image:
-        row = int(self.rows[i])
-        try:
-            image = self.dataset[row][self.column]
-        except Exception as e:  # datasets decodes with PIL: OSError, ValueError, UnidentifiedImageError, ...
-            raise ImageError(f"hf:{self.label}[row {row}]", f"cannot decode ({type(e).__name__}: {e})") from e
-        if not isinstance(image, Image.Image):
-            raise ImageError(f"hf:{self.label}[row {row}]", f"not an image ({type(image).__name__})")
-        return to_rgb(image)
-
-    def subset(self, indices: np.ndarray) -> HFImages:
-        return replace(self, rows=self.rows[indices])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The dataset record.
-
-
-@dataclass(eq=False)
-class LabelledData:
-    images: Images
-    targets: np.ndarray  # (N,) int64 class ids in [0, C)
-    classes: tuple[str, ...]  # class id -> class name, as used in prompts
-    source: str
-    bad: list[BadRow] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.targets = np.asarray(self.targets, dtype=np.int64)
-        if self.targets.shape != (len(self.images),):
-            raise DataError(f"{self.source}: {len(self.images)} images but {self.targets.shape} targets")
-        if self.targets.size and (self.targets.min() < 0 or self.targets.max() >= len(self.classes)):
-            raise DataError(f"{self.source}: class ids must lie in [0, {len(self.classes)})")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def class_counts(self) -> np.ndarray:
-        """(C,) int64 images per class."""
-        return np.bincount(self.targets, minlength=len(self.classes))
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> LabelledData:
-        """The listed images (same classes, same class ids)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return LabelledData(self.images.subset(idx), self.targets[idx], self.classes, self.source, list(self.bad))
-
-    def summary(self) -> str:
-        text = f"read {len(self):,} labelled images in {len(self.classes):,} classes from {self.source}"
-        return text + (f"; skipped {len(self.bad):,} bad rows" if self.bad else "")
-
-
-class LabelledDataset(torch.utils.data.Dataset):
-    """`dataset[i]` -> (transform(image i), class id); `.classes` lists the class names (clip-benchmark reads it)."""
-
-    def __init__(self, data: LabelledData, transform: Callable):
-        self.data = data
-        self.transform = transform
-        self.classes = list(data.classes)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.data.images.open(i)), int(self.data.targets[i])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,15 +59,15 @@ def detect_format(source: str | Path) -> str:
     """The format `read_labelled(format="auto")` would use."""
     path = Path(source).expanduser()
     if path.is_dir():
-        if _cifar_dir(path, required=False) is not None:
+        if cifar_dir(path, required=False) is not None:
             return "cifar"
-        if any((path / m).is_file() for m in HF_DISK_MARKERS):
+        if hf.is_saved_dataset(path):
             return "hf"
         return "folder"
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return suffix[1:]
-    if suffix in HF_FILE_BUILDERS:
+    if suffix in hf.HF_FILE_BUILDERS:
         return "hf"
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
@@ -250,32 +123,11 @@ def read_labelled(
     return data
 
 
-def _verify(images: Images, source: str, workers: int) -> tuple[np.ndarray, list[BadRow]]:
-    """Decode every image once; (indices of good images, bad rows)."""
-
-    def check(i: int) -> str | None:
-        try:
-            images.open(i)
-        except ImageError as e:
-            return e.reason
-        return None
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        reasons = list(pool.map(check, range(len(images))))
-    bad = [BadRow(source, None, _describe(images, i), r) for i, r in enumerate(reasons) if r is not None]
-    good = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
-    return good, bad
-
-
-def _describe(images: Images, i: int) -> str:
-    return images.refs[i].describe() if isinstance(images, RefImages) else f"image {i}"
-
-
 def _read_folder(root: Path, verify_images: bool, workers: int) -> LabelledData:
     """root/<class>/**/<image>: one class per top-level sub-folder (sorted, as torchvision's ImageFolder)."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    real_root = os.path.join(os.path.realpath(root), "")
+    rooted = RootedPaths(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root} has no class sub-folders; expected {root}/<class name>/<image files>")
@@ -285,13 +137,14 @@ def _read_folder(root: Path, verify_images: bool, workers: int) -> LabelledData:
         for dirpath, dirnames, filenames in os.walk(d):
             dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
             for name in sorted(filenames):
-                if name.startswith(".") or not name.lower().endswith(FOLDER_IMAGE_EXTS):
+                if name.startswith(".") or not name.lower().endswith(IMAGE_EXTS):
                     continue
                 path = os.path.join(dirpath, name)
-                if not os.path.realpath(path).startswith(real_root):
-                    bad.append(BadRow(str(root), None, path, "path escapes the dataset root"))
+                resolved, problem = rooted(os.path.relpath(path, root))
+                if problem is not None:
+                    bad.append(BadRow(str(root), None, path, problem))
                     continue
-                refs.append(ImageRef("file", os.path.realpath(path)))
+                refs.append(ImageRef("file", resolved))
                 targets.append(cid)
                 found += 1
         if not found:
@@ -299,17 +152,9 @@ def _read_folder(root: Path, verify_images: bool, workers: int) -> LabelledData:
     classes = tuple(" ".join(d.name.replace("_", " ").split()) for d in class_dirs)
     data = LabelledData(RefImages(tuple(refs)), np.array(targets, dtype=np.int64), classes, str(root), bad)
     if verify_images and len(data):
-        good, more_bad = _verify(data.images, str(root), workers)
+        good, more_bad = verify(data.images, str(root), workers)
         data = replace(data.subset(good), bad=bad + more_bad)
     return data
-
-
-def _header(path: Path, delimiter: str) -> list[str]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return next(csv.reader(f, delimiter=delimiter), [])
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
 
 
 def _read_table(
@@ -328,7 +173,8 @@ def _read_table(
     if not path.is_file():
         raise DataError(f"labels file not found: {path}")
     delimiter = "," if fmt == "csv" else "\t"
-    columns = _header(path, delimiter)
+    with open_text(path, newline="") as f:
+        columns = read_header(csv.reader(f, delimiter=delimiter), path, delimiter)
     image_col = pick_column(columns, image_key, IMAGE_KEYS, "image", path)
     label_col = pick_column(columns, label_key, LABEL_KEYS, "label", path)
     table = read_pairs(
@@ -397,19 +243,7 @@ def _ids_from_column(
 def _load_hf(path: Path, split: str | None) -> tuple[Any, str]:
     import datasets
 
-    try:
-        if path.is_dir() and any((path / m).is_file() for m in HF_DISK_MARKERS):
-            ds = datasets.load_from_disk(str(path))
-        elif path.is_dir():
-            ds = datasets.load_dataset(str(path))
-        elif path.is_file() and path.suffix.lower() in HF_FILE_BUILDERS:
-            ds = datasets.load_dataset(HF_FILE_BUILDERS[path.suffix.lower()], data_files=str(path))
-        else:
-            raise DataError(f"Hugging Face dataset not found: {path} (a save_to_disk folder or a .parquet/.json file)")
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many types (FileNotFoundError, ValueError, DatasetGenerationError)
-        raise DataError(f"cannot load Hugging Face dataset {path}: {type(e).__name__}: {e}") from e
+    ds, _ = hf.load(path)
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds)
         if split is None:
@@ -460,112 +294,6 @@ def _read_hf(
     images = HFImages(ds.select_columns([image_col]), image_col, keep, label)
     data = LabelledData(images, np.array(targets, dtype=np.int64), classes, label, bad)
     if verify_images and len(data):
-        good, more_bad = _verify(data.images, label, workers)
+        good, more_bad = verify(data.images, label, workers)
         data = replace(data.subset(good), bad=bad + more_bad)
     return data
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CIFAR-10/100 python pickles, read without running code.
-
-
-def _latin1_bytes(text: str, encoding: str) -> bytes:
-    """What pickle protocol <= 2 calls to rebuild a bytes object (`_codecs.encode(text, "latin1")`); nothing else."""
-    if encoding != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds NumPy arrays, dtypes and scalars (numpy 1 or 2 module names) and bytes, refuses every other global."""
-
-    _RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]  # numpy's `_reconstruct`, without importing numpy.core
-    _SCALAR = np.float64(0).__reduce__()[0]  # numpy's `scalar`
-    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy.core.multiarray", "scalar"): _SCALAR,
-        ("numpy._core.multiarray", "scalar"): _SCALAR,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_bytes,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self.ALLOWED.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays are allowed here")
-        return found
-
-
-def load_array_pickle(path: Path) -> dict[str, Any]:
-    """A pickled dict of NumPy arrays and plain lists (CIFAR's format), with bytes keys decoded."""
-    try:
-        with open(path, "rb") as f:
-            obj = _ArrayUnpickler(f, encoding="latin1").load()
-    except FileNotFoundError:
-        raise DataError(f"CIFAR file missing: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path} is not a CIFAR pickle (a dict of arrays): {e}") from e
-    if not isinstance(obj, dict):
-        raise DataError(f"{path} holds a {type(obj).__name__}, not the dict of arrays CIFAR files hold")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
-
-
-def _cifar_dir(path: Path, required: bool = True) -> tuple[Path, str] | None:
-    """(the batches folder, "cifar10" or "cifar100") for the folder itself or a parent holding one."""
-    for kind, files in CIFAR_FILES.items():
-        if (path / files["meta"]).is_file() and (path / files["test"][0]).is_file():
-            return path, kind
-    found = [(path / d, kind) for d, kind in CIFAR_DIRS.items() if (path / d).is_dir()]
-    if len(found) == 1:
-        return _cifar_dir(found[0][0], required)
-    if required:
-        what = "both CIFAR-10 and CIFAR-100; pass one of the two folders" if found else "no CIFAR batches"
-        raise DataError(f"{path} holds {what} (expected {list(CIFAR_DIRS)} with their meta and test files)")
-    return None
-
-
-def _cifar_labels(batch: dict[str, Any], key: str, path: Path, n: int) -> np.ndarray:
-    if key not in batch:
-        raise DataError(f"{path} has no {key!r} entry; entries: {sorted(batch)}")
-    labels = np.asarray(batch[key])
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: {key!r} must be {n} integers, got {labels.dtype} {labels.shape}")
-    return labels.astype(np.int64)
-
-
-def read_cifar(path: str | Path, split: str = "test", *, label_key: str | None = None) -> LabelledData:
-    """CIFAR-10 or CIFAR-100 (python version). `label_key` picks CIFAR-100's "coarse_labels" (default: fine).
-
-    Class names have "_" read as a space ("aquarium_fish" -> "aquarium fish"), as CLIP's prompts use them.
-    """
-    if split not in ("train", "test"):
-        raise ConfigError(f"CIFAR split must be 'train' or 'test', got {split!r}")
-    folder, kind = _cifar_dir(Path(path).expanduser())
-    key = label_key or ("labels" if kind == "cifar10" else "fine_labels")
-    meta_path = folder / CIFAR_FILES[kind]["meta"]
-    meta = load_array_pickle(meta_path)
-    names_key = {"labels": "label_names", "fine_labels": "fine_label_names", "coarse_labels": "coarse_label_names"}
-    if key not in names_key or names_key[key] not in meta:
-        raise DataError(f"{meta_path}: no class names for labels {key!r}; entries: {sorted(meta)}")
-    raw_names = meta[names_key[key]]
-    if not isinstance(raw_names, list) or not all(isinstance(n, str | bytes) for n in raw_names):
-        raise DataError(f"{meta_path}: {names_key[key]!r} must be a list of strings")
-    classes = tuple(" ".join((n.decode() if isinstance(n, bytes) else n).replace("_", " ").split()) for n in raw_names)
-    arrays, targets = [], []
-    for name in CIFAR_FILES[kind][split]:
-        batch = load_array_pickle(folder / name)
-        pixels = batch.get("data")
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
-            raise DataError(f"{folder / name}: 'data' must be a (N, 3072) uint8 array")
-        if pixels.shape[1] != 3 * CIFAR_SIDE * CIFAR_SIDE:
-            raise DataError(f"{folder / name}: 'data' rows must hold 3072 values, got {pixels.shape[1]}")
-        arrays.append(pixels.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE).transpose(0, 2, 3, 1))  # (N, 32, 32, 3)
-        targets.append(_cifar_labels(batch, key, folder / name, len(pixels)))
-    return LabelledData(
-        ArrayImages(np.ascontiguousarray(np.concatenate(arrays))),
-        np.concatenate(targets),
-        classes,
-        f"{folder}[{split}]",
-    )

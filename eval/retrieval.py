@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from eval.metrics import retrieval_recall
-from vlm.data import ImageDataset, Pair
+from vlm.data import Pair
 from vlm.models import Encoders
+from vlm.readers.images import ImageDataset
 
 LOG = logging.getLogger(__name__)
 

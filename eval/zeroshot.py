@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from eval.datasets import LabelledData, LabelledDataset
+from eval.images import LabelledData, LabelledDataset
 from eval.metrics import classification_metrics, confusion_matrix, per_class_recall
 from vlm.errors import DataError
 from vlm.models import Encoders

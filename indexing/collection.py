@@ -41,8 +41,9 @@ from indexing.store import Filter, ImageRecord, ref_json
 from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Vectors, Version
 from vlm import distributed
 from vlm.atomic import atomic_write_json
-from vlm.data import BadRow, ImageRef
 from vlm.models import Encoders
+from vlm.readers.images import ImageRef
+from vlm.readers.rows import BadRow
 
 LOG = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from indexing.config import DTYPES, EmbedConfig, embed_defaults
 from indexing.errors import IndexingError
 from indexing.sources import Item
 from vlm.atomic import atomic_open, atomic_write_json
-from vlm.data import ImageError, ImageRef
 from vlm.models import Encoders
+from vlm.readers.images import ImageError, ImageRef
 
 LOG = logging.getLogger(__name__)
 

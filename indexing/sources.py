@@ -1,6 +1,6 @@
 """What to add to a collection: image files, folders, CSV/TSV/JSONL lists, 🤗 datasets and WebDataset shards.
 
-`gather(inputs, root=…)` turns any mix of them into `Item`s (a stored key, a lazily opened `vlm.data.ImageRef`, an
+`gather(inputs, root=…)` turns any mix of them into `Item`s (a stored key, a lazily opened `ImageRef`, an
 optional caption) plus the rows it skipped, with reasons. Unlike training pairs, captions are optional here:
     a folder            every image under it (recursively, hidden folders skipped), with the text of a same-named
                         .txt beside it as caption when there is one
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlm import data
-from vlm.data import BadRow, ImageRef
 from vlm.errors import DataError
+from vlm.readers.images import IMAGE_EXTS, ImageRef
 from vlm.readers.paths import RootedPaths
+from vlm.readers.rows import BadRow
 from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, pick_column
 
 LOG = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def gather(inputs: str | Path | Sequence[str | Path], *, root: str | Path | None
 
 def _gather_one(source: str, keys: _Keys) -> Gathered:
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() in data.FOLDER_IMAGE_EXTS:
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
         return _gather_file(path, keys)
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         return _gather_list(path, keys)
@@ -117,7 +118,7 @@ def _gather_folder(folder: Path, keys: _Keys) -> Gathered:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in data.FOLDER_IMAGE_EXTS:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTS:
                 continue
             rel = Path(dirpath, name).relative_to(folder).as_posix()
             resolved, problem = resolver(rel)

@@ -7,7 +7,7 @@ readers open it `immutable=1` (no locks, no journal), and a crash mid-write can 
 Table `images`, one row per image in the collection:
     id       INTEGER PRIMARY KEY   the vector's id in the faiss index (stable, never reused)
     path     TEXT UNIQUE           relative to the collection root where possible (see `indexing.sources`)
-    kind     TEXT                  "file", "tar" or "hf" (`vlm.data.ImageRef.kind`)
+    kind     TEXT                  "file", "tar" or "hf" (`vlm.readers.images.ImageRef.kind`)
     ref      TEXT                  the ImageRef as JSON for "tar"/"hf" images; NULL for files
     caption  TEXT                  caption(s) joined by newlines, or NULL
     sha256   TEXT UNIQUE           of the decoded RGB pixels and the image size: a duplicate is not added twice
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from indexing.errors import IndexingError
-from vlm.data import ImageRef
+from vlm.readers.images import ImageRef
 
 SCHEMA = """
 CREATE TABLE images (

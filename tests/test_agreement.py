@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.agreement import reference_retrieval, reference_zeroshot
-from eval.datasets import ArrayImages, LabelledData
+from eval.images import ArrayImages, LabelledData
 from eval.retrieval import evaluate_pairs
 from eval.zeroshot import evaluate_zeroshot
 from vlm import models

@@ -20,8 +20,11 @@ import torch
 from PIL import Image
 
 from vlm import data
-from vlm.data import BadRow, ImageRef, Pair, PairDataset, read_pairs
+from vlm.data import Pair, PairDataset, read_pairs
 from vlm.errors import DataError
+from vlm.readers import webdataset
+from vlm.readers.images import ImageDataset, ImageRef
+from vlm.readers.rows import BadRow
 
 # The same five pairs, written in every format. Pair 1 has two captions, pair 3 three.
 CONTENT = [
@@ -218,7 +221,7 @@ def test_webdataset_by_file_and_brace_pattern(tmp_path):
 )
 def test_brace_fallback_matches_braceexpand(pattern):
     braceexpand = pytest.importorskip("braceexpand")
-    assert data._expand_braces_simple(pattern) == list(braceexpand.braceexpand(pattern))
+    assert webdataset.expand_braces_simple(pattern) == list(braceexpand.braceexpand(pattern))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -608,7 +611,7 @@ def test_pair_dataset_names_a_failing_image(tmp_path):
 
 def test_image_dataset_matches_the_plain_transform(big_pairs, tiny_encoders):
     enc = tiny_encoders
-    ds = data.ImageDataset([p.image for p in big_pairs], enc.preprocess)
+    ds = ImageDataset([p.image for p in big_pairs], enc.preprocess)
     assert len(ds) == 5
     reference = enc.preprocess(Image.open(big_pairs[2].image.path).convert("RGB"))
     assert torch.equal(ds[2], reference)

@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.datasets import LabelledDataset, detect_format, read_cifar, read_labelled
+from eval.cifar import read_cifar
+from eval.datasets import detect_format, read_labelled
+from eval.images import LabelledDataset
 from vlm.errors import ConfigError, DataError
 
 

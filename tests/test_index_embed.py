@@ -14,7 +14,7 @@ from indexing import embed
 from indexing.embed import EmbedConfig, Job
 from indexing.errors import IndexingError
 from indexing.sources import Item
-from vlm.data import ImageRef
+from vlm.readers.images import ImageRef
 
 
 @pytest.fixture(scope="module")

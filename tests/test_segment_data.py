@@ -10,16 +10,8 @@ from PIL import Image
 
 from vlm import synth
 from vlm.errors import DataError
-from vlm.segment.data import (
-    SegDataset,
-    load_pair,
-    polygon_mask,
-    read_mask_png,
-    read_segmentation,
-    rle_decode,
-    rle_from_string,
-    split_by_image,
-)
+from vlm.segment.data import SegDataset, load_pair, read_segmentation, split_by_image
+from vlm.segment.masks import polygon_mask, read_mask_png, rle_decode, rle_from_string
 
 
 @pytest.fixture(scope="module")

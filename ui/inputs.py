@@ -18,9 +18,9 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlm.data import to_rgb
 from vlm.errors import ConfigError, DataError
 from vlm.printable import printable
+from vlm.readers.images import to_rgb
 from vlm.zeroshot import CleanLabels, clean_labels
 
 LOG = logging.getLogger(__name__)

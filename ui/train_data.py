@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import shutil
 import zipfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vlm.data import BadRow, read_pairs
+from vlm.data import read_pairs
 from vlm.errors import DataError
+from vlm.readers import rows
+from vlm.readers.rows import BadRow
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class Dataset:
         """E.g. "1,200 usable pairs; 3 bad rows will be skipped (2 missing file, 1 empty caption)"."""
         text = f"{self.pairs:,} usable pairs"
         if self.bad:
-            kinds = ", ".join(f"{n:,} {kind}" for kind, n in Counter(b.kind for b in self.bad).most_common(4))
+            kinds = rows.count_kinds(self.bad, most=4)
             text += f"; {len(self.bad):,} bad row(s) will be skipped ({kinds})"
         return text
 

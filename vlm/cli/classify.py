@@ -39,7 +39,7 @@ def _labels(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    from vlm.data import ImageRef
+    from vlm.readers.images import ImageRef
     from vlm.templates import resolve
     from vlm.zeroshot import build_classifier, clean_labels, embed_images, top_k
 

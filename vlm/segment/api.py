@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlm.data import ImageRef, to_rgb
 from vlm.errors import ConfigError, DataError
 from vlm.models import Encoders
+from vlm.readers.images import ImageRef, to_rgb
 from vlm.segment import dense, towers
 from vlm.segment.decoder import SegDecoder, load_decoder, predict_logits
 from vlm.segment.overlay import overlay
