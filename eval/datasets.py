@@ -46,6 +46,15 @@ ID_KEYS = ("label_id", "class_id", "target_id")
 # Readers.
 
 
+LABEL_FILES = ("labels.csv", "labels.tsv")  # a folder holding one of these is read through it
+
+
+def labels_file(folder: Path) -> Path | None:
+    """A dataset root's own labels table (`labels.csv` or `labels.tsv`, as `vlm synth` writes), if it has one."""
+    found = [folder / name for name in LABEL_FILES if (folder / name).is_file()]
+    return found[0] if found else None
+
+
 def detect_format(source: str | Path) -> str:
     """The format `read_labelled(format="auto")` would use."""
     path = Path(source).expanduser()
@@ -87,8 +96,11 @@ def read_labelled(
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown labelled-data format {format!r}; choose one of {list(FORMATS)}")
-    fmt = detect_format(source) if format == "auto" else format
     path = Path(source).expanduser()
+    if format == "auto" and path.is_dir() and (table := labels_file(path)) is not None:
+        LOG.info("%s holds %s: reading the labels from it", path, table.name)  # not its images/ as one class
+        path, source = table, table
+    fmt = detect_format(source) if format == "auto" else format
     if fmt == "folder":
         data = _read_folder(path, verify_images, workers)
     elif fmt in ("csv", "tsv"):

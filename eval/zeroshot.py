@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from eval.images import LabelledData, LabelledDataset
 from eval.metrics import classification_metrics, confusion_matrix, per_class_recall
+from vlm.errors import DataError
 from vlm.models import Encoders
+from vlm.printable import printable
 from vlm.zeroshot import ClassifierCache, ZeroShotClassifier, build_classifier
 
 LOG = logging.getLogger(__name__)
@@ -110,6 +112,12 @@ def evaluate_zeroshot(
 ) -> ZeroShotResult:
     """Zero-shot accuracy of `encoders` on `data`, prompting with its class names and `templates` (default
     "generic"; a set name, a JSON file, one template with `{c}`, or a list)."""
+    if len(data.classes) < 2:
+        raise DataError(
+            f"{printable(data.source)} has {len(data.classes)} class {list(data.classes)}: with one class every image "
+            f"is classified right, so accuracy means nothing. Give a dataset with at least two classes (a folder "
+            f"holding images/<class>/... and a labels file: pass the labels file)"
+        )
     start = time.perf_counter()
     clf = build_classifier(encoders, data.classes, templates, batch_size=batch_size, cache=cache, progress=progress)
     image_emb, targets = embed_labelled(encoders, data, batch_size=batch_size, workers=workers, progress=progress)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ from indexing.faiss_index import IndexInfo
 from indexing.gpu import Replicas, gpu_copy
 from indexing.store import Store
 from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
+
+LOG = logging.getLogger(__name__)
 
 FORMAT = "vlm-collection"
 FORMAT_VERSION = 1
@@ -245,18 +249,59 @@ def clear_unfinished_create(root: Path) -> None:
 # The writer: lock, numbering, garbage collection.
 
 
-def lock(root: Path) -> int:
-    """Take the collection's writer lock (released when the returned descriptor is closed, or the process dies)."""
+# A writer SIGKILLed while embedding leaves its forked DataLoader workers holding the lock (they share its open file)
+# until they notice their parent is gone, a few seconds later; the next writer waits for them this long.
+DEAD_WRITER_WAIT_S = 30.0
+
+
+def lock(root: Path, dead_writer_wait_s: float = DEAD_WRITER_WAIT_S) -> int:
+    """Take the collection's writer lock (released when the returned descriptor is closed, or the process dies).
+
+    A lock held by a live writer is refused at once. A lock whose writer (the pid written in it) is dead is held
+    by processes that writer forked; it is waited for, up to `dead_writer_wait_s`, then taken over."""
     fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise IndexingError(f"{root} is being changed by another writer (pid {holder}); wait for it to finish") from e
+    deadline = time.monotonic() + dead_writer_wait_s
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            dead = holder.isdigit() and not _alive(int(holder))
+            if dead and time.monotonic() < deadline:
+                if not waited:
+                    LOG.info("%s: its last writer (pid %s) died; waiting for the processes it started", root, holder)
+                    waited = True
+                time.sleep(0.1)
+                continue
+            os.close(fd)
+            if dead:
+                raise IndexingError(
+                    f"{root} is still locked {dead_writer_wait_s:.0f} s after its writer (pid {holder}) died: a "
+                    f"process it started holds {root / LOCK}; `fuser -v {root / LOCK}` names it"
+                ) from e
+            raise IndexingError(
+                f"{root} is being changed by another writer (pid {holder or 'unknown'}); wait for it to finish"
+            ) from e
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def next_number(root: Path, current: int) -> int:

@@ -235,3 +235,89 @@ def test_a_damaged_checkpoint_in_the_model_tab_leaves_the_model_as_it_was(app, d
     assert "may be truncated" in refusal(app.client, str(folder), "", api_name="/model_switch")
     assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"
     still_serving(app)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 7: no meaningless 100 % with exit code 0.
+
+
+def test_one_class_evaluation_is_refused_and_a_dataset_root_is_read_through_its_labels(app, capsys, tmp_path):
+    one = tmp_path / "one-class" / "circle"
+    one.mkdir(parents=True)
+    for src in sorted((app.shapes / "images").glob("*.png"))[:3]:
+        (one / src.name).write_bytes(src.read_bytes())
+    code, _, err = run_cli(capsys, "eval", "zeroshot", str(one.parent), "--model", "vlm-tiny", "--workers", "0")
+    assert code == 2 and "1 class ['circle']" in err and "accuracy means nothing" in err
+    # The synth dataset's root holds images/ and labels.csv: read as a folder it would be one class, "images".
+    code, out, err = run_cli(capsys, "eval", "zeroshot", str(app.shapes), "--model", "vlm-tiny", "--workers", "0",
+                             "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    labels = (app.shapes / "labels.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert report["data"].endswith("labels.csv") and report["images"] == len(labels)
+    assert len(report["classes"]) == len({row.split(",")[1] for row in labels}) > 1
+
+
+def test_classifying_with_one_label_exits_2_on_the_cli(app, capsys):
+    image = str(app.shapes / "images" / "000001.png")
+    code, out, err = run_cli(capsys, "classify", image, "--labels", "red circle, , Red Circle", "--model", "vlm-tiny")
+    assert code == 2 and "one label given" in err and "100" not in out
+
+
+def test_one_label_in_the_app_answers_the_cosine_with_a_note(app):
+    scores, _, notes = app.client.predict(app.image, "red circle", "plain", 1, api_name="/classify")
+    image = handle_file(app.shapes / "images" / "000001.png")
+    _, info = app.client.predict(image, "red circle", api_name="/explain")  # the same cosine, another route
+    cosine = float(re.search(r"cosine similarity (-?\d+\.\d+)", info).group(1))
+    assert scores["label"] == "red circle" and "cosine similarity" in notes and "always 100 %" in notes
+    assert scores["confidences"][0]["confidence"] == pytest.approx(cosine, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 8: messages that say what happened.
+
+
+def test_a_large_photo_is_told_its_size_not_that_it_is_corrupt(app, tmp_path):
+    from PIL import Image
+
+    for side in (6000, 11000):  # 36 and 121 megapixels, a few kB on disk; PIL warns above 89 MP
+        path = tmp_path / f"{side}.png"
+        Image.new("1", (side, side)).save(path)
+        message = refusal(app.client, handle_file(path), "a, b", "generic", 2, api_name="/classify")
+        assert f"{side * side / 1e6:.1f} megapixels, above this app's limit" in message
+        assert "truncated" not in message and "corrupt" not in message
+
+
+LOCK_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from indexing import versions
+versions.lock(Path(sys.argv[1]))
+if os.fork() == 0:  # stands in for a DataLoader worker: it shares the lock until it notices its parent died
+    time.sleep(2.0)
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_after_a_killed_writer_the_next_one_waits_for_its_workers_and_goes_on(app, capsys, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from vlm import models
+
+    model = models.save(app.state.active.encoders, tmp_path / "model")  # fixed weights: `index add` reloads them
+    coll = tmp_path / "coll"
+    code, _, err = run_cli(capsys, "index", "build", str(coll), str(app.shapes / "images"), "--model", str(model),
+                           "--workers", "0")  # fmt: skip
+    assert code == 0, err
+    writer = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(coll)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "locked"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    start = time.perf_counter()
+    code, _, err = run_cli(capsys, "index", "add", str(coll), str(app.shapes / "images"), "--workers", "0")
+    assert code == 0 and "being changed by another writer" not in err, err
+    assert 1.0 < time.perf_counter() - start < 30  # it waited for the orphan, not more

@@ -258,7 +258,9 @@ def test_both_losses_take_one_signature():
     """A trainer calls either loss as loss(image, text, scale, bias): InfoNCE ignores the bias, SigLIP needs it."""
     image, text, scale, bias = torch.randn(5, 8), torch.randn(5, 8), torch.tensor(10.0), torch.tensor(-10.0)
     torch.testing.assert_close(ClipLoss()(image, text, scale, bias), ClipLoss()(image, text, scale))
-    torch.testing.assert_close(SigLipLoss()(image, text, scale, bias), SigLipLoss()(image, text, scale, logit_bias=bias))
+    torch.testing.assert_close(
+        SigLipLoss()(image, text, scale, bias), SigLipLoss()(image, text, scale, logit_bias=bias)
+    )
     with pytest.raises(ConfigError, match="logit bias"):
         SigLipLoss()(image, text, scale)
 

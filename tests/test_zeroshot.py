@@ -226,9 +226,9 @@ def test_classify_command(tmp_path, capsys):
     assert "dropped 1 duplicate" in out
     assert main(["classify", str(image), "--labels", " , ,", "--model", "vlm-tiny"]) == 2
     assert "no usable labels" in capsys.readouterr().err
-    assert main(["classify", str(image), "--labels", "a", "--templates", "nope", "--model", "vlm-tiny"]) == 2
+    assert main(["classify", str(image), "--labels", "a, b", "--templates", "nope", "--model", "vlm-tiny"]) == 2
     assert "Available:" in capsys.readouterr().err
-    assert main(["classify", str(tmp_path / "missing.png"), "--labels", "a", "--model", "vlm-tiny"]) == 2
+    assert main(["classify", str(tmp_path / "missing.png"), "--labels", "a, b", "--model", "vlm-tiny"]) == 2
     assert "missing file" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import logging
 
 import gradio as gr
 import pandas as pd
+import torch
 from PIL import Image
 
 from ui.errors import shown
@@ -14,7 +15,7 @@ from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import templates as template_sets
 from vlm.segment import explain
-from vlm.zeroshot import build_classifier, embed_images, top_k
+from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
 
 LOG = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ def classify(
     clean = checked_labels(labels, state.limits.max_labels)
     encoders = state.active.encoders
     clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers, template_files=False)
+    if len(clf.labels) == 1:
+        return _one_label(clf, embed_images(encoders, [image]))
     k = max(1, min(int(k), len(clf.labels)))
     best = top_k(clf.probs(embed_images(encoders, [image])), clf.labels, k)[0]
     scores = dict(zip(best.labels, best.probs, strict=True))
@@ -41,6 +44,19 @@ def classify(
         notes.append(f"{len(clf.truncated)} label(s) were too long for the text encoder and were cut.")
     notes.append("Click a label to see where it matches in the image.")
     return scores, table, " ".join(notes)
+
+
+def _one_label(clf: ZeroShotClassifier, image_embedding: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame, str]:
+    """A softmax over one label is always 1, so one label is answered with its cosine similarity to the image
+    (the image against the label's averaged prompt embedding), and a note saying so."""
+    label = clf.labels[0]
+    cosine = float(image_embedding[0] @ clf.weights[0].to(image_embedding))
+    note = (
+        f"Only one label: a probability over one label is always 100 %, so this shows the cosine similarity "
+        f"between the image and '{label}' instead: {cosine:.3f} (about 0.2-0.35 for a match with CLIP models; "
+        f"compare labels rather than reading it alone). Add labels to choose between them."
+    )
+    return {label: cosine}, pd.DataFrame({"label": [label], "probability": [max(cosine, 0.0)]}), note
 
 
 def build(state: AppState) -> None:

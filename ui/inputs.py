@@ -41,6 +41,8 @@ def open_upload(path: str | Path, max_pixels: int, name: str | None = None) -> I
                 raise DataError(_too_large(shown_name, width, height, max_pixels))
             im.load()
             rgb = to_rgb(ImageOps.exif_transpose(im))
+    except DataError:
+        raise  # the size check above: its message says what to do (a DataError is a ValueError, caught below)
     except Image.DecompressionBombError as e:  # PIL's own guard, at twice its default limit
         raise DataError(f"{shown_name!r} claims an enormous size ({e}); refused. " + _shrink_hint(max_pixels)) from e
     except UnidentifiedImageError as e:

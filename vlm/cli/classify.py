@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     clean = clean_labels(_labels(args))
+    if len(clean.labels) < 2:
+        raise ConfigError(
+            f"one label given ({clean.labels[0]!r}): a probability over one label is always 100 %. Give at least two "
+            f'labels to choose between (e.g. --labels "{clean.labels[0]}, something else")'
+        )
     templates = resolve(args.templates)  # checked before the model loads
     if clean.duplicates or clean.empty:
         print(f"note: dropped {len(clean.duplicates)} duplicate and {clean.empty} empty label(s)")
