@@ -54,7 +54,7 @@ class StopRequested(KeyboardInterrupt):
 
 class Validate(Protocol):
     """Scores held-out pairs, e.g. `eval.retrieval.evaluate_pairs`: the caller passes it, the trainer (a lower layer
-    than `eval`) does not import it. It may leave the model in eval mode; the trainer puts it back in train mode."""
+    than `eval`) does not import it. It runs with the model in eval mode; the trainer restores the modes after."""
 
     def __call__(
         self, encoders: models.Encoders, pairs: Sequence[Pair], *, batch_size: int, workers: int
@@ -505,11 +505,6 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def _loss(self, image_features, text_features, scale, bias) -> torch.Tensor:
-        if isinstance(self.loss_fn, SigLipLoss):
-            return self.loss_fn(image_features, text_features, scale, bias)
-        return self.loss_fn(image_features, text_features, scale)
-
     def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over `accum_steps` micro-batches; returns this rank's loss, a tensor on the device
         (read only at log steps: reading it every step would make the host wait for the GPU every step)."""
@@ -519,7 +514,7 @@ class Trainer:
         if len(micro_batches) == 1:
             with autocast():
                 img, txt, scale, bias = model(*micro_batches[0])
-            loss = self._loss(img, txt, scale, bias)
+            loss = self.loss_fn(img, txt, scale, bias)
             self.scaler.scale(loss).backward()
         else:
             # Contrastive accumulation (open_clip's scheme): embed every micro-batch without gradients, then redo
@@ -539,7 +534,7 @@ class Trainer:
                         bias = bias.detach() if bias is not None else None
                     img = torch.cat([img_j if i == j else c[0] for i, c in enumerate(cached)])
                     txt = torch.cat([txt_j if i == j else c[1] for i, c in enumerate(cached)])
-                    loss = self._loss(img, txt, scale, bias)
+                    loss = self.loss_fn(img, txt, scale, bias)
                     self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -557,13 +552,13 @@ class Trainer:
             return {}
         metrics: dict[str, float] = {}
         if self.dist.is_main:
-            metrics = self.validate(
-                self.encoders,
-                self.val_pairs,
-                batch_size=max(self.micro_batch, 64),
-                workers=self.cfg.data.workers,
-            )
-            self.encoders.model.train()
+            with models.evaluating(self.encoders.model):  # back in train mode afterwards, whatever `validate` does
+                metrics = self.validate(
+                    self.encoders,
+                    self.val_pairs,
+                    batch_size=max(self.micro_batch, 64),
+                    workers=self.cfg.data.workers,
+                )
         distributed.barrier(self.dist)
         return metrics
 
