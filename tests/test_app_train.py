@@ -250,3 +250,19 @@ def test_a_killed_app_takes_its_trainer_along(world):
         assert text.startswith("**stopped**") and "Checkpoint:" in text
     finally:
         close(again.demo, again.state)
+
+
+def test_uploads_are_removed_after_the_retention_time(tmp_path):
+    from ui.jobs import TrainRunner
+
+    old, recent = RunDir(tmp_path / "train-old"), RunDir(tmp_path / "train-recent")
+    for run in (old, recent):
+        (run.upload / "images").mkdir(parents=True)
+        (run.upload / "pairs.csv").write_text("image,caption\n", encoding="utf-8")
+        run.write_status("finished", step=3, total=3)
+    two_days_ago = time.time() - 48 * 3600
+    for path in (old.upload, old.status_file):
+        os.utime(path, (two_days_ago, two_days_ago))
+    TrainRunner(tmp_path, upload_retention_s=24 * 3600)  # on start, and before every run
+    assert not old.upload.exists() and old.status_file.is_file()  # the run's record stays, its data goes
+    assert (recent.upload / "pairs.csv").is_file()
