@@ -37,6 +37,7 @@ LOG = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP_WAIT_S = 60.0  # how long a stop waits for the trainer to save its checkpoint
+EXIT_WAIT_S = 10.0  # how long a trainer that has written its outcome may take to exit
 RUNNING = ("starting", "reading data", "training", "stopping")
 
 
@@ -90,6 +91,9 @@ class TrainRunner:
         """Take the one run slot, make a new run folder, let `prepare(run)` put the data there (an upload goes to
         `run.upload`) and return the config, then launch the trainer on it. Whatever `prepare` raises, the folder is
         removed (a refused upload does not stay on disk) and the slot freed."""
+        written = self._run.read_status() if self._run is not None else None
+        if written is not None and written.ended:
+            self._wait(EXIT_WAIT_S)  # it has said how it ended and is exiting: the next run need not be refused
         with self._lock:
             if self._preparing or self._alive():
                 where = f" ({self._run.path})" if self._run is not None and not self._preparing else ""
@@ -187,7 +191,7 @@ class TrainRunner:
             if alive and run.stop_requested():
                 out.state = "stopping"
             elif not alive and run.stop_requested():
-                out.state = "stopped"  # stopped before it could say so (e.g. during its imports)
+                out.state, out.note = "stopped", "stopped on request"  # before it could say so (in its imports)
             elif not alive:
                 code = self._proc.poll() if self._proc is not None else None
                 out.state = "failed"
@@ -195,6 +199,9 @@ class TrainRunner:
                     f"the trainer ended{f' with exit status {code}' if code is not None else ''} without saying "
                     f"why (killed?); see {run.log}"
                 )
+            if not alive:  # the trainer is gone, so nobody else writes: the folder says how the run ended
+                run.write_status(out.state, step=out.step, total=out.total, train_pairs=out.train_pairs,
+                                 val_pairs=out.val_pairs, error=out.message, message=out.note)  # fmt: skip
         return out
 
     def remove_old_uploads(self) -> None:
