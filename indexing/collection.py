@@ -33,9 +33,10 @@ from indexing import faiss_index, queries, versions
 from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
-from indexing.results import AddResult, Hits, ModelSpec, RemoveResult, Stats
+from indexing.results import AddResult, Hits, ModelSpec, RemoveResult, Stats, SyncResult
 from indexing.sources import Gathered, Item, gather
 from indexing.store import Filter, ImageRecord, ref_json
+from indexing.sync import SyncPlan, plan_sync
 from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Version
 from vlm.models import Encoders
 from vlm.readers.images import ImageRef
@@ -226,6 +227,82 @@ class Collection:
         LOG.info("%s", result.summary())
         return result
 
+    def sync(
+        self,
+        folders: str | Path | Sequence[str | Path],
+        *,
+        embed: embedding.EmbedConfig | None = None,
+        progress: bool = True,
+    ) -> SyncResult:
+        """Make the collection's images under `folders` match the files there, in one new version: new files added,
+        changed ones embedded again, moved or touched ones (same pixels) updated without embedding, vanished ones
+        removed (`indexing.sync` says how changes are told apart). An interrupted sync resumes from its embedded
+        shards when run again over the same folders; nothing is committed until the end."""
+        cfg = embed or embedding.EmbedConfig()
+        folders = [folders] if isinstance(folders, str | Path) else list(folders)
+        with self._writing():
+            plan = plan_sync(
+                self._v.store,
+                folders,
+                root=self.root_dir,
+                cfg=cfg,
+                device_type=self.encoders.device.type,
+                progress=progress,
+            )
+            job = embedding.Job.for_items(plan.embed, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
+            staging = self.root / STAGING
+            embedding.prepare(staging, job)
+            stats = (
+                embedding.embed(self.encoders, plan.embed, staging, job, cfg, progress=progress) if plan.embed else None
+            )
+            result = self._commit_sync(plan, embedding.collect(staging, job), stats)
+            shutil.rmtree(staging)
+        LOG.info("%s", result.summary())
+        return result
+
+    def _commit_sync(self, plan: SyncPlan, done: embedding.Embedded, stats) -> SyncResult:
+        items = plan.embed
+        bad = plan.bad + [BadRow(items[p].ref.describe(), None, items[p].key, reason) for p, reason in done.bad]
+        embedded_keys = {items[p].key for p in done.positions}
+        # A changed file that could not be read keeps its old record (and vector) until a later sync reads it.
+        replaced = [r for key, r in plan.replaces.items() if key in embedded_keys]
+        remove_ids = np.array(sorted(r.id for r in [*plan.removed, *replaced]), dtype=np.int64)
+        gone = set(remove_ids.tolist())
+        kept_hashes = {sha: r.path for sha, r in self._v.store.by_hashes(done.sha256).items() if r.id not in gone}
+        next_id = self._v.manifest["next_id"]
+        records, rows, duplicates = [], [], []
+        added = changed = 0
+        now = time.time()
+        for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
+            item = items[position]
+            if sha in kept_hashes:
+                duplicates.append((item.key, kept_hashes[sha]))
+                continue
+            kept_hashes[sha] = item.key
+            size, mtime = int(done.size[row]), float(done.mtime[row])
+            ref = ref_json(item.ref)
+            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            rows.append(row)
+            next_id += 1
+            changed, added = (changed + 1, added) if item.key in plan.replaces else (changed, added + 1)
+        if records or len(remove_ids) or plan.updates:
+            vectors = done.vectors[rows] if records else None
+            self._commit(records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates)
+        return SyncResult(
+            added=added,
+            changed=changed,
+            moved=plan.moved,
+            touched=plan.touched,
+            recaptioned=plan.recaptioned,
+            removed=[r.path for r in plan.removed],
+            unchanged=plan.unchanged,
+            kept=plan.kept,
+            duplicates=duplicates,
+            bad=bad,
+            version=self._v.number,
+            embed=stats,
+        )
+
     @property
     def dtype(self) -> str:
         return self._v.manifest["dtype"]
@@ -290,9 +367,18 @@ class Collection:
         with self._write_lock:
             yield
 
-    def _commit(self, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray) -> None:
-        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`."""
-        self._v = publish_next(self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids)
+    def _commit(
+        self,
+        *,
+        records: list[ImageRecord],
+        vectors: np.ndarray | None,
+        remove_ids: np.ndarray,
+        updates: Sequence[ImageRecord] = (),
+    ) -> None:
+        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten."""
+        self._v = publish_next(
+            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates
+        )
 
     @property
     def dim(self) -> int:

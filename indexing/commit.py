@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,16 @@ COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of r
 
 
 def publish_next(
-    root: Path, old: Version, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray
+    root: Path,
+    old: Version,
+    *,
+    records: list[ImageRecord],
+    vectors: np.ndarray | None,
+    remove_ids: np.ndarray,
+    updates: Sequence[ImageRecord] = (),
 ) -> Version:
-    """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`; return it, loaded."""
+    """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`, with the metadata
+    of `updates` (records already in `old`, same id and vector: a moved or touched file) replaced; return it."""
     dim, dtype = int(old.manifest["model"]["embed_dim"]), old.manifest["dtype"]
     cfg = IndexConfig(**old.manifest["config"])
     number = versions.next_number(root, old.number)
@@ -42,8 +50,10 @@ def publish_next(
 
     def write(folder: Path) -> None:
         store = old.store.copy_to(folder / STORE)
-        store.delete(remove_ids)
-        store.insert(records)
+        # Updates are deleted and inserted again rather than UPDATEd: two files that swapped paths would break
+        # the UNIQUE path constraint half-way through a row-by-row update.
+        store.delete([*remove_ids.tolist(), *(r.id for r in updates)])
+        store.insert([*updates, *records])
         live = store.ids()
         store.close()
         kept = _compact(root, chunks, live, number, dim, dtype)

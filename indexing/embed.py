@@ -183,15 +183,25 @@ class ItemDataset(Dataset):
     def __getitem__(self, position: int) -> _Sample:
         ref = self.items[position].ref
         try:
+            # Size and mtime before the pixels: a file rewritten after this stat gets a newer mtime than the one
+            # recorded, so the next sync looks at it again instead of trusting stale pixels.
+            size, mtime = file_facts(ref)
             image = ref.open()
         except ImageError as e:
             return _Sample(position, None, e.reason, "", 0, 0.0)
-        size, mtime = _file_facts(ref)
         return _Sample(position, self.transform(image), "", pixel_sha256(image), size, mtime)
 
 
-def _file_facts(ref: ImageRef) -> tuple[int, float]:
-    st = os.stat(ref.arrow_file if ref.kind == "hf" else ref.path)
+def file_facts(ref: ImageRef) -> tuple[int, float]:
+    """(bytes, mtime) of the image's file (of the shard or Arrow file for images inside one; bytes of the member).
+    Raises `ImageError` ("missing file", e.g. deleted since it was listed) when it cannot be read."""
+    path = ref.arrow_file if ref.kind == "hf" else ref.path
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise ImageError(ref.describe(), "missing file") from e
+    except OSError as e:
+        raise ImageError(ref.describe(), f"unreadable file ({e.strerror})") from e
     return (st.st_size if ref.kind == "file" else ref.size), st.st_mtime
 
 
@@ -205,6 +215,30 @@ def collate(samples: list[_Sample]) -> _Batch:
         mtime=[s.mtime for s in good],
         bad=[(s.position, s.reason) for s in samples if s.pixels is None],
     )
+
+
+def _no_pixels(image: Image.Image) -> torch.Tensor:
+    return torch.empty(0)
+
+
+def hash_items(
+    items: Sequence[Item], cfg: EmbedConfig, *, device_type: str = "cpu", progress: bool = True
+) -> list[tuple[str, int, float] | str]:
+    """For each item, (pixel SHA-256, bytes, mtime), or the reason it cannot be used: decoding without the model,
+    in DataLoader workers, for a sync to tell moved and touched files from changed ones before embedding."""
+    if not items:
+        return []
+    batch_size, workers = embed_defaults(cfg, device_type, available_cores())
+    loader = DataLoader(ItemDataset(items, _no_pixels), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    out: list[tuple[str, int, float] | str] = [""] * len(items)
+    with tqdm(total=len(items), unit="img", desc="hash", disable=not progress) as bar:
+        for batch in loader:
+            for position, sha, size, mtime in zip(batch.positions, batch.sha256, batch.size, batch.mtime, strict=True):
+                out[position] = (sha, size, mtime)
+            for position, reason in batch.bad:
+                out[position] = reason
+            bar.update(len(batch.positions) + len(batch.bad))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,38 @@ class AddResult:
 
 
 @dataclass
+class SyncResult:
+    added: int  # new files, embedded
+    changed: int  # files whose pixels changed, embedded again (their old vector removed)
+    moved: list[tuple[str, str]]  # (old path, new path): same pixels, same id and vector, nothing embedded
+    touched: int  # same pixels, new mtime (or size): metadata updated only
+    recaptioned: int  # sidecar caption changed: metadata updated only
+    removed: list[str]  # paths whose file is gone
+    unchanged: int
+    kept: list[str]  # paths not listed but kept: their folder could not be listed
+    duplicates: list[tuple[str, str]]  # (file, path of the image with the same pixels) not added
+    bad: list[BadRow]  # files that could not be used; an image already in the collection keeps its old vector
+    version: int
+    embed: EmbedStats | None
+
+    def summary(self) -> str:
+        counts = [
+            (self.added, "added"),
+            (self.changed, "re-embedded (changed)"),
+            (len(self.moved), "moved"),
+            (self.touched, "touched"),
+            (self.recaptioned, "recaptioned"),
+            (len(self.removed), "removed"),
+            (self.unchanged, "unchanged"),
+            (len(self.duplicates), "duplicate(s) skipped"),
+            (len(self.bad), "unusable"),
+            (len(self.kept), "kept (folder unreadable)"),
+        ]
+        text = ", ".join(f"{n:,} {what}" for n, what in counts if n)
+        return f"synced (version {self.version}): {text or 'nothing to do'}"
+
+
+@dataclass
 class RemoveResult:
     removed: np.ndarray  # ids removed, int64
     not_found: list[str | int]

@@ -47,6 +47,7 @@ class Item:
 class Gathered:
     items: list[Item] = field(default_factory=list)
     bad: list[BadRow] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)  # real paths of folders that could not be listed
 
 
 class _Keys:
@@ -82,6 +83,7 @@ def gather(inputs: str | Path | Sequence[str | Path], *, root: str | Path | None
     for source in inputs:
         found = _gather_one(str(source), keys)
         out.bad += found.bad
+        out.unlisted += found.unlisted
         for item in found.items:
             if item.key not in seen:
                 seen.add(item.key)
@@ -114,8 +116,15 @@ def _gather_file(path: Path, keys: _Keys) -> Gathered:
 def _gather_folder(folder: Path, keys: _Keys) -> Gathered:
     resolver = RootedPaths(folder)  # the project's one check that a path stays inside its root
     out = Gathered()
+
+    def unreadable(e: OSError) -> None:
+        # os.walk skips a folder it cannot list without a word; a sync would then take its images for deleted.
+        rel = Path(e.filename).relative_to(folder).as_posix() if e.filename else "."
+        out.bad.append(BadRow(str(folder), None, rel, f"cannot list folder ({e.strerror})"))
+        out.unlisted.append(os.path.realpath(e.filename or folder))
+
     # followlinks=False: a symlinked folder could loop, or lead out of the root.
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTS:

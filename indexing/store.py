@@ -147,6 +147,12 @@ class Store:
     def by_hashes(self, hashes: Sequence[str]) -> dict[str, ImageRecord]:
         return {r.sha256: r for r in self._select("sha256", list(hashes))}
 
+    def files(self) -> list[ImageRecord]:
+        """Every record of an image file (kind "file"), by id: what a sync compares with the folders on disk."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM images WHERE kind = 'file' ORDER BY id")
+            return [ImageRecord(*row) for row in rows]
+
     def _select(self, column: str, values: list) -> Iterable[ImageRecord]:
         out = []
         with self._lock:

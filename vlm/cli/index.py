@@ -1,8 +1,9 @@
-"""`vlm index build|add|remove|search|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|search|info`: searchable image collections (see indexing/collection.py).
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
+vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index remove runs/photos.coll --path a.jpg --id 17
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--path-prefix holiday/] [--json]
 vlm index info runs/photos.coll [--verify]
@@ -46,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--device")
     config.add_arguments(a, EmbedConfig)
     a.set_defaults(run=run_add)
+
+    y = actions.add_parser(
+        "sync", help="make the collection follow folders: new files added, changed re-embedded, deleted removed"
+    )
+    y.add_argument("collection")
+    y.add_argument("folders", nargs="+", help="image folders already (or to be) indexed in the collection")
+    y.add_argument("--device")
+    config.add_arguments(y, EmbedConfig)
+    y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
     r.add_argument("collection")
@@ -121,6 +131,25 @@ def run_add(args: argparse.Namespace) -> None:
     (embed_cfg,) = _split_overrides(args, EmbedConfig)
     with Collection.open(args.collection, read_only=False, device=args.device) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
+
+
+def run_sync(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.config import EmbedConfig
+
+    (embed_cfg,) = _split_overrides(args, EmbedConfig)
+    with Collection.open(args.collection, read_only=False, device=args.device) as coll:
+        result = coll.sync(args.folders, embed=embed_cfg)
+    print(printable(result.summary()))
+    lines = [f"  moved: {old} -> {new}" for old, new in result.moved]
+    lines += [f"  removed: {path}" for path in result.removed]
+    lines += [f"  duplicate: {item} (same pixels as {twin})" for item, twin in result.duplicates]
+    lines += [f"  unusable: {bad}" for bad in result.bad]
+    lines += [f"  kept, its folder could not be listed: {path}" for path in result.kept]
+    for line in lines[:40]:
+        print(printable(line))
+    if len(lines) > 40:
+        print(f"  ... and {len(lines) - 40:,} more")
 
 
 def _print_add(result) -> None:
