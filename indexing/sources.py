@@ -17,7 +17,6 @@ else absolute; "shard.tar:member" or "hf:dataset/split[row N]" for images inside
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from vlm.errors import DataError
 from vlm.readers.images import IMAGE_EXTS, ImageRef
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow
-from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, pick_column
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, json_lines, pick_column
 
 LOG = logging.getLogger(__name__)
 
@@ -182,16 +181,9 @@ def _rows(path: Path) -> Iterable[tuple[int, str | None, str | None, str | None]
 
 
 def _jsonl_rows(path: Path, f) -> Iterable[tuple[int, str | None, str | None, str | None]]:
-    for line, text in enumerate(f, 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield line, None, None, f"malformed row: invalid JSON ({e.msg} at column {e.colno})"
-            continue
-        if not isinstance(obj, dict):
-            yield line, None, None, f"malformed row: not a JSON object ({type(obj).__name__})"
+    for line, obj, problem in json_lines(f):
+        if obj is None:
+            yield line, None, None, problem
             continue
         image = next((obj[k] for k in IMAGE_KEYS if isinstance(obj.get(k), str)), None)
         caption = next((obj[k] for k in CAPTION_KEYS if k in obj), None)

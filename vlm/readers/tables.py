@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from vlm.errors import DataError
 
@@ -57,3 +58,20 @@ def read_header(reader: Iterator[list[str]], path: Path, delimiter: str) -> list
     if header is None:
         raise DataError(f"{path} is empty: it needs a header row such as 'image{delimiter}caption'")
     return [h.strip() for h in header]
+
+
+def json_lines(f: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, the line's JSON object or None, the problem or None) for each non-blank line of a JSONL file;
+    the problems are bad-row reasons ("malformed row: invalid JSON (...)", "malformed row: not a JSON object")."""
+    for line, text in enumerate(f, 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield line, None, f"malformed row: invalid JSON ({e.msg} at column {e.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield line, None, f"malformed row: not a JSON object ({type(obj).__name__})"
+            continue
+        yield line, obj, None
