@@ -43,11 +43,11 @@ from pathlib import Path
 
 from bench.common import report
 from indexing.collection import Collection
-from ui.explain import explain
 from vlm import models
 from vlm.models import Encoders
 from vlm.readers.images import ImageRef
 from vlm.segment import segment
+from vlm.segment.explain import explain
 from vlm.zeroshot import ClassifierCache, build_classifier, embed_images, top_k
 
 ROOT = Path(__file__).resolve().parents[1]

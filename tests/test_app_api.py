@@ -466,7 +466,7 @@ def test_uploaded_datasets_are_unpacked_safely_and_checked(shapes, tmp_path):
         zf.write(shapes / "pairs.csv", "mydata/pairs.csv")
         for p in sorted((shapes / "images").glob("*.png")):
             zf.write(p, f"mydata/images/{p.name}")
-    source = unpack_upload(good, tmp_path / "unpacked")
+    source = unpack_upload(good, tmp_path / "unpacked", 2**26)
     assert source == tmp_path / "unpacked" / "mydata" / "pairs.csv"
     dataset = check_dataset(source, None, batch_size=8)
     assert dataset.pairs == SCENES and not dataset.bad
@@ -476,11 +476,11 @@ def test_uploaded_datasets_are_unpacked_safely_and_checked(shapes, tmp_path):
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../outside.txt", "x")
     with pytest.raises(Exception, match="outside the dataset folder"):
-        unpack_upload(evil, tmp_path / "evil")
+        unpack_upload(evil, tmp_path / "evil", 2**26)
     assert not (tmp_path / "outside.txt").exists()
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(Exception, match=r"upload a \.zip"):
-        unpack_upload(tmp_path / "notes.txt", tmp_path / "notes")
+        unpack_upload(tmp_path / "notes.txt", tmp_path / "notes", 2**26)
 
 
 def test_an_open_clip_name_offline_gets_the_loaders_advice(app):

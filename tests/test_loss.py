@@ -254,6 +254,17 @@ def test_mismatched_features_are_a_data_error(shapes, loss_fn):
         loss_fn(image, text, torch.tensor(10.0), *extra)
 
 
+def test_both_losses_take_one_signature():
+    """A trainer calls either loss as loss(image, text, scale, bias): InfoNCE ignores the bias, SigLIP needs it."""
+    image, text, scale, bias = torch.randn(5, 8), torch.randn(5, 8), torch.tensor(10.0), torch.tensor(-10.0)
+    torch.testing.assert_close(ClipLoss()(image, text, scale, bias), ClipLoss()(image, text, scale))
+    torch.testing.assert_close(
+        SigLipLoss()(image, text, scale, bias), SigLipLoss()(image, text, scale, logit_bias=bias)
+    )
+    with pytest.raises(ConfigError, match="logit bias"):
+        SigLipLoss()(image, text, scale)
+
+
 # ---------------------------------------------------------------- two gloo processes under DDP versus one process
 
 WORLD = 2

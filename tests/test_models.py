@@ -36,6 +36,24 @@ def test_encoders_give_normalised_float32_features(tiny_encoders):
     assert enc.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # CLIP's initial temperature
 
 
+def test_encoding_leaves_the_model_in_the_mode_it_found():
+    torch.manual_seed(0)
+    enc = models.load("vlm-tiny", device="cpu")  # its own copy: the modes are changed here
+    side = enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0]
+    images, texts = torch.rand(2, 3, side, side), ["a red circle", "a blue square"]
+    reference = enc.encode_image(images), enc.encode_text(texts)  # loaded in eval mode
+    enc.model.train()
+    enc.model.visual.eval()  # mixed modes, as a trainer with a frozen tower may have them
+    modes = {name: m.training for name, m in enc.model.named_modules()}
+    for _ in range(2):
+        torch.testing.assert_close(enc.encode_image(images), reference[0])  # in eval mode: no dropout
+        torch.testing.assert_close(enc.encode_text(texts), reference[1])
+        assert {name: m.training for name, m in enc.model.named_modules()} == modes
+    with models.evaluating(enc.model):
+        assert not any(m.training for m in enc.model.modules())
+    assert {name: m.training for name, m in enc.model.named_modules()} == modes
+
+
 def test_image_and_text_encoders_are_modules(tiny_encoders):
     enc = tiny_encoders
     x = enc.preprocess(_image()).unsqueeze(0)

@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ui import explain
 from ui.errors import shown
 from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import templates as template_sets
+from vlm.segment import explain
 from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
 
 LOG = logging.getLogger(__name__)

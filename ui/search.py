@@ -18,12 +18,12 @@ from PIL import Image
 
 from indexing.collection import Collection, Hits
 from indexing.store import Filter
-from ui import explain
 from ui.errors import shown
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.printable import printable
+from vlm.segment import explain
 
 LOG = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import gradio as gr
 from PIL import Image
 
 from ui.errors import shown
-from ui.explain import display_size, heat_picture
 from ui.inputs import checked_float, checked_phrases, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.errors import ConfigError
 from vlm.segment import segment
 from vlm.segment.decoder import load_decoder
+from vlm.segment.explain import display_size, heat_picture
 
 LOG = logging.getLogger(__name__)
 

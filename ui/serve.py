@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ui.limits import Limits
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="'demo', an open_clip name, a checkpoint folder or hf-hub: id")
@@ -27,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (20)")
     p.add_argument("--max-megapixels", type=float, default=25.0, help="largest image accepted, in megapixels (25)")
     p.add_argument("--concurrency", type=int, default=2, help="requests computed at once (2)")
+    p.add_argument("--max-train-steps", type=int, default=Limits.max_train_steps,
+                   help=f"most steps of a training run started from the web ({Limits.max_train_steps})")  # fmt: skip
+    p.add_argument("--max-train-minutes", type=float, default=Limits.max_train_minutes,
+                   help=f"web-started runs stop (saving) after this long ({Limits.max_train_minutes:g})")  # fmt: skip
+    p.add_argument("--upload-retention-hours", type=float, default=Limits.upload_retention_hours,
+                   help=f"uploads are deleted this long after a run ({Limits.upload_retention_hours:g})")  # fmt: skip
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
@@ -34,8 +42,11 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Reject what argparse cannot (exits through `p.error`, as argparse does)."""
     if args.auth is not None and ":" not in args.auth:
         p.error("--auth takes USER:PASS")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.concurrency < 1:
-        p.error("--max-upload-mb, --max-megapixels and --concurrency must be positive")
+    positive = ("max_upload_mb", "max_megapixels", "concurrency", "max_train_steps", "max_train_minutes",
+                "upload_retention_hours")  # fmt: skip
+    for name in positive:
+        if not getattr(args, name) > 0:  # also refuses NaN
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be 0..65535, got {args.port}")
 
@@ -47,9 +58,14 @@ def serve(args: argparse.Namespace) -> None:
 
     limit_malloc_arenas()  # before torch and Gradio start threads: keeps the server's memory flat under load
     from ui.app import build_app, close, create_state, launch
-    from ui.state import Limits
 
-    limits = Limits(max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_megapixels * 1e6))
+    limits = Limits(
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=int(args.max_megapixels * 1e6),
+        max_train_steps=args.max_train_steps,
+        max_train_minutes=args.max_train_minutes,
+        upload_retention_hours=args.upload_retention_hours,
+    )
     state = create_state(
         args.model,
         args.pretrained,

@@ -17,24 +17,13 @@ from indexing.collection import Collection
 from indexing.library import Library
 from ui.files import ResultFiles
 from ui.jobs import TrainRunner
+from ui.limits import Limits
 from vlm import models
 from vlm.errors import VLMError
 from vlm.models import Encoders
 from vlm.zeroshot import ClassifierCache
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for. Uploads above `max_upload_mb` are refused by Gradio before they reach us."""
-
-    max_upload_mb: float = 20.0
-    max_pixels: int = 25_000_000  # per uploaded image (a 50-megapixel photo is refused, with a message)
-    max_labels: int = 1000  # per classification
-    max_phrases: int = 12  # per segmentation
-    max_k: int = 100  # search results
-    max_text_chars: int = 1000  # queries and phrases
 
 
 @dataclass(frozen=True)
@@ -79,7 +68,7 @@ class AppState:
     def __post_init__(self) -> None:
         self._active: Active | None = None
         self._swap = threading.Lock()
-        self.trainer = TrainRunner(self.runs_dir)
+        self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
     def active(self) -> Active:

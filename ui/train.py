@@ -6,7 +6,8 @@ API: `train_start`, `train_status`, `train_stop`, `train_use`."""
 from __future__ import annotations
 
 import logging
-import time
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -14,11 +15,14 @@ import pandas as pd
 
 from ui.errors import shown
 from ui.inputs import checked_float, checked_int, checked_model, server_path
-from ui.jobs import TrainRequest, TrainStatus
+from ui.jobs import TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
 from ui.train_data import PAIR_FILES, check_dataset, unpack_upload
+from vlm.config import TrainConfig, from_dict
 from vlm.errors import ConfigError, VLMError
+from vlm.rundir import RunDir
+from vlm.train import planned_steps
 
 LOG = logging.getLogger(__name__)
 
@@ -33,49 +37,65 @@ MAX_BATCH = 65536
 RECALL_KEYS = ("val/image_retrieval_recall@1", "val/text_retrieval_recall@1", "val/mean_recall")
 
 
-def plan_steps(pairs: int, batch_size: int, epochs: int, steps: int) -> int:
-    """Optimizer steps the run will take (the trainer holds out a tenth of the pairs for validation)."""
-    return steps if steps > 0 else max(1, epochs * (int(pairs * 0.9) // batch_size))
-
-
 def start(state: AppState, data: str, upload: str | None, model: str, epochs: int, steps: int, batch_size: int,
           lr: float, val_every: int) -> str:  # fmt: skip
-    """Check the dataset and launch the run; returns a line for people."""
+    """Check the request, take the run slot, put an upload into the run's own folder, check the dataset and launch
+    the run from its `TrainConfig`; returns a line for people."""
+    limits = state.limits
     if batch_size < 2:
         raise ConfigError(f"the batch size must be at least 2 (contrastive training needs negatives), got {batch_size}")
     if epochs < 1 and steps < 1:
         raise ConfigError("give at least one epoch, or a number of steps")
-    if upload:
-        dest = state.runs_dir / "uploads" / time.strftime("%Y%m%d-%H%M%S")
-        source, root = unpack_upload(Path(upload), dest), None
-        if Path(upload).suffix.lower() in PAIR_FILES:  # a bare pairs file names images on the server
-            if not (data or "").strip():
-                raise ConfigError(
-                    "an uploaded pairs file names images on the server: type the folder its image paths are "
-                    "relative to in the path box, or upload a .zip with the images"
-                )
-            root = server_path(data, state.allowed_dirs, "image folder")
-    else:
-        source, root = server_path(data, state.allowed_dirs, "dataset"), None
-    dataset = check_dataset(source, root, batch_size)
-    total = plan_steps(dataset.pairs, batch_size, epochs, steps)
+    if steps > limits.max_train_steps:
+        raise ConfigError(_too_many_steps(steps, limits.max_train_steps))
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"the learning rate must be a positive number, got {lr}")
+    if upload and Path(upload).suffix.lower() in PAIR_FILES and not (data or "").strip():
+        raise ConfigError(
+            "an uploaded pairs file names images on the server: type the folder its image paths are relative to in "
+            "the path box, or upload a .zip with the images"
+        )
     active = state.active.choice
     name = MODELS[model] if model in MODELS else checked_model(model, None, state.allowed_dirs)[0]
-    request = TrainRequest(
-        train_data=dataset.source,
-        data_root=dataset.root,
-        model=name or active.model,
-        pretrained=None if name else active.pretrained,
-        epochs=epochs,
-        steps=steps if steps > 0 else None,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=max(1, min(100, total // 10)),
-        val_every=val_every if val_every > 0 else max(1, total // 5),
-        save_every=max(10, total // 4),
+    said: list[str] = []
+
+    def prepare(run: RunDir) -> TrainConfig:
+        # Runs with the slot taken, so an upload lands in this run's own folder and nowhere another start can write.
+        if upload:
+            source = unpack_upload(Path(upload), run.upload, int(limits.max_upload_mb * 2**20))
+            in_server = Path(upload).suffix.lower() in PAIR_FILES  # a bare pairs file names images on the server
+            root = server_path(data, state.allowed_dirs, "image folder") if in_server else None
+        else:
+            source, root = server_path(data, state.allowed_dirs, "dataset"), None
+        dataset = check_dataset(source, root, batch_size)
+        cfg = from_dict(TrainConfig, {
+            "output_dir": str(run.path), "batch_size": batch_size, "epochs": max(1, epochs),
+            "steps": steps if steps > 0 else None, "log_every": 1, "tensorboard": False,
+            "time_limit_minutes": limits.max_train_minutes,
+            "model": {"model": name or active.model, "pretrained": None if name else active.pretrained},
+            "data": {"train_data": dataset.source, "data_root": dataset.root, "workers": 1},
+            "optim": {"lr": lr},
+        })  # fmt: skip
+        total = planned_steps(cfg, dataset.pairs)
+        if total > limits.max_train_steps:
+            raise ConfigError(_too_many_steps(total, limits.max_train_steps))
+        said.append(f"Started: {dataset.summary()}; about {total:,} steps. Run folder: `{run.path}`.")
+        return replace(
+            cfg,
+            optim=replace(cfg.optim, warmup_steps=max(1, min(100, total // 10))),
+            val_every=val_every if val_every > 0 else max(1, total // 5),
+            save_every=max(10, total // 4),
+        )
+
+    state.trainer.start(prepare)
+    return said[0]
+
+
+def _too_many_steps(steps: int, cap: int) -> str:
+    return (
+        f"{steps:,} steps asked for; this server allows at most {cap:,} steps per run (its --max-train-steps): "
+        f"give fewer steps or epochs"
     )
-    run = state.trainer.start(request)
-    return f"Started: {dataset.summary()}; about {total:,} steps. Run folder: `{run}`."
 
 
 def describe(status: TrainStatus) -> str:
@@ -88,13 +108,17 @@ def describe(status: TrainStatus) -> str:
         bar = "█" * round(20 * done) + "░" * (20 - round(20 * done))
         head += f" — step {status.step:,} / {status.total:,} `{bar}` {done:.0%}"
     elif status.running:
-        head += " — reading the data…" if not status.step else f" — step {status.step:,}"
+        head += f" — step {status.step:,}" if status.step else " — reading the data…"
     last = next((m for m in reversed(status.metrics) if "train/loss" in m), None)
     if last is not None:
         head += f" · loss {last['train/loss']:.3f} · {last.get('train/samples_per_s', 0):.0f} samples/s"
     lines = [head]
     if status.bad_rows:
         lines.append(f"{status.bad_rows:,} bad row(s) were skipped (see `{status.run_dir}/bad_rows.jsonl`).")
+    if status.train_pairs is not None:
+        lines.append(f"{status.train_pairs:,} training pairs, {status.val_pairs or 0:,} held out for validation.")
+    if status.note and not status.running:
+        lines.append(status.note[:1].upper() + status.note[1:] + ".")
     if status.message:
         lines.append(f"Error: {status.message}")
     if status.checkpoint is not None and not status.running:

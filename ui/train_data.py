@@ -11,16 +11,18 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from vlm.config import TrainConfig
 from vlm.data import read_pairs
 from vlm.errors import DataError
 from vlm.readers import rows
 from vlm.readers.rows import BadRow
+from vlm.train import planned_steps
 
 LOG = logging.getLogger(__name__)
 
 PAIR_FILES = (".csv", ".tsv", ".jsonl")
-MAX_ZIP_BYTES = 2 * 2**30  # uncompressed
 MAX_ZIP_MEMBERS = 200_000
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,11 @@ class Dataset:
         return text
 
 
-def unpack_upload(upload: Path, dest: Path, name: str | None = None) -> Path:
-    """A .zip is extracted into `dest` (refusing absolute paths, `..`, links and more than 2 GB); a pairs file is
-    copied there. Returns the pairs file found, or the extracted folder (images with .txt captions)."""
+def unpack_upload(upload: Path, dest: Path, max_bytes: int, name: str | None = None) -> Path:
+    """A .zip is extracted into `dest` (refusing absolute paths, `..`, links, and more than `max_bytes` unpacked,
+    counted as it is written, not as the zip claims); a pairs file is copied there. Returns the pairs file found, or
+    the extracted folder (images with .txt captions). On refusal, what was written stays for the caller to remove
+    (the app removes the whole run folder)."""
     name = name or upload.name
     suffix = Path(name).suffix.lower()
     dest.mkdir(parents=True, exist_ok=True)
@@ -55,14 +59,14 @@ def unpack_upload(upload: Path, dest: Path, name: str | None = None) -> Path:
         )
     try:
         with zipfile.ZipFile(upload) as zf:
-            _check_members(zf, name)
-            zf.extractall(dest)
+            _check_members(zf, name, max_bytes)
+            _extract(zf, dest, name, max_bytes)
     except zipfile.BadZipFile as e:
         raise DataError(f"{name!r} is not a readable zip file ({e})") from e
     return _pairs_in(dest, name)
 
 
-def _check_members(zf: zipfile.ZipFile, name: str) -> None:
+def _check_members(zf: zipfile.ZipFile, name: str, max_bytes: int) -> None:
     infos = zf.infolist()
     if len(infos) > MAX_ZIP_MEMBERS:
         raise DataError(f"{name!r} holds {len(infos):,} files; the limit is {MAX_ZIP_MEMBERS:,}")
@@ -74,8 +78,29 @@ def _check_members(zf: zipfile.ZipFile, name: str) -> None:
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise DataError(f"{name!r}: member {info.filename!r} is a symbolic link; zip the files themselves")
         total += info.file_size
-    if total > MAX_ZIP_BYTES:
-        raise DataError(f"{name!r} unpacks to {total / 2**30:.1f} GB; the limit is {MAX_ZIP_BYTES / 2**30:.0f} GB")
+    if total > max_bytes:
+        raise _too_big(name, max_bytes)
+
+
+def _too_big(name: str, max_bytes: int) -> DataError:
+    return DataError(f"{name!r} unpacks to more than {max_bytes / 2**20:,.0f} MB, the upload limit of this server")
+
+
+def _extract(zf: zipfile.ZipFile, dest: Path, name: str, max_bytes: int) -> None:
+    """Extract every member, counting the bytes actually written (a member's declared size is the zip's word)."""
+    written = 0
+    for info in zf.infolist():
+        target = dest / info.filename
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as out:
+            while chunk := src.read(CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise _too_big(name, max_bytes)
+                out.write(chunk)
 
 
 def _pairs_in(folder: Path, name: str) -> Path:
@@ -91,12 +116,11 @@ def _pairs_in(folder: Path, name: str) -> Path:
 
 def check_dataset(source: Path, root: Path | None, batch_size: int) -> Dataset:
     """Read the pairs without decoding images. Raises `DataError` when none is usable or they are fewer than a
-    batch (with the validation share held out)."""
+    batch once the trainer's validation share is held out (`vlm.train.planned_steps` with its defaults)."""
     table = read_pairs(source, root=root, verify_images=False, progress=False)
     usable = len(table.pairs)
-    if usable * 0.9 < batch_size:
-        raise DataError(
-            f"{source}: {usable} usable pair(s), too few for a batch of {batch_size} once a tenth is held out for "
-            f"validation; lower the batch size or add data"
-        )
+    try:
+        planned_steps(TrainConfig(batch_size=batch_size), usable)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from None
     return Dataset(str(source), str(root) if root is not None else None, usable, tuple(table.bad))

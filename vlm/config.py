@@ -307,7 +307,7 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
+        if not self.lr > 0:  # also refuses NaN
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
@@ -346,6 +346,9 @@ class TrainConfig:
     )
     log_every: int = dataclasses.field(default=10, metadata=_help("write metrics every N steps"))
     resume: bool = dataclasses.field(default=False, metadata=_help("continue from the newest checkpoint in output_dir"))
+    time_limit_minutes: float | None = dataclasses.field(
+        default=None, metadata=_help("stop after N minutes, saving a checkpoint as Ctrl-C does; none = no limit")
+    )
     tensorboard: bool = True
     peak_tflops: float | None = dataclasses.field(
         default=None, metadata=_help("the device's dense peak for the logged MFU; none: from a table of known GPUs")
@@ -375,3 +378,5 @@ class TrainConfig:
             raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")

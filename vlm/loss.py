@@ -81,7 +81,8 @@ def gather_features(
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE over cosine logits (CLIP): the mean of image→text and text→image cross-entropy.
 
-    `forward(image_features, text_features, logit_scale)` returns a scalar: with logits
+    `forward(image_features, text_features, logit_scale, logit_bias=None)` returns a scalar (the signature is
+    `SigLipLoss`'s, so a trainer calls either the same way; InfoNCE has no bias and ignores it): with logits
     `z = s * normalize(I) @ normalize(T).T` and labels `arange`, the loss is `(CE(z, labels) + CE(z.T, labels)) / 2`.
     See the module docstring for the multi-process modes.
     """
@@ -131,8 +132,11 @@ class ClipLoss(nn.Module):
             per_image = scale * all_image @ all_text.T  # (N, N)
             return per_image, per_image.T
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
-        """Scalar loss. `logit_scale` is the exponentiated scale (a 0-d tensor, differentiable)."""
+    def forward(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
+    ) -> Tensor:
+        """Scalar loss. `logit_scale` is the exponentiated scale (a 0-d tensor, differentiable); `logit_bias` is not
+        used (a SigLIP model's bias stays fixed under InfoNCE)."""
         with _autocast_off(image_features.device):
             per_image, per_text = self.logits(image_features, text_features, logit_scale)
             labels = self._ground_truth(per_image.shape[0], per_image.device)
@@ -163,8 +167,12 @@ class SigLipLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
-        """Scalar loss: this rank's B images against all N texts, divided by B."""
+    def forward(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
+    ) -> Tensor:
+        """Scalar loss: this rank's B images against all N texts, divided by B. `logit_bias` is required."""
+        if logit_bias is None:
+            raise ConfigError("the SigLIP loss needs a logit bias; the model has none (train with --loss siglip)")
         with _autocast_off(image_features.device):
             image, text = _normalised_pair(image_features, text_features)  # (B, D) each
             batch = image.shape[0]

@@ -82,6 +82,19 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode for the block; afterwards every submodule is back in its own mode (a trainer's model
+    stays in train mode, with a locked tower's frozen parts as they were)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """A short hash of the model's weights (see `vlm.fingerprint`)."""
     return state_fingerprint(model.state_dict())
@@ -155,19 +168,21 @@ class Encoders:
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, D) float32 features, L2-normalised in float32 by default."""
-        self.model.eval()
-        with self.autocast():
+        """(B, 3, H, W) preprocessed images -> (B, D) float32 features, L2-normalised in float32 by default.
+
+        Runs in eval mode (no dropout, batch-norm statistics fixed) and leaves the model in the mode it found."""
+        with evaluating(self.model), self.autocast():
             features = self.model.encode_image(images.to(self.device, self.input_dtype, non_blocking=True))
         features = features.float()
         return F.normalize(features, dim=-1) if normalize else features
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Texts (or token ids) -> (N, D) float32 features, L2-normalised in float32 by default."""
+        """Texts (or token ids) -> (N, D) float32 features, L2-normalised in float32 by default.
+
+        Runs in eval mode and leaves the model in the mode it found."""
         tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
-        self.model.eval()
-        with self.autocast():
+        with evaluating(self.model), self.autocast():
             features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
         features = features.float()
         return F.normalize(features, dim=-1) if normalize else features

@@ -34,21 +34,27 @@ from vlm import __version__, checkpoint, distributed, flops, models
 from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, to_dict
 from vlm.data import Pair, PairDataset, read_pairs, split
-from vlm.errors import CheckpointError, ConfigError, DataError
+from vlm.errors import CheckpointError, ConfigError, DataError, VLMError
 from vlm.loss import LOGIT_SCALE_MAX, SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, ClipLoss, SigLipLoss
+from vlm.rundir import RunDir
 
 LOG = logging.getLogger(__name__)
 
 # Fields that may change between a run and its resume without changing what is being computed.
 RESUME_FREE_FIELDS = {
     "resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict", "peak_tflops",
-    "dist_timeout_minutes",
+    "dist_timeout_minutes", "time_limit_minutes",
 }  # fmt: skip
+STATUS_EVERY_S = 1.0  # status.json is rewritten at most this often during the loop (and at every phase)
+
+
+class StopRequested(KeyboardInterrupt):
+    """The run was asked to stop (its stop file, or its time limit): it ends as Ctrl-C ends it, saving first."""
 
 
 class Validate(Protocol):
     """Scores held-out pairs, e.g. `eval.retrieval.evaluate_pairs`: the caller passes it, the trainer (a lower layer
-    than `eval`) does not import it. It may leave the model in eval mode; the trainer puts it back in train mode."""
+    than `eval`) does not import it. It runs with the model in eval mode; the trainer restores the modes after."""
 
     def __call__(
         self, encoders: models.Encoders, pairs: Sequence[Pair], *, batch_size: int, workers: int
@@ -61,6 +67,19 @@ class TrainResult:
     final_checkpoint: Path
     steps: int
     metrics: dict[str, float]  # the last validation metrics (empty without a validation split)
+
+
+def planned_steps(cfg: TrainConfig, n_pairs: int) -> int:
+    """Optimizer steps a run of `cfg` takes when `cfg.data.train_data` holds `n_pairs` usable pairs (the trainer
+    holds out `val_fraction` of them unless `val_data` is given). Raises `DataError` when the rest fill no batch."""
+    held_out = 0 if cfg.data.val_data else round(cfg.data.val_fraction * n_pairs)
+    train = n_pairs - held_out
+    if train < cfg.batch_size:
+        raise DataError(
+            f"{n_pairs:,} usable pair(s) leave {train:,} for training once {held_out:,} are held out for validation: "
+            f"too few for a batch of {cfg.batch_size}; lower the batch size or add data"
+        )
+    return cfg.steps or cfg.epochs * (train // cfg.batch_size)
 
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -156,7 +175,7 @@ class MetricsLog:
 
     def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, start_step: int):
         self.enabled = enabled
-        self.path = output_dir / "metrics.jsonl"
+        self.path = RunDir(output_dir).metrics
         self.writer = None
         if not enabled:
             return
@@ -199,6 +218,44 @@ class Trainer:
         self.progress = progress
         self.validate = validate
         self.out = Path(cfg.output_dir)
+        self.run_dir = RunDir(self.out)
+        self.step, self.total_steps = 0, None
+        self.train_pairs, self.val_pairs = [], []
+        self._owns_status = False  # set once the folder is known to be this run's (never a refused run's status)
+        self._status_at = 0.0
+        self._started = time.monotonic()
+
+    # -- status and stop --------------------------------------------------------------------------------------
+
+    def _status(self, state: str, *, force: bool = True, **values: Any) -> None:
+        """Rewrite status.json (main process only); within the loop at most every STATUS_EVERY_S seconds."""
+        if not self._owns_status or not self.dist.is_main:
+            return
+        now = time.monotonic()
+        if not force and now - self._status_at < STATUS_EVERY_S:
+            return
+        self._status_at = now
+        pairs = {"train_pairs": len(self.train_pairs), "val_pairs": len(self.val_pairs)} if self.total_steps else {}
+        try:
+            self.run_dir.write_status(state, step=self.step, total=self.total_steps, **pairs, **values)
+        except OSError as e:  # a full disk must not turn a finished run into a crash; the log still says it
+            LOG.warning("cannot write %s: %s", self.run_dir.status_file, e)
+
+    def _check_stop(self) -> None:
+        """Raise `StopRequested` once the stop file exists or the time limit has passed; every rank agrees."""
+        reason = ""
+        if self.dist.is_main:
+            limit = self.cfg.time_limit_minutes
+            if self.run_dir.stop_requested():
+                reason = "stopped on request"
+            elif limit is not None and time.monotonic() - self._started > limit * 60:
+                reason = f"stopped at its time limit ({limit:g} min)"
+        if self.dist.distributed:
+            flag = torch.tensor(1.0 if reason else 0.0, device=self.dist.device)
+            if float(distributed.all_reduce_mean(flag, self.dist)) > 0:
+                reason = reason or "stopped on request"
+        if reason:
+            raise StopRequested(reason)
 
     # -- set-up -----------------------------------------------------------------------------------------------
 
@@ -225,12 +282,14 @@ class Trainer:
         if self.cfg.resume:
             if latest is None:
                 LOG.info("--resume: no checkpoint in %s yet, starting from step 0", self.out)
+            self._owns_status = True
             return latest
         if latest is not None:
             raise CheckpointError(
                 f"{self.out} already holds checkpoints (newest: {latest.name}); pass --resume to continue that run, "
                 f"or choose another --output-dir (nothing was overwritten)"
             )
+        self._owns_status = True
         return None
 
     def _build_model(self) -> None:
@@ -332,8 +391,8 @@ class Trainer:
         if not bad:
             return
         lines = "".join(json.dumps(dataclasses.asdict(b)) + "\n" for b in bad)
-        atomic_write_text(self.out / "bad_rows.jsonl", lines)
-        LOG.warning("%d bad rows skipped; see %s", len(bad), self.out / "bad_rows.jsonl")
+        atomic_write_text(self.run_dir.bad_rows, lines)
+        LOG.warning("%d bad rows skipped; see %s", len(bad), self.run_dir.bad_rows)
 
     def _build_optimizer(self) -> None:
         oc = self.cfg.optim
@@ -446,11 +505,6 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def _loss(self, image_features, text_features, scale, bias) -> torch.Tensor:
-        if isinstance(self.loss_fn, SigLipLoss):
-            return self.loss_fn(image_features, text_features, scale, bias)
-        return self.loss_fn(image_features, text_features, scale)
-
     def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over `accum_steps` micro-batches; returns this rank's loss, a tensor on the device
         (read only at log steps: reading it every step would make the host wait for the GPU every step)."""
@@ -460,7 +514,7 @@ class Trainer:
         if len(micro_batches) == 1:
             with autocast():
                 img, txt, scale, bias = model(*micro_batches[0])
-            loss = self._loss(img, txt, scale, bias)
+            loss = self.loss_fn(img, txt, scale, bias)
             self.scaler.scale(loss).backward()
         else:
             # Contrastive accumulation (open_clip's scheme): embed every micro-batch without gradients, then redo
@@ -480,7 +534,7 @@ class Trainer:
                         bias = bias.detach() if bias is not None else None
                     img = torch.cat([img_j if i == j else c[0] for i, c in enumerate(cached)])
                     txt = torch.cat([txt_j if i == j else c[1] for i, c in enumerate(cached)])
-                    loss = self._loss(img, txt, scale, bias)
+                    loss = self.loss_fn(img, txt, scale, bias)
                     self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -498,32 +552,48 @@ class Trainer:
             return {}
         metrics: dict[str, float] = {}
         if self.dist.is_main:
-            metrics = self.validate(
-                self.encoders,
-                self.val_pairs,
-                batch_size=max(self.micro_batch, 64),
-                workers=self.cfg.data.workers,
-            )
-            self.encoders.model.train()
+            with models.evaluating(self.encoders.model):  # back in train mode afterwards, whatever `validate` does
+                metrics = self.validate(
+                    self.encoders,
+                    self.val_pairs,
+                    batch_size=max(self.micro_batch, 64),
+                    workers=self.cfg.data.workers,
+                )
         distributed.barrier(self.dist)
         return metrics
 
     def run(self) -> TrainResult:
+        self._started = time.monotonic()
         self._setup()
         try:
             return self._run()
+        except KeyboardInterrupt as e:  # Ctrl-C / the app's Stop (SIGINT), the stop file, the time limit, the lifeline
+            self._status("stopped", message=str(e) or "interrupted")
+            raise
+        except VLMError as e:
+            self._status("failed", error=str(e))
+            raise
+        except Exception as e:
+            self._status("failed", error=f"{type(e).__name__}: {e}")
+            raise
         finally:
             distributed.cleanup(self.dist)
 
     def _run(self) -> TrainResult:
         cfg = self.cfg
-        self._build_model()
-        self._build_data()
-        self._build_optimizer()
-        start = self._resume()
         main = self.dist.is_main
         if main:
-            atomic_write_json(self.out / "config.json", to_dict(cfg))
+            self.run_dir.write_config(cfg)
+        self._status("starting")
+        self._check_stop()
+        self._build_model()
+        self._check_stop()
+        self._status("reading data")
+        self._build_data()
+        self._check_stop()
+        self._build_optimizer()
+        start = self.step = self._resume()
+        self._status("training")
         clip_forward = self.forward
         self.model = (
             DistributedDataParallel(
@@ -545,6 +615,7 @@ class Trainer:
                 loss = self._train_step(micro)
                 micro = []
                 step += 1
+                self.step = step
                 window_steps += 1
                 pending.append(loss)
                 if step % max(cfg.log_every, 1) == 0 or step == self.total_steps:
@@ -576,7 +647,11 @@ class Trainer:
                     rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)  # every rank joins
                     if main:
                         self._save(step, metrics, rng)
+                self._status("training", force=False)
+                if step != self.total_steps:
+                    self._check_stop()
         except KeyboardInterrupt:
+            self._status("stopping")
             if main and step > start:
                 LOG.warning("interrupted: saving step %d so that --resume continues from here", step)
                 self._save(step, metrics)
@@ -591,12 +666,13 @@ class Trainer:
                 LOG.info("final validation: %s", _fmt(metrics))
             if step > start or checkpoint.latest(self.out) is None:
                 self._save(step, metrics, rng)
-            models.save(self.encoders, self.out / "final", provenance=self._provenance(step, metrics))
-            result = {"steps": step, "metrics": metrics, "final_checkpoint": str(self.out / "final")}
-            atomic_write_json(self.out / "result.json", result)
+            models.save(self.encoders, self.run_dir.final, provenance=self._provenance(step, metrics))
+            result = {"steps": step, "metrics": metrics, "final_checkpoint": str(self.run_dir.final)}
+            atomic_write_json(self.run_dir.result, result)
         log.close()
+        self._status("finished")
         distributed.barrier(self.dist)
-        return TrainResult(self.out, self.out / "final", step, metrics)
+        return TrainResult(self.out, self.run_dir.final, step, metrics)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

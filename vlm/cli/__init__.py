@@ -4,6 +4,7 @@ the result, so everything the CLI does is also a library call.
     vlm synth DIR --scenes N --seed S        make the synthetic shapes dataset
     vlm train --train-data pairs.csv ...     train or fine-tune encoders (torchrun for several processes)
     vlm info MODEL [--pretrained TAG]        load a model and describe it
+    vlm explain IMAGE TEXT --out heat.png   where in the image a text matches, and how well
     vlm serve [--model M] [--images DIR]     the web app (as `python app.py`)
 """
 
@@ -20,7 +21,9 @@ from vlm.errors import VLMError
 from vlm.printable import printable
 
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
-COMMANDS = ["synth", "train", "info", "evaluate", "classify", "segment", "train_seg", "index", "demo", "serve"]
+COMMANDS = [
+    *("synth", "train", "info", "evaluate", "classify", "explain", "segment", "train_seg", "index", "demo", "serve"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

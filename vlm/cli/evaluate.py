@@ -13,10 +13,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: zero-shot classification, retrieval, segmentation")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     for name in TASKS:
-        try:
-            module = importlib.import_module(f"vlm.cli.eval_{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"vlm.cli.eval_{name}":
-                raise
-            continue  # a task not built yet
-        module.register(tasks)
+        importlib.import_module(f"vlm.cli.eval_{name}").register(tasks)

@@ -8,6 +8,7 @@ import signal
 
 from vlm import config
 from vlm.cli import is_main_process
+from vlm.lifeline import die_with_parent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,18 +19,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "torchrun --nproc_per_node N -m vlm train ...",
     )
     p.add_argument("--config", help="YAML or JSON file of settings; flags given here override it")
+    p.add_argument("--die-with-parent", type=int, metavar="PID",
+                   help="stop (saving a checkpoint) when process PID ends; the web app passes its own pid")  # fmt: skip
     config.add_arguments(p, config.TrainConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    # SIGINT (Ctrl-C, or the app's Stop) saves a checkpoint and exits. A shell starts background jobs with SIGINT
+    # ignored and Python then keeps it ignored, so a run started with `&` would not stop: take it back explicitly,
+    # first thing (a Stop during the imports below is then not lost; the stop file covers the moments before).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.die_with_parent is not None:
+        die_with_parent(args.die_with_parent)
     from eval.retrieval import evaluate_pairs
     from vlm.train import train
 
     cfg = config.resolve(config.TrainConfig, args, args.config)
-    # SIGINT (Ctrl-C, or the app's Stop) saves a checkpoint and exits. A shell starts background jobs with SIGINT
-    # ignored and Python then keeps it ignored, so a run started with `&` would not stop: take it back explicitly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     result = train(cfg, validate=evaluate_pairs)
     if is_main_process():
         print(
