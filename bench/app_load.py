@@ -115,6 +115,14 @@ def query_images(coll: Collection, n: int = 4) -> list[Path]:
     raise SystemExit("the collection has too few image files to query with")
 
 
+REQUEST_TIMEOUT_S = 120.0  # a request not answered by then is counted as hung, and the client goes on
+
+
+def ask(client, *args, api_name: str):
+    """`client.predict`, bounded: `TimeoutError` after REQUEST_TIMEOUT_S (gradio_client would wait forever)."""
+    return client.submit(*args, api_name=api_name).result(timeout=REQUEST_TIMEOUT_S)
+
+
 def served_calls(client, images: list[Path]) -> dict[str, Callable[[int], object]]:
     from gradio_client import handle_file
 
@@ -122,13 +130,13 @@ def served_calls(client, images: list[Path]) -> dict[str, Callable[[int], object
         return handle_file(str(images[i % len(images)]))
 
     return {
-        "collection_info": lambda i: client.predict(api_name="/collection_info"),  # baseline: the serving alone
-        "classify": lambda i: client.predict(img(i), LABELS, "generic", 5, api_name="/classify"),
-        "search_text": lambda i: client.predict(QUERY, 12, "", "", api_name="/search_text"),
-        "search_image": lambda i: client.predict(img(i), 12, "", "", api_name="/search_image"),
-        "explain": lambda i: client.predict(img(i), QUERY, api_name="/explain"),
-        "segment": lambda i: client.predict(
-            img(i), "\n".join(PHRASES), "training-free (dense)", "", 0.5, api_name="/segment"
+        "collection_info": lambda i: ask(client, api_name="/collection_info"),  # baseline: the serving alone
+        "classify": lambda i: ask(client, img(i), LABELS, "generic", 5, api_name="/classify"),
+        "search_text": lambda i: ask(client, QUERY, 12, "", "", api_name="/search_text"),
+        "search_image": lambda i: ask(client, img(i), 12, "", "", api_name="/search_image"),
+        "explain": lambda i: ask(client, img(i), QUERY, api_name="/explain"),
+        "segment": lambda i: ask(
+            client, img(i), "\n".join(PHRASES), "training-free (dense)", "", 0.5, api_name="/segment"
         ),
     }
 
@@ -143,17 +151,17 @@ def hostile_calls(client, images: list[Path]) -> dict[str, Callable[[int], objec
 
     train = ("vlm-tiny (from scratch, 32 px)", 1, 0, 8, 1e-3, 0)
     return {
-        "long_template": lambda i: client.predict(img(i), LABELS, "a {c} " + "x" * 20_000, 5, api_name="/classify"),
-        "format_template": lambda i: client.predict(img(i), LABELS, "{c:>999999999}", 5, api_name="/classify"),
-        "file_template": lambda i: client.predict(img(i), LABELS, "/etc/passwd", 5, api_name="/classify"),
-        "huge_id": lambda i: client.predict(10**30 + i, 12, "", "", api_name="/search_similar"),
-        "negative_id": lambda i: client.predict(-1 - i, QUERY, api_name="/explain_result"),
-        "huge_k": lambda i: client.predict(QUERY, 10**9, "", "", api_name="/search_text"),
-        "traversal_folder": lambda i: client.predict("../" * 12 + "etc", api_name="/add_folder"),
-        "traversal_data": lambda i: client.predict("/etc/passwd", None, *train, api_name="/train_start"),
-        "traversal_model": lambda i: client.predict("../../../../etc", "", api_name="/model_switch"),
-        "traversal_decoder": lambda i: client.predict(
-            img(i), "a", "learned decoder", "/root/../etc", 0.5, api_name="/segment"
+        "long_template": lambda i: ask(client, img(i), LABELS, "a {c} " + "x" * 20_000, 5, api_name="/classify"),
+        "format_template": lambda i: ask(client, img(i), LABELS, "{c:>999999999}", 5, api_name="/classify"),
+        "file_template": lambda i: ask(client, img(i), LABELS, "/etc/passwd", 5, api_name="/classify"),
+        "huge_id": lambda i: ask(client, 10**30 + i, 12, "", "", api_name="/search_similar"),
+        "negative_id": lambda i: ask(client, -1 - i, QUERY, api_name="/explain_result"),
+        "huge_k": lambda i: ask(client, QUERY, 10**9, "", "", api_name="/search_text"),
+        "traversal_folder": lambda i: ask(client, "../" * 12 + "etc", api_name="/add_folder"),
+        "traversal_data": lambda i: ask(client, "/etc/passwd", None, *train, api_name="/train_start"),
+        "traversal_model": lambda i: ask(client, "../../../../etc", "", api_name="/model_switch"),
+        "traversal_decoder": lambda i: ask(
+            client, img(i), "a", "learned decoder", "/root/../etc", 0.5, api_name="/segment"
         ),
     }
 
@@ -200,6 +208,7 @@ class Hostile:
 
     refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    hung: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # no answer within REQUEST_TIMEOUT_S
     messages: dict[str, str] = field(default_factory=dict)  # one refusal message per kind
 
 
@@ -242,6 +251,9 @@ def load(
             start = time.perf_counter()
             try:
                 calls[name](i)
+            except TimeoutError:
+                with lock:
+                    attacks.hung[name] += 1
             except Exception as e:  # the expected outcome: the app refused
                 with lock:
                     attacks.refused[name].append(time.perf_counter() - start)
@@ -377,9 +389,10 @@ def hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps,
     every_mixed = [t for v in mixed_times.values() for t in v]
     refusals = {
         name: {"refused": len(attacks.refused[name]), "answered": attacks.answered.get(name, 0),
+               "hung": attacks.hung.get(name, 0),
                "idle_server_ms": alone.get(name), "p50_ms": pct(attacks.refused[name], 50),
                "p95_ms": pct(attacks.refused[name], 95), "message": attacks.messages.get(name, "")}
-        for name in sorted(set(attacks.refused) | set(attacks.answered))
+        for name in sorted(set(attacks.refused) | set(attacks.answered) | set(attacks.hung))
     }  # fmt: skip
     ratio = pct(every_mixed, 95) / pct(every, 95)
     report(
@@ -397,13 +410,14 @@ def hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps,
     )
     answered = sum(v["answered"] for v in refusals.values())
     refused = sum(v["refused"] for v in refusals.values())
+    hung = sum(v["hung"] for v in refusals.values())
     slowest = max((v["p95_ms"] for v in refusals.values()), default=float("nan"))
     idle = max(alone.values(), default=float("nan"))
     errors = sum(len(v) for v in mixed_errors.values())
-    print(f"with {args.hostile} hostile clients: {refused} hostile requests refused, {answered} answered; slowest "
-          f"kind's p95 {slowest:.0f} ms under load (queueing with the others), {idle:.0f} ms on an idle server; "
-          f"the {args.clients} clients' p95 x{ratio:.2f} ({mixed_rps:.1f} requests/s, {errors} errors); "
-          f"server RSS {mixed_rss}")  # fmt: skip
+    print(f"with {args.hostile} hostile clients: {refused} hostile requests refused, {answered} answered, {hung} "
+          f"hung; slowest kind's p95 {slowest:.0f} ms under load (queueing with the others), {idle:.0f} ms on an "
+          f"idle server; the {args.clients} clients' p95 x{ratio:.2f} ({mixed_rps:.1f} requests/s, {errors} "
+          f"errors); server RSS {mixed_rss}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -91,6 +91,13 @@ def test_templates_from_the_web_are_bounded(app, template):
     assert re.search(r"bare \{c\}|characters long|at most 3|fields other than|malformed", message), message
 
 
+def test_overlong_labels_are_refused_before_any_work(app):
+    for labels, message in [("a, " + "x" * 5000, "longer than 300 characters"), ("a," * 400_000, "characters long")]:
+        start = time.perf_counter()
+        assert message in refusal(app.client, app.image, labels, "generic", 2, api_name="/classify")
+        assert time.perf_counter() - start < 5
+
+
 def test_a_literal_template_and_a_shipped_set_still_work(app):
     scores, _, notes = app.client.predict(app.image, "red circle, blue square", "an icon of a {c}", 2,
                                           api_name="/classify")  # fmt: skip
