@@ -90,7 +90,8 @@ def add_path_row(
 def read_delimited(path: Path, delimiter: str, keys: tuple[str | None, str | None], resolver, out) -> None:
     source = str(path)
     with open_text(path, newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # strict: an unterminated quote is a malformed row, not a field that silently swallows the rows after it
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
         header = read_header(reader, path, delimiter)
         i = header.index(pick_column(header, keys[0], IMAGE_KEYS, "image", source))
         j = header.index(pick_column(header, keys[1], CAPTION_KEYS, "caption", source))
