@@ -66,6 +66,7 @@ class Check:
         if self.left() < needs_s:
             self.record["sections"][name] = {"status": f"skipped: {self.left():.0f} s left, needs ~{needs_s:.0f} s"}
             print(f"== {name}: skipped (time)", flush=True)
+            self.write()
             return
         print(f"== {name} ({self.left():.0f} s left)", flush=True)
         started = time.monotonic()
@@ -156,7 +157,7 @@ def environment(dry: bool) -> dict[str, Any]:
             q = "--query-gpu=driver_version,clocks.max.sm"
             info["nvidia_smi"] = subprocess.run(
                 [smi, q, "--format=csv,noheader"], capture_output=True, text=True
-            ).stdout
+            ).stdout.strip()
     try:
         import open_clip
 

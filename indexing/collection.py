@@ -17,30 +17,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
 import torch
 from PIL import Image
 
 from indexing import embed as embedding
-from indexing import faiss_index, versions
+from indexing import faiss_index, queries, versions
+from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
-from indexing.faiss_index import IndexConfig, IndexInfo
+from indexing.faiss_index import IndexConfig
+from indexing.results import AddResult, Hits, ModelSpec, RemoveResult, Stats
 from indexing.sources import Gathered, Item, gather
 from indexing.store import Filter, ImageRecord, ref_json
-from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Vectors, Version
-from vlm import distributed
-from vlm.atomic import atomic_write_json
+from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Version
 from vlm.models import Encoders
 from vlm.readers.images import ImageRef
 from vlm.readers.rows import BadRow
@@ -48,66 +44,6 @@ from vlm.readers.rows import BadRow
 LOG = logging.getLogger(__name__)
 
 COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of removed images than this and than live
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Records returned to callers.
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    model: str | None  # what `vlm.models.load` takes to load it again; None when built from an Encoders object
-    pretrained: str | None
-    source: str  # for people: "checkpoint runs/demo/final", "ViT-B-32 + laion2b_s34b_b79k"
-    fingerprint: str
-    embed_dim: int
-
-
-class Hits(NamedTuple):
-    """Search results, shaped as in faiss."""
-
-    ids: np.ndarray  # (nq, k) int64; -1 where fewer than k images match
-    scores: np.ndarray  # (nq, k) float32 cosine similarities, best first; -inf where ids is -1
-    records: list[list[ImageRecord]]  # per query, the metadata of the ids found, in rank order
-
-
-@dataclass
-class AddResult:
-    added: int
-    ids: np.ndarray  # (added,) int64, in input order
-    already_present: int  # inputs whose path was already in the collection (not re-embedded)
-    duplicates: list[tuple[str, str]]  # (input, path of the image with the same pixels) for inputs not added
-    bad: list[BadRow]  # inputs that could not be used, with the reason
-    version: int
-    embed: embedding.EmbedStats | None
-
-    def summary(self) -> str:
-        text = f"added {self.added:,} image(s) (version {self.version})"
-        parts = [f"{self.already_present:,} already present"] if self.already_present else []
-        parts += [f"{len(self.duplicates):,} duplicate(s)"] if self.duplicates else []
-        parts += [f"{len(self.bad):,} unusable"] if self.bad else []
-        return text + (f"; skipped {', '.join(parts)}" if parts else "")
-
-
-@dataclass
-class RemoveResult:
-    removed: np.ndarray  # ids removed, int64
-    not_found: list[str | int]
-    version: int
-
-
-@dataclass
-class Stats:
-    path: str
-    version: int
-    count: int
-    dim: int
-    dtype: str
-    root: str | None
-    model: ModelSpec
-    index: IndexInfo
-    chunk_rows: int  # vectors stored, including those of removed images until chunks are compacted
-    disk_bytes: int  # of the current version and its chunks
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,12 +216,12 @@ class Collection:
         An interrupted add resumes from its embedded shards when called again with the same inputs."""
         cfg = embed or embedding.EmbedConfig()
         with self._writing():
-            todo, gathered, present = self._plan(inputs)
+            todo, gathered, present = self.plan_add(inputs)
             job = embedding.Job.for_items(todo, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
             staging = self.root / STAGING
             embedding.prepare(staging, job)
             stats = embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress) if todo else None
-            result = self._commit_staged(todo, job, gathered, present, stats)
+            result = self.commit_staged(todo, job, gathered, present, stats)
             shutil.rmtree(staging)
         LOG.info("%s", result.summary())
         return result
@@ -294,15 +230,16 @@ class Collection:
     def dtype(self) -> str:
         return self._v.manifest["dtype"]
 
-    def _plan(self, inputs) -> tuple[list[Item], Gathered, int]:
+    def plan_add(self, inputs) -> tuple[list[Item], Gathered, int]:
+        """(the inputs not in the collection yet, everything gathered, how many were present): the first half of an
+        add, shared with `indexing.build.add_distributed`."""
         gathered = gather(inputs, root=self.root_dir)
         present = self._v.store.by_paths([item.key for item in gathered.items])
         todo = [item for item in gathered.items if item.key not in present]
         return todo, gathered, len(present)
 
-    def _commit_staged(
-        self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats
-    ) -> AddResult:
+    def commit_staged(self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats) -> AddResult:
+        """Publish the staged embeddings of `todo` (pixel duplicates skipped): the second half of an add."""
         done = embedding.collect(self.root / STAGING, job)
         in_store = self._v.store.by_hashes(done.sha256)
         first_seen: dict[str, str] = {}
@@ -355,39 +292,7 @@ class Collection:
 
     def _commit(self, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray) -> None:
         """Publish the next version: current + `records` (with `vectors`) - `remove_ids`."""
-        old = self._v
-        number = versions.next_number(self.root, old.number)
-        ids = np.array([r.id for r in records], dtype=np.int64)
-        chunks = list(old.manifest["chunks"])
-        if len(ids):
-            chunks.append(versions.write_chunk(self.root, f"c{number:06d}_0.npy", ids, vectors, self.dtype))
-        built: list = []
-
-        def write(folder: Path) -> None:
-            store = old.store.copy_to(folder / STORE)
-            store.delete(remove_ids)
-            store.insert(records)
-            live = store.ids()
-            store.close()
-            kept = self._compact(chunks, live, number)
-            index, info = self._next_index(old, Vectors(self.root / CHUNKS, [c["name"] for c in kept], self.dim), live)
-            faiss_index.write(index, str(folder / INDEX))
-            manifest = {
-                **old.manifest,
-                "version": number,
-                "updated": time.time(),
-                "count": len(live),
-                "next_id": int(max(old.manifest["next_id"], (ids.max() + 1) if len(ids) else 0)),
-                "chunks": kept,
-                "index": dataclasses.asdict(info),
-            }
-            atomic_write_json(folder / MANIFEST, manifest)
-            built.append(index)
-
-        versions.publish(self.root, number, write)
-        versions.set_current(self.root, number)  # the commit point
-        self._v = versions.load_version(self.root, versions.version_name(number), index=built[0])
-        versions.collect_garbage(self.root, self._v)
+        self._v = publish_next(self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids)
 
     @property
     def dim(self) -> int:
@@ -396,36 +301,6 @@ class Collection:
     @property
     def config(self) -> IndexConfig:
         return IndexConfig(**self._v.manifest["config"])
-
-    def _compact(self, chunks: list[dict[str, Any]], live: np.ndarray, number: int) -> list[dict[str, Any]]:
-        """Once most stored vectors belong to removed images, rewrite the live ones into one chunk."""
-        rows = sum(c["rows"] for c in chunks)
-        if rows - len(live) <= max(len(live), COMPACT_MIN_DEAD):
-            return chunks
-        vectors = Vectors(self.root / CHUNKS, [c["name"] for c in chunks], self.dim).get(live)
-        LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
-        return [versions.write_chunk(self.root, f"c{number:06d}_1.npy", live, vectors, self.dtype)] if len(live) else []
-
-    def _next_index(self, old: Version, vectors: Vectors, live: np.ndarray) -> tuple[faiss.Index, IndexInfo]:
-        cfg = self.config
-        if faiss_index.rebuild_needed(old.info, len(live), self.dim, cfg):
-            if not len(live):
-                return faiss_index.empty_index(self.dim)
-            return faiss_index.build(vectors.get(live), live, cfg)
-        index = faiss.clone_index(old.index)
-        old_ids = faiss_index.index_ids(old.index)
-        gone = np.setdiff1d(old_ids, live, assume_unique=True)
-        new = np.setdiff1d(live, old_ids, assume_unique=True)
-        if len(gone):
-            index.remove_ids(faiss_index.selector_for(gone))
-        if len(new):
-            index.add_with_ids(vectors.get(new), new)
-        info = dataclasses.replace(old.info)
-        if faiss_index.retune_needed(info, len(live)):
-            tuned = faiss_index.tune(index, vectors.get(live), live, cfg)
-            info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
-            info.tuned_count = len(live)
-        return index, info
 
     # Searching.
 
@@ -443,15 +318,9 @@ class Collection:
         if fingerprint is not None:
             self._check_model(fingerprint, "the model that made the query vectors")
         v = self._v  # one snapshot for the whole search, whatever a writer publishes meanwhile
-        queries = _as_queries(vectors, self.dim)
-        if filters is not None and not filters.is_empty():
-            scores, ids = self._filtered(v, queries, k, v.store.filter_ids(filters), nprobe)
-        else:
-            index = v.gpu_index if v.gpu_index is not None else v.index
-            scores, ids = faiss_index.search(index, v.info, queries, k, nprobe=nprobe, gpu=v.gpu_index is not None)
-        scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-        found = v.store.get(np.unique(ids[ids >= 0]).tolist())
-        return Hits(ids, scores, [[found[int(i)] for i in row if i >= 0] for row in ids])
+        return queries.search(
+            v, queries.as_queries(vectors, self.dim), k, filters=filters, nprobe=nprobe, cfg=self.config
+        )
 
     def search_text(self, texts: str | Sequence[str], k: int = 10, **kwargs) -> Hits:
         """Images matching each text; keyword arguments as in `search_vector`."""
@@ -465,20 +334,6 @@ class Collection:
         opened = [ImageRef("file", str(im)).open() if isinstance(im, str | Path) else im for im in images]
         pixels = torch.stack([self.encoders.preprocess(im.convert("RGB")) for im in opened])
         return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
-
-    def _filtered(
-        self, v: Version, queries: np.ndarray, k: int, allowed: np.ndarray, nprobe: int | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Search among `allowed` ids only: through an id selector on the exact index; exactly over those vectors
-        when they are few; else through the IVF index with nprobe raised by the share filtered out."""
-        cfg = self.config
-        if v.info.kind == "flat" or len(allowed) > cfg.exact_filter_limit:
-            probe = nprobe or v.info.nprobe
-            if v.info.kind == "ivf" and len(allowed):
-                probe = min(v.info.nlist, math.ceil(probe * v.index.ntotal / len(allowed)))
-            selector = faiss_index.selector_for(allowed)
-            return faiss_index.search(v.index, v.info, queries, k, selector=selector, nprobe=probe)
-        return _exact_topk(queries, v.vectors.get(allowed), allowed, k)
 
     # Looking things up.
 
@@ -535,45 +390,6 @@ class Collection:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Distributed build: every rank embeds a share of the shards, rank 0 plans and commits.
-
-
-def add_distributed(
-    path: str | Path,
-    inputs: str | Path | Sequence[str | Path],
-    encoders: Encoders,
-    info: distributed.DistInfo,
-    *,
-    embed: embedding.EmbedConfig | None = None,
-    progress: bool = True,
-) -> AddResult | None:
-    """`Collection.add` across torchrun ranks (the collection must exist). Rank 0 returns the result, others None."""
-    cfg = embed or embedding.EmbedConfig()
-    coll = Collection.open(path, read_only=False, encoders=encoders) if info.is_main else None
-    try:
-        planned = None
-        if coll is not None:
-            todo, gathered, present = coll._plan(inputs)
-            job = embedding.Job.for_items(todo, encoders, dtype=coll.dtype, shard_size=cfg.shard_size)
-            embedding.prepare(Path(path) / STAGING, job)
-            planned = (todo, job)
-        todo, job = distributed.broadcast_object(planned, info)
-        staging = Path(path) / STAGING
-        stats = embedding.embed(
-            encoders, todo, staging, job, cfg, rank=info.rank, world_size=info.world_size, progress=progress
-        )
-        distributed.barrier(info)
-        if coll is None:
-            return None
-        result = coll._commit_staged(todo, job, gathered, present, stats)
-        shutil.rmtree(staging)
-        return result
-    finally:
-        if coll is not None:
-            coll.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Helpers.
 
 
@@ -593,27 +409,3 @@ def _stored_key(path: str | Path, root: Path | None) -> str:
     resolved = os.path.realpath(Path(path).expanduser())
     prefix = os.path.join(os.path.realpath(root), "") if root is not None else None
     return resolved[len(prefix) :].replace(os.sep, "/") if prefix and resolved.startswith(prefix) else resolved
-
-
-def _as_queries(vectors: np.ndarray | torch.Tensor, dim: int) -> np.ndarray:
-    q = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
-    q = np.atleast_2d(q).astype(np.float32)
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise IndexingError(f"query vectors must be (nq, {dim}) or ({dim},), got {np.shape(vectors)}")
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    return np.ascontiguousarray(q / np.maximum(norms, 1e-12))
-
-
-def _exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k of `queries` (nq, D) over `vectors` (m, D) with `ids` (m,): (scores, ids) (nq, k)."""
-    scores = queries @ vectors.T  # (nq, m)
-    top = min(k, len(ids))
-    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    if top:
-        part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-        order = np.take_along_axis(-scores, part, axis=1).argsort(axis=1, kind="stable")
-        best = np.take_along_axis(part, order, axis=1)
-        out_ids[:, :top] = ids[best]
-        out_scores[:, :top] = np.take_along_axis(scores, best, axis=1)
-    return out_scores, out_ids

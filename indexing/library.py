@@ -20,9 +20,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexing.collection import AddResult, Collection
+from indexing.collection import Collection
 from indexing.config import EmbedConfig
 from indexing.errors import IndexingError
+from indexing.results import AddResult
 from indexing.versions import CURRENT, lock
 from vlm import demo
 from vlm.atomic import atomic_write_json

@@ -22,7 +22,7 @@ from faiss.contrib.evaluation import check_ref_knn_with_draws
 from PIL import Image
 
 from indexing import collection as collection_module
-from indexing import versions
+from indexing import commit, versions
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError, ModelMismatchError
@@ -189,7 +189,7 @@ def test_filtered_search_equals_brute_force_over_the_matching_images(
 
 
 def test_approximate_index_lifecycle(tmp_path, shapes, tiny_encoders, shape_vectors, monkeypatch):
-    monkeypatch.setattr(collection_module, "COMPACT_MIN_DEAD", 0)
+    monkeypatch.setattr(commit, "COMPACT_MIN_DEAD", 0)
     cfg = IndexConfig(exact_threshold=100, tune_queries=100)
     coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes, index=cfg, dtype="float16")
     coll.add([shapes / "images" / f"{i:06d}.png" for i in range(60)], embed=FAST, progress=False)

@@ -65,7 +65,7 @@ def test_layout_and_counts(dataset, scenes):
 
 def test_same_arguments_give_identical_bytes_sequential_or_parallel(dataset, tmp_path, monkeypatch):
     synth.generate(tmp_path / "again", SCENES, seed=SEED, image_size=SIZE, progress=False)
-    monkeypatch.setattr(synth, "PARALLEL_MIN_SCENES", 1)  # the process-pool path must write the same files
+    monkeypatch.setattr(synth.dataset, "PARALLEL_MIN_SCENES", 1)  # the process-pool path must write the same files
     synth.generate(tmp_path / "pool", SCENES, seed=SEED, image_size=SIZE, progress=False)
     reference = tree_bytes(dataset)
     assert tree_bytes(tmp_path / "again") == reference

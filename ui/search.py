@@ -16,7 +16,8 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from indexing.collection import Collection, Hits
+from indexing.collection import Collection
+from indexing.results import Hits
 from indexing.store import Filter
 from ui.errors import shown
 from ui.files import ResultFiles

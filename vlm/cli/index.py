@@ -88,7 +88,8 @@ def _default_root(first_input: str) -> str:
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection, add_distributed
+    from indexing.build import add_distributed
+    from indexing.collection import Collection
     from indexing.config import EmbedConfig
     from indexing.faiss_index import IndexConfig
     from vlm import distributed

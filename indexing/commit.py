@@ -1,0 +1,103 @@
+"""Publishing the next version of a collection: its store, vector chunks (compacted when mostly dead) and index.
+
+The index is updated in place of a rebuild where faiss allows (ids removed and added), rebuilt when the data has
+outgrown its kind, and re-tuned when it has grown enough; `indexing.versions` owns the folder layout and the
+commit point. `Collection.add` and `Collection.remove` call `publish_next` under the writer's lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexing import faiss_index, versions
+from indexing.faiss_index import IndexConfig, IndexInfo
+from indexing.store import ImageRecord
+from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Vectors, Version
+from vlm.atomic import atomic_write_json
+
+LOG = logging.getLogger(__name__)
+
+COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of removed images than this and than live
+
+
+def publish_next(
+    root: Path, old: Version, *, records: list[ImageRecord], vectors: np.ndarray | None, remove_ids: np.ndarray
+) -> Version:
+    """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`; return it, loaded."""
+    dim, dtype = int(old.manifest["model"]["embed_dim"]), old.manifest["dtype"]
+    cfg = IndexConfig(**old.manifest["config"])
+    number = versions.next_number(root, old.number)
+    ids = np.array([r.id for r in records], dtype=np.int64)
+    chunks = list(old.manifest["chunks"])
+    if len(ids):
+        chunks.append(versions.write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
+    built: list = []
+
+    def write(folder: Path) -> None:
+        store = old.store.copy_to(folder / STORE)
+        store.delete(remove_ids)
+        store.insert(records)
+        live = store.ids()
+        store.close()
+        kept = _compact(root, chunks, live, number, dim, dtype)
+        index, info = _next_index(old, Vectors(root / CHUNKS, [c["name"] for c in kept], dim), live, dim, cfg)
+        faiss_index.write(index, str(folder / INDEX))
+        manifest = {
+            **old.manifest,
+            "version": number,
+            "updated": time.time(),
+            "count": len(live),
+            "next_id": int(max(old.manifest["next_id"], (ids.max() + 1) if len(ids) else 0)),
+            "chunks": kept,
+            "index": dataclasses.asdict(info),
+        }
+        atomic_write_json(folder / MANIFEST, manifest)
+        built.append(index)
+
+    versions.publish(root, number, write)
+    versions.set_current(root, number)  # the commit point
+    new = versions.load_version(root, versions.version_name(number), index=built[0])
+    versions.collect_garbage(root, new)
+    return new
+
+
+def _compact(
+    root: Path, chunks: list[dict[str, Any]], live: np.ndarray, number: int, dim: int, dtype: str
+) -> list[dict[str, Any]]:
+    """Once most stored vectors belong to removed images, rewrite the live ones into one chunk."""
+    rows = sum(c["rows"] for c in chunks)
+    if rows - len(live) <= max(len(live), COMPACT_MIN_DEAD):
+        return chunks
+    vectors = Vectors(root / CHUNKS, [c["name"] for c in chunks], dim).get(live)
+    LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
+    return [versions.write_chunk(root, f"c{number:06d}_1.npy", live, vectors, dtype)] if len(live) else []
+
+
+def _next_index(
+    old: Version, vectors: Vectors, live: np.ndarray, dim: int, cfg: IndexConfig
+) -> tuple[faiss.Index, IndexInfo]:
+    if faiss_index.rebuild_needed(old.info, len(live), dim, cfg):
+        if not len(live):
+            return faiss_index.empty_index(dim)
+        return faiss_index.build(vectors.get(live), live, cfg)
+    index = faiss.clone_index(old.index)
+    old_ids = faiss_index.index_ids(old.index)
+    gone = np.setdiff1d(old_ids, live, assume_unique=True)
+    new = np.setdiff1d(live, old_ids, assume_unique=True)
+    if len(gone):
+        index.remove_ids(faiss_index.selector_for(gone))
+    if len(new):
+        index.add_with_ids(vectors.get(new), new)
+    info = dataclasses.replace(old.info)
+    if faiss_index.retune_needed(info, len(live)):
+        tuned = faiss_index.tune(index, vectors.get(live), live, cfg)
+        info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
+        info.tuned_count = len(live)
+    return index, info
