@@ -15,11 +15,12 @@ import sys
 
 from ui.serve import add_arguments, check_arguments, serve
 from vlm.cli import configure_logging
+from vlm.cli.parsing import Parser
 from vlm.errors import VLMError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

@@ -2,6 +2,7 @@
 
     python -m bench.app_load                                # the demo model and demo collection (default)
     python -m bench.app_load --model runs/x/final --clients 8 --seconds 60
+    python -m bench.app_load --clients 8 --hostile 2 --seconds 30   # and again with 2 hostile clients beside them
 
 The app runs as `python app.py` in a subprocess (its own memory is measured); the peer loads the same model and
 opens the same collection (read-only) in this process. Three phases, each endpoint called round-robin
@@ -12,14 +13,20 @@ segment) with the demo's own images:
      client's latency includes downloading every result image (12 thumbnails for a search), as a browser would;
   2. load: N clients for --seconds; p50/p95 latency per endpoint, errors, requests per second;
   3. the resident memory of the server process after warm-up, half-way through the load and at its end (flat means
-     the second half added about nothing).
-Claimed: the ratios (served/direct, load p50 / sequential p50) and the absence of errors and of memory growth;
-milliseconds are printed for context (they depend on the machine and on what else runs).
+     the second half added about nothing);
+  4. with --hostile H: the same N clients for --seconds again, now beside H clients sending only hostile requests
+     (`HOSTILE`: overlong and formatting templates, a template naming a server file, huge and negative ids, a huge
+     k, traversal in every path field). Each must be refused (an answer is a failure) and fast; the N clients' p95
+     is compared with phase 2's.
+Claimed: the ratios (served/direct, load p50 / sequential p50, p95 with / without hostile clients), the absence of
+errors and of memory growth, and that every hostile request was refused; milliseconds are printed for context (they
+depend on the machine and on what else runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -31,6 +38,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import report
@@ -107,6 +115,14 @@ def query_images(coll: Collection, n: int = 4) -> list[Path]:
     raise SystemExit("the collection has too few image files to query with")
 
 
+REQUEST_TIMEOUT_S = 120.0  # a request not answered by then is counted as hung, and the client goes on
+
+
+def ask(client, *args, api_name: str):
+    """`client.predict`, bounded: `TimeoutError` after REQUEST_TIMEOUT_S (gradio_client would wait forever)."""
+    return client.submit(*args, api_name=api_name).result(timeout=REQUEST_TIMEOUT_S)
+
+
 def served_calls(client, images: list[Path]) -> dict[str, Callable[[int], object]]:
     from gradio_client import handle_file
 
@@ -114,13 +130,38 @@ def served_calls(client, images: list[Path]) -> dict[str, Callable[[int], object
         return handle_file(str(images[i % len(images)]))
 
     return {
-        "collection_info": lambda i: client.predict(api_name="/collection_info"),  # baseline: the serving alone
-        "classify": lambda i: client.predict(img(i), LABELS, "generic", 5, api_name="/classify"),
-        "search_text": lambda i: client.predict(QUERY, 12, "", "", api_name="/search_text"),
-        "search_image": lambda i: client.predict(img(i), 12, "", "", api_name="/search_image"),
-        "explain": lambda i: client.predict(img(i), QUERY, api_name="/explain"),
-        "segment": lambda i: client.predict(
-            img(i), "\n".join(PHRASES), "training-free (dense)", "", 0.5, api_name="/segment"
+        "collection_info": lambda i: ask(client, api_name="/collection_info"),  # baseline: the serving alone
+        "classify": lambda i: ask(client, img(i), LABELS, "generic", 5, api_name="/classify"),
+        "search_text": lambda i: ask(client, QUERY, 12, "", "", api_name="/search_text"),
+        "search_image": lambda i: ask(client, img(i), 12, "", "", api_name="/search_image"),
+        "explain": lambda i: ask(client, img(i), QUERY, api_name="/explain"),
+        "segment": lambda i: ask(
+            client, img(i), "\n".join(PHRASES), "training-free (dense)", "", 0.5, api_name="/segment"
+        ),
+    }
+
+
+def hostile_calls(client, images: list[Path]) -> dict[str, Callable[[int], object]]:
+    """Requests an attacker sends; each must be refused (raise). Uploads are real images, so that the refusal
+    comes from the field under attack, not from a missing image."""
+    from gradio_client import handle_file
+
+    def img(i: int):
+        return handle_file(str(images[i % len(images)]))
+
+    train = ("vlm-tiny (from scratch, 32 px)", 1, 0, 8, 1e-3, 0)
+    return {
+        "long_template": lambda i: ask(client, img(i), LABELS, "a {c} " + "x" * 20_000, 5, api_name="/classify"),
+        "format_template": lambda i: ask(client, img(i), LABELS, "{c:>999999999}", 5, api_name="/classify"),
+        "file_template": lambda i: ask(client, img(i), LABELS, "/etc/passwd", 5, api_name="/classify"),
+        "huge_id": lambda i: ask(client, 10**30 + i, 12, "", "", api_name="/search_similar"),
+        "negative_id": lambda i: ask(client, -1 - i, QUERY, api_name="/explain_result"),
+        "huge_k": lambda i: ask(client, QUERY, 10**9, "", "", api_name="/search_text"),
+        "traversal_folder": lambda i: ask(client, "../" * 12 + "etc", api_name="/add_folder"),
+        "traversal_data": lambda i: ask(client, "/etc/passwd", None, *train, api_name="/train_start"),
+        "traversal_model": lambda i: ask(client, "../../../../etc", "", api_name="/model_switch"),
+        "traversal_decoder": lambda i: ask(
+            client, img(i), "a", "learned decoder", "/root/../etc", 0.5, api_name="/segment"
         ),
     }
 
@@ -161,13 +202,26 @@ def sequential(served: dict, direct: dict, rounds: int) -> tuple[dict, dict]:
     return s_times, d_times
 
 
-def load(url: str, images: list[Path], clients: int, seconds: float, pid: int) -> tuple[dict, dict, list, float]:
-    """Latencies and errors per endpoint from `clients` threads for `seconds`; the server's RSS (MB) at each tenth
-    of the time; requests per second."""
+@dataclass
+class Hostile:
+    """What the hostile clients saw: time to each refusal, and any request that was answered instead."""
+
+    refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    hung: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # no answer within REQUEST_TIMEOUT_S
+    messages: dict[str, str] = field(default_factory=dict)  # one refusal message per kind
+
+
+def load(
+    url: str, images: list[Path], clients: int, seconds: float, pid: int, hostile: int = 0
+) -> tuple[dict, dict, list, float, Hostile]:
+    """Latencies and errors per endpoint from `clients` threads for `seconds` (beside `hostile` threads sending
+    hostile requests); the server's RSS (MB) at each tenth of the time; the clients' requests per second."""
     from gradio_client import Client
 
     times: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, list[str]] = defaultdict(list)
+    attacks = Hostile()
     lock = threading.Lock()
     series: list[float] = []
     started = time.monotonic()
@@ -188,19 +242,41 @@ def load(url: str, images: list[Path], clients: int, seconds: float, pid: int) -
                     errors[name].append(f"{type(e).__name__}: {e}"[:200])
             i += 1
 
+    def attacker(w: int) -> None:
+        calls = hostile_calls(Client(url, verbose=False), images)
+        names = list(calls)
+        i = w
+        while time.monotonic() < deadline:
+            name = names[i % len(names)]
+            start = time.perf_counter()
+            try:
+                calls[name](i)
+            except TimeoutError:
+                with lock:
+                    attacks.hung[name] += 1
+            except Exception as e:  # the expected outcome: the app refused
+                with lock:
+                    attacks.refused[name].append(time.perf_counter() - start)
+                    attacks.messages.setdefault(name, f"{type(e).__name__}: {e}"[:160])
+            else:
+                with lock:
+                    attacks.answered[name] += 1
+            i += 1
+
     def sample() -> None:  # ten samples of the server's memory, the fifth at half time
         for k in range(1, 11):
             time.sleep(max(0.0, started + k * seconds / 10 - time.monotonic()))
             series.append(round(rss_mb(pid), 1))
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    threads += [threading.Thread(target=attacker, args=(w,)) for w in range(hostile)]
     threads.append(threading.Thread(target=sample))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     total = sum(len(v) for v in times.values())
-    return times, errors, series, total / (time.monotonic() - started)
+    return times, errors, series, total / (time.monotonic() - started), attacks
 
 
 def pct(values: list[float], q: int) -> float:
@@ -219,7 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rounds", type=int, default=5, help="sequential rounds (served and direct, interleaved)")
+    p.add_argument("--hostile", type=int, default=0, help="then load again beside this many hostile clients (0)")
+    p.add_argument("--tag", help="write bench/results/app_load_TAG.json (default: app_load.json)")
     args = p.parse_args(argv)
+    if args.clients < 1 or args.hostile < 0 or args.seconds <= 0 or args.rounds < 1:
+        p.error("--clients, --seconds and --rounds must be positive, --hostile at least 0")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -235,8 +315,12 @@ def main(argv: list[str] | None = None) -> None:
             sequential(served, direct, 1)  # warm-up: caches, first-call costs
             rss_warm = rss_mb(proc.pid)
             s_times, d_times = sequential(served, direct, args.rounds)
-            times, errors, rss_series, rps = load(url, images, args.clients, args.seconds, proc.pid)
+            times, errors, rss_series, rps, _ = load(url, images, args.clients, args.seconds, proc.pid)
             rss_half, rss_end = rss_series[4], rss_series[-1]
+            if args.hostile:
+                alone = hostile_alone(client, images)
+                mixed = load(url, images, args.clients, args.seconds, proc.pid, hostile=args.hostile)
+                mixed_times, mixed_errors, mixed_rss, mixed_rps, attacks = mixed
         finally:
             stop_server(proc)
 
@@ -256,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_p50/sequential": p50 / seq,
         })  # fmt: skip
     report(
-        "app_load",
+        f"app_load_{args.tag}" if args.tag else "app_load",
         rows,
         model=args.model,
         clients=args.clients,
@@ -270,6 +354,70 @@ def main(argv: list[str] | None = None) -> None:
     n_errors = sum(len(v) for v in errors.values())
     print(f"{rps:.1f} requests/s; server RSS {rss_warm:.0f} MB after warm-up, {rss_half:.0f} MB half-way, "
           f"{rss_end:.0f} MB at the end (each tenth: {rss_series}); {n_errors} errors")  # fmt: skip
+    if args.hostile:
+        hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps, attacks, alone)
+
+
+def hostile_alone(client, images: list[Path], rounds: int = 3) -> dict[str, float]:
+    """Each hostile request on an idle server: the median milliseconds to its refusal (no queue to wait in)."""
+    out = {}
+    for name, call in hostile_calls(client, images).items():
+        spent = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            with contextlib.suppress(Exception):  # refused, as it should be (answers are counted under load)
+                call(i)
+            spent.append(time.perf_counter() - start)
+        out[name] = statistics.median(spent) * 1e3
+    return out
+
+
+def hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps, attacks: Hostile, alone) -> None:
+    """Phase 4: the clients' p95 without and with the hostile clients; each kind of hostile request refused, and how
+    fast."""
+    rows = []
+    for name in times:
+        rows.append({
+            "endpoint": name,
+            "p95_ms_alone": pct(times[name], 95),
+            "p95_ms_with_hostile": pct(mixed_times[name], 95),
+            "p95_ratio": pct(mixed_times[name], 95) / pct(times[name], 95),
+            "n_with_hostile": len(mixed_times[name]),
+            "errors_with_hostile": len(mixed_errors[name]),
+        })  # fmt: skip
+    every = [t for v in times.values() for t in v]
+    every_mixed = [t for v in mixed_times.values() for t in v]
+    refusals = {
+        name: {"refused": len(attacks.refused[name]), "answered": attacks.answered.get(name, 0),
+               "hung": attacks.hung.get(name, 0),
+               "idle_server_ms": alone.get(name), "p50_ms": pct(attacks.refused[name], 50),
+               "p95_ms": pct(attacks.refused[name], 95), "message": attacks.messages.get(name, "")}
+        for name in sorted(set(attacks.refused) | set(attacks.answered) | set(attacks.hung))
+    }  # fmt: skip
+    ratio = pct(every_mixed, 95) / pct(every, 95)
+    report(
+        f"app_load_hostile_{args.tag}" if args.tag else "app_load_hostile",
+        rows,
+        model=args.model,
+        clients=args.clients,
+        hostile_clients=args.hostile,
+        seconds=args.seconds,
+        requests_per_s_with_hostile=mixed_rps,
+        all_endpoints_p95_ratio=ratio,
+        hostile=refusals,
+        errors_with_hostile={k: v[:3] for k, v in mixed_errors.items()},
+        server_rss_mb_each_tenth_with_hostile=mixed_rss,
+    )
+    answered = sum(v["answered"] for v in refusals.values())
+    refused = sum(v["refused"] for v in refusals.values())
+    hung = sum(v["hung"] for v in refusals.values())
+    slowest = max((v["p95_ms"] for v in refusals.values()), default=float("nan"))
+    idle = max(alone.values(), default=float("nan"))
+    errors = sum(len(v) for v in mixed_errors.values())
+    print(f"with {args.hostile} hostile clients: {refused} hostile requests refused, {answered} answered, {hung} "
+          f"hung; slowest kind's p95 {slowest:.0f} ms under load (queueing with the others), {idle:.0f} ms on an "
+          f"idle server; the {args.clients} clients' p95 x{ratio:.2f} ({mixed_rps:.1f} requests/s, {errors} "
+          f"errors); server RSS {mixed_rss}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ else absolute; "shard.tar:member" or "hf:dataset/split[row N]" for images inside
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from vlm.errors import DataError
 from vlm.readers.images import IMAGE_EXTS, ImageRef
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow
-from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, pick_column
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, json_lines, pick_column, read_header
 
 LOG = logging.getLogger(__name__)
 
@@ -175,32 +174,31 @@ def _rows(path: Path) -> Iterable[tuple[int, str | None, str | None, str | None]
             if delimiter is None:
                 yield from _jsonl_rows(path, f)
                 return
-            reader = csv.reader(f, delimiter=delimiter)
-            header = [h.strip() for h in next(reader, [])]
-            if not header:
-                raise DataError(f"{path} is empty: it needs a header row naming an image column")
+            reader = csv.reader(f, delimiter=delimiter, strict=True)  # an unterminated quote is an error
+            header = read_header(reader, path, delimiter)  # blank lines before it skipped, names unique
             i = header.index(pick_column(header, None, IMAGE_KEYS, "image", str(path)))
             captions = [h for h in header if h.lower() in CAPTION_KEYS]
             j = header.index(captions[0]) if captions else None
-            for fields in reader:
+            while True:
+                line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:  # e.g. a quote left open to the end of the file
+                    yield line, None, None, f"malformed row: {e}"
+                    continue
                 if fields:
                     caption = fields[j] if j is not None and j < len(fields) else None
-                    yield reader.line_num, fields[i] if i < len(fields) else None, caption, None
+                    yield line, fields[i] if i < len(fields) else None, caption, None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
 def _jsonl_rows(path: Path, f) -> Iterable[tuple[int, str | None, str | None, str | None]]:
-    for line, text in enumerate(f, 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield line, None, None, f"malformed row: invalid JSON ({e.msg} at column {e.colno})"
-            continue
-        if not isinstance(obj, dict):
-            yield line, None, None, f"malformed row: not a JSON object ({type(obj).__name__})"
+    for line, obj, problem in json_lines(f):
+        if obj is None:
+            yield line, None, None, problem
             continue
         image = next((obj[k] for k in IMAGE_KEYS if isinstance(obj.get(k), str)), None)
         caption = next((obj[k] for k in CAPTION_KEYS if k in obj), None)

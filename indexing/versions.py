@@ -39,6 +39,7 @@ from indexing.faiss_index import IndexInfo
 from indexing.gpu import Replicas, gpu_copy
 from indexing.store import Store
 from vlm.atomic import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir
+from vlm.processes import process_alive
 
 LOG = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def lock(root: Path, dead_writer_wait_s: float = DEAD_WRITER_WAIT_S) -> int:
             break
         except BlockingIOError as e:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            dead = holder.isdigit() and not _alive(int(holder))
+            dead = holder.isdigit() and not process_alive(int(holder))
             if dead and time.monotonic() < deadline:
                 if not waited:
                     LOG.info("%s: its last writer (pid %s) died; waiting for the processes it started", root, holder)
@@ -287,21 +288,6 @@ def lock(root: Path, dead_writer_wait_s: float = DEAD_WRITER_WAIT_S) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def next_number(root: Path, current: int) -> int:

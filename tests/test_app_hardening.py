@@ -91,6 +91,13 @@ def test_templates_from_the_web_are_bounded(app, template):
     assert re.search(r"bare \{c\}|characters long|at most 3|fields other than|malformed", message), message
 
 
+def test_overlong_labels_are_refused_before_any_work(app):
+    for labels, message in [("a, " + "x" * 5000, "longer than 300 characters"), ("a," * 400_000, "characters long")]:
+        start = time.perf_counter()
+        assert message in refusal(app.client, app.image, labels, "generic", 2, api_name="/classify")
+        assert time.perf_counter() - start < 5
+
+
 def test_a_literal_template_and_a_shipped_set_still_work(app):
     scores, _, notes = app.client.predict(app.image, "red circle, blue square", "an icon of a {c}", 2,
                                           api_name="/classify")  # fmt: skip
@@ -321,3 +328,64 @@ def test_after_a_killed_writer_the_next_one_waits_for_its_workers_and_goes_on(ap
     code, _, err = run_cli(capsys, "index", "add", str(coll), str(app.shapes / "images"), "--workers", "0")
     assert code == 0 and "being changed by another writer" not in err, err
     assert 1.0 < time.perf_counter() - start < 30  # it waited for the orphan, not more
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same classes everywhere: repeated flags, CSV quirks, file names with control characters.
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["classify", "x.png", "--labels", "a, b", "--model", "ViT-B-32", "--model", "demo"],
+        ["index", "search", "coll", "--text", "a", "-k", "5", "-k", "50"],
+        ["train", "--lr", "1e-3", "--lr", "1e-1"],
+        ["eval", "zeroshot", "data", "--templates", "plain", "--templates", "generic"],
+    ],
+)
+def test_a_repeated_flag_is_refused_not_silently_replaced(capsys, argv):
+    from vlm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "was given twice" in capsys.readouterr().err
+
+
+def test_csv_quirks_are_read_or_reported(app, capsys, tmp_path):
+    from vlm import models
+
+    (tmp_path / "img").mkdir()
+    for src in sorted((app.shapes / "images").glob("*.png"))[:7]:
+        (tmp_path / "img" / src.name).write_bytes(src.read_bytes())
+    images = [f"img/{p.name}" for p in sorted((tmp_path / "img").glob("*.png"))]  # relative to the lists
+    rows = [f"{p},caption {i}" for i, p in enumerate(images[:4])]
+    # A byte-order mark, Windows line ends and blank lines before the header: read as if they were not there.
+    (tmp_path / "quirky.csv").write_bytes(b"\xef\xbb\xbf\r\n\r\n" + "\r\n".join(["path,caption", *rows]).encode())
+    # A quote left open swallows every row after it: reported as a malformed row, not read as one long caption.
+    (tmp_path / "open-quote.csv").write_text("path,caption\n" + f'{images[5]},"never closed\n{images[6]},x\n')
+    (tmp_path / "twice.csv").write_text("path,path,caption\n" + f"{images[0]},{images[1]},x\n")
+    model = models.save(app.state.active.encoders, tmp_path / "model")
+    build = ["index", "build", str(tmp_path / "coll"), "--model", str(model), "--workers", "0"]
+    code, out, err = run_cli(capsys, *build[:3], str(tmp_path / "quirky.csv"), *build[3:])
+    assert code == 0 and "added 4 image(s)" in out, (out, err)
+    code, out, err = run_cli(capsys, "index", "add", str(tmp_path / "coll"), str(tmp_path / "open-quote.csv"),
+                             "--workers", "0")  # fmt: skip
+    assert code == 0 and "malformed row" in out and "added 0 image(s)" in out, (out, err)
+    code, _, err = run_cli(capsys, "index", "add", str(tmp_path / "coll"), str(tmp_path / "twice.csv"))
+    assert code == 2 and "more than once" in err
+
+
+def test_file_names_with_control_characters_are_escaped_in_the_terminal(app, capsys, tmp_path):
+    from vlm import models
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    evil = "clear\x1b[2J\x1b]0;pwned\x07\nforged line \u202etxt.png"
+    (folder / evil).write_bytes((app.shapes / "images" / "000001.png").read_bytes())
+    model = models.save(app.state.active.encoders, tmp_path / "model")
+    code, _, err = run_cli(capsys, "index", "build", str(tmp_path / "coll"), str(folder), "--model", str(model),
+                           "--workers", "0")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "index", "search", str(tmp_path / "coll"), "--text", "a red circle", "-k", "1")
+    assert code == 0 and "\\x1b[2J" in out and "\\n" in out and "\\u202e" in out
+    assert not any(c in out for c in "\x1b\x07\u202e") and out.count("\n") == 1

@@ -209,7 +209,7 @@ def test_a_restarted_app_picks_up_the_live_run_and_can_stop_it(app, world):
                           api_name="/train_start")  # fmt: skip
         assert "already in progress" in message
         text = stop(again.client)
-        assert "Checkpoint:" in text
+        assert "Checkpoint:" in text and "Stopped on request." in text  # it saved the step it had reached
     finally:
         close(again.demo, again.state)
     assert status(app.client).startswith("**stopped**")

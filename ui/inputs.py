@@ -25,6 +25,12 @@ from vlm.zeroshot import CleanLabels, clean_labels
 
 LOG = logging.getLogger(__name__)
 
+MAX_LABEL_CHARS = 300  # like a template: far beyond the text encoder's 77 tokens
+MAX_PATH_CHARS = 1024  # longer text is not a path anyone types
+MAX_NUMBER_CHARS = 40  # a number sent as text
+LARGEST_ID = 2**63 - 1  # SQLite's integer range: the collection's ids
+HF_HUB_ID = re.compile(r"hf-hub:[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,95}")
+
 
 def open_upload(path: str | Path, max_pixels: int, name: str | None = None) -> Image.Image:
     """The uploaded image at `path`, decoded to RGB (EXIF orientation applied; the first frame of an animation).
@@ -97,10 +103,22 @@ def require_image(image: Image.Image | None, what: str = "an image") -> Image.Im
 
 
 def checked_labels(text: str | None, max_labels: int) -> CleanLabels:
-    """Labels from "cat, dog" or one per line; at most `max_labels` after cleaning."""
+    """Labels from "cat, dog" or one per line; at most `max_labels` after cleaning, of at most `MAX_LABEL_CHARS`
+    characters each (checked on the whole text first, before any splitting or tokenizing)."""
     if text is None or not str(text).strip():
         raise ConfigError("no labels given: type one or more labels separated by commas, e.g. 'cat, dog, bird'")
+    if len(str(text)) > max_labels * (MAX_LABEL_CHARS + 2):
+        raise ConfigError(
+            f"the labels are {len(str(text)):,} characters long; this app takes at most {max_labels:,} labels of "
+            f"{MAX_LABEL_CHARS} characters"
+        )
     clean = clean_labels(str(text))
+    long = [label for label in clean.labels if len(label) > MAX_LABEL_CHARS]
+    if long:
+        raise ConfigError(
+            f"{len(long)} label(s) are longer than {MAX_LABEL_CHARS} characters (the text encoder reads about 77 "
+            f"tokens); shorten them"
+        )
     if len(clean.labels) > max_labels:
         raise ConfigError(
             f"{len(clean.labels):,} labels given; this app classifies with at most {max_labels:,} labels per request "
@@ -128,12 +146,6 @@ def checked_text(text: str | None, what: str, max_chars: int) -> str:
     if len(text) > max_chars:
         raise ConfigError(f"the {what} is {len(text):,} characters long; keep it under {max_chars:,}")
     return text
-
-
-MAX_PATH_CHARS = 1024  # longer text is not a path anyone types
-MAX_NUMBER_CHARS = 40  # a number sent as text
-LARGEST_ID = 2**63 - 1  # SQLite's integer range: the collection's ids
-HF_HUB_ID = re.compile(r"hf-hub:[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,95}")
 
 
 def server_path(text: str | None, allowed_dirs: Sequence[Path], what: str = "path") -> Path:

@@ -227,6 +227,33 @@ def resolve(cls: type[T], args: argparse.Namespace, config_file: str | None = No
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Loading one model: the options every command (and the app) that loads a model shares.
+
+# How a loaded model computes (`vlm.models.load`): "auto" = bf16/fp16 autocast on a GPU, fp32 on CPU; "amp" and
+# "amp_bf16" autocast over fp32 weights; "fp16" and "bf16" cast the weights themselves.
+Precision = Literal["auto", "fp32", "amp", "amp_bf16", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    """Which model to load and where it runs: `vlm classify`, `explain`, `eval`, `segment` take these flags."""
+
+    model: str = dataclasses.field(
+        default="demo", metadata={"help": "'demo', an open_clip name, a checkpoint folder or an hf-hub: id"}
+    )
+    pretrained: str | None = dataclasses.field(
+        default=None, metadata={"help": "pretrained tag or weights file for an open_clip name"}
+    )
+    device: str | None = dataclasses.field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1 ... (none: cuda when available)"}
+    )
+    precision: Precision = dataclasses.field(
+        default="auto", metadata={"help": "auto = bf16/fp16 autocast on a GPU, fp32 on CPU"}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Training configuration. Defaults follow CLIP (Radford et al. 2021) and open_clip_train where they apply.
 
 

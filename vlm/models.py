@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from vlm import checkpoint
+from vlm.config import PRECISIONS
 from vlm.errors import CheckpointError, ModelError
 from vlm.fingerprint import state_fingerprint
 from vlm.printable import printable
@@ -41,7 +42,6 @@ LOG = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEMO_CHECKPOINT = Path(__file__).parent / "demo_model"
-PRECISIONS = ("auto", "fp32", "amp", "amp_bf16", "fp16", "bf16")
 # What torch.load, safetensors and open_clip raise for a file that is not what it claims to be (truncated, empty,
 # not a checkpoint, another model's weights, non-UTF-8 JSON); each becomes a ModelError naming the file.
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, IndexError, AttributeError,

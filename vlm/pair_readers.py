@@ -24,7 +24,7 @@ from vlm.readers import hf, webdataset
 from vlm.readers.images import IMAGE_EXTS, TAR_IMAGE_EXTS, ImageRef, image_problem
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow, clean_captions
-from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, open_text, pick_column, read_header
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, json_lines, open_text, pick_column, read_header
 
 VERIFY_CHUNK = 1024  # images handed to the thread pool at a time: bounds the number of pending futures
 
@@ -90,7 +90,8 @@ def add_path_row(
 def read_delimited(path: Path, delimiter: str, keys: tuple[str | None, str | None], resolver, out) -> None:
     source = str(path)
     with open_text(path, newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        # strict: an unterminated quote is a malformed row, not a field that silently swallows the rows after it
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
         header = read_header(reader, path, delimiter)
         i = header.index(pick_column(header, keys[0], IMAGE_KEYS, "image", source))
         j = header.index(pick_column(header, keys[1], CAPTION_KEYS, "caption", source))
@@ -116,16 +117,9 @@ def read_jsonl(path: Path, keys: tuple[str | None, str | None], resolver, out) -
     source = str(path)
     image_key = None
     with open_text(path) as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                out.reject(source, line, "", f"malformed row: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                out.reject(source, line, "", f"malformed row: not a JSON object ({type(obj).__name__})")
+        for line, obj, problem in json_lines(f):
+            if obj is None:
+                out.reject(source, line, "", problem)
                 continue
             if image_key is None:  # the first object fixes the image key and proves a caption key exists
                 image_key = pick_column(list(obj), keys[0], IMAGE_KEYS, "image", f"{source}, line {line}")

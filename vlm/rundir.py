@@ -18,7 +18,6 @@ States, in order: starting, reading data, training, stopping, then one of finish
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from vlm import checkpoint
 from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, from_dict, load_file, to_dict
+from vlm.processes import process_alive, start_ticks
 
 STATES = ("starting", "reading data", "training", "stopping", "finished", "stopped", "failed")
 ENDED = ("finished", "stopped", "failed")
@@ -164,31 +164,3 @@ def newest_run(runs_dir: str | Path) -> RunDir | None:
         return None
     started = [(p.stat().st_mtime, p.parent) for p in root.glob("*/process.json")]
     return RunDir(max(started)[1]) if started else None
-
-
-def start_ticks(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot), from /proc; None where there is no /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its closing parenthesis.
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
-def process_alive(pid: int, ticks: int | None = None) -> bool:
-    """Whether `pid` runs (not a zombie) and, given its start time, is the same process and not a reused pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return True  # no /proc: kill(0) is all we can know
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    return ticks is None or int(fields[19]) == ticks

@@ -568,7 +568,8 @@ class Trainer:
         try:
             return self._run()
         except KeyboardInterrupt as e:  # Ctrl-C / the app's Stop (SIGINT), the stop file, the time limit, the lifeline
-            self._status("stopped", message=str(e) or "interrupted")
+            asked = self.run_dir.stop_requested()  # the app's Stop sends SIGINT beside the file
+            self._status("stopped", message=str(e) or ("stopped on request" if asked else "interrupted"))
             raise
         except VLMError as e:
             self._status("failed", error=str(e))
@@ -582,8 +583,6 @@ class Trainer:
     def _run(self) -> TrainResult:
         cfg = self.cfg
         main = self.dist.is_main
-        if main:
-            self.run_dir.write_config(cfg)
         self._status("starting")
         self._check_stop()
         self._build_model()
@@ -593,6 +592,8 @@ class Trainer:
         self._check_stop()
         self._build_optimizer()
         start = self.step = self._resume()
+        if main:
+            self.run_dir.write_config(cfg)  # after the resume check, so a refused resume leaves the run's config as is
         self._status("training")
         clip_forward = self.forward
         self.model = (

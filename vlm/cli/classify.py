@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlm.cli.eval_zeroshot import add_model_arguments, load_model
+from vlm.cli.options import add_model_options, load_model
 from vlm.errors import ConfigError
 from vlm.printable import printable
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--labels-file", help="a text file with one label per line")
     p.add_argument("--templates", help="template set name, JSON file, or one template with {c} (default: generic)")
     p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default: 5)")
-    add_model_arguments(p)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 

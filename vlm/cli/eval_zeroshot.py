@@ -6,19 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model/--pretrained/--device/--precision, shared by the commands that load one model."""
-    p.add_argument("--model", default="demo", help="open_clip name, checkpoint dir, hf-hub: id or 'demo' (default)")
-    p.add_argument("--pretrained", help="pretrained tag or weights file for an open_clip name")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--precision", default="auto", help="auto (default), fp32, amp, amp_bf16, fp16, bf16")
-
-
-def load_model(args: argparse.Namespace):
-    from vlm.models import load
-
-    return load(args.model, args.pretrained, device=args.device, precision=args.precision)
+from vlm.cli.options import add_model_options, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="Hugging Face split, or CIFAR 'train'/'test' (default: test)")
     p.add_argument("--class-names", help="comma-separated class names by class id, overriding the dataset's")
     p.add_argument("--templates", help="template set name, JSON file, or one template with {c} (default: generic)")
-    add_model_arguments(p)
+    add_model_options(p)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
     p.add_argument("--out", help="write <out>/zeroshot.json, zeroshot.md and zeroshot_confusion.png here")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlm.cli.eval_zeroshot import add_model_arguments, load_model
+from vlm.cli.options import add_model_options, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image file")
     p.add_argument("text", help="the text, e.g. 'a red circle'")
     p.add_argument("--out", default="heat.png", help="the image with the heat map over it (default: heat.png)")
-    add_model_arguments(p)
+    add_model_options(p)
     p.set_defaults(run=run)
 
 

@@ -11,13 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlm.cli.options import add_model_options, model_given, model_options
+
 
 def add_segment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        help="encoder: open_clip name, checkpoint dir, hf-hub: id, 'demo' (default: the decoder's, else demo)",
-    )
-    p.add_argument("--pretrained", help="pretrained tag or weights file for --model")
+    add_model_options(p)  # --model: default the decoder's own encoder (for --method decoder), else demo
     p.add_argument("--method", choices=["dense", "decoder"], default="dense", help="training-free or learned decoder")
     p.add_argument("--decoder", help="decoder directory written by `vlm train-seg` (its final/ folder)")
     p.add_argument("--threshold", type=float, default=0.5, help="heat at or above which a pixel is in (default 0.5)")
@@ -28,8 +26,6 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="dense: window stride (default: window / 2)")
     p.add_argument("--short-side", type=int, help="dense: resize the image's short side to this (default: 2 x window)")
     p.add_argument("--logit-scale", type=float, help="dense: softmax temperature (default: the model's own)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--precision", default="auto", help="auto, fp32, amp, amp_bf16, fp16, bf16 (default auto)")
 
 
 def load_encoders_and_decoder(args: argparse.Namespace):
@@ -38,14 +34,15 @@ def load_encoders_and_decoder(args: argparse.Namespace):
     from vlm.models import load
     from vlm.segment.decoder import load_decoder, read_decoder_config
 
-    model, pretrained = args.model, args.pretrained
+    opts = model_options(args)
+    model, pretrained = opts.model, opts.pretrained
     if args.method == "decoder":
         if not args.decoder:
             raise ConfigError("--method decoder needs --decoder DIR (a decoder trained with `vlm train-seg`)")
-        if model is None:
+        if not model_given(args):
             record = read_decoder_config(args.decoder)["encoder"]
             model, pretrained = record["model"], record.get("pretrained")
-    encoders = load(model or "demo", pretrained, device=args.device, precision=args.precision)
+    encoders = load(model, pretrained, device=opts.device, precision=opts.precision)
     decoder = load_decoder(args.decoder, encoders) if args.method == "decoder" else None
     return encoders, decoder
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from vlm.errors import DataError
 
@@ -49,11 +50,33 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
 
 
 def read_header(reader: Iterator[list[str]], path: Path, delimiter: str) -> list[str]:
-    """The first non-blank row of a `csv.reader`, stripped; `DataError` when there is none or it cannot be parsed."""
+    """The first non-blank row of a `csv.reader`, stripped; `DataError` when there is none, it cannot be parsed, or
+    it names a column twice (which of the two would be read is a guess)."""
     try:
         header = next((row for row in reader if row), None)
     except csv.Error as e:
         raise DataError(f"{path}: cannot parse the header row: {e}") from e
     if header is None:
         raise DataError(f"{path} is empty: it needs a header row such as 'image{delimiter}caption'")
-    return [h.strip() for h in header]
+    header = [h.strip() for h in header]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{path}: the header names the column(s) {twice} more than once; rename or remove the copies")
+    return header
+
+
+def json_lines(f: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, the line's JSON object or None, the problem or None) for each non-blank line of a JSONL file;
+    the problems are bad-row reasons ("malformed row: invalid JSON (...)", "malformed row: not a JSON object")."""
+    for line, text in enumerate(f, 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield line, None, f"malformed row: invalid JSON ({e.msg} at column {e.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield line, None, f"malformed row: not a JSON object ({type(obj).__name__})"
+            continue
+        yield line, obj, None

@@ -21,6 +21,7 @@ from PIL import Image
 
 from vlm.atomic import atomic_write_text, publish_dir
 from vlm.errors import ConfigError, DataError
+from vlm.processes import process_alive
 from vlm.synth.language import CAPTIONS_PER_SCENE, captions, referring_phrases
 from vlm.synth.scenes import check_image_size, render_scene, sample_scene, scene_rng
 from vlm.synth.world import COLOUR_RGB, COLOURS, LABELS, POSITIONS, SHAPES, SIZE_RADIUS
@@ -173,18 +174,8 @@ def _clean_stale(out_dir: Path) -> None:
     """Remove temp dirs of earlier runs into `out_dir` that were killed (their process no longer exists)."""
     for stale in out_dir.parent.glob(f".{out_dir.name}.synth-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def generate(

@@ -1,0 +1,33 @@
+"""The model flags are declared once (`vlm.config.ModelOptions`): every command that loads one model has the same
+--model/--pretrained/--device/--precision, with the precisions `vlm.models.load` accepts as choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlm import config, models
+from vlm.cli import build_parser, main
+
+COMMANDS = [["classify", "x.png", "--labels", "a"], ["explain", "x.png", "a"], ["eval", "zeroshot", "d"]]
+COMMANDS += [["eval", "retrieval", "p.csv"], ["segment", "x.png", "a"], ["eval", "segmentation", "--data", "d"]]
+
+
+def test_one_list_of_precisions():
+    assert models.PRECISIONS is config.PRECISIONS
+    assert config.ModelOptions().precision in config.PRECISIONS
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_every_model_command_takes_the_same_options(argv):
+    args = build_parser().parse_args([*argv, "--model", "vlm-tiny", "--device", "cpu", "--precision", "fp32"])
+    assert config.resolve(config.ModelOptions, args) == config.ModelOptions("vlm-tiny", None, "cpu", "fp32")
+    defaults = config.resolve(config.ModelOptions, build_parser().parse_args(argv))
+    assert defaults == config.ModelOptions()
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_an_unknown_precision_is_refused_with_the_choices(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--precision", "fp64"])
+    assert e.value.code == 2
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err
