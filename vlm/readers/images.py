@@ -3,6 +3,9 @@
 Every failure to use an image becomes an `ImageError` (a `DataError`) whose `reason` is a short phrase that bad-row
 reports count: "missing file", "empty file", "not an image", "truncated image", "image too large (W x H)", ...
 Decoding keeps PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) and refuses truncated files.
+Phone photos: HEIC/HEIF through `pillow-heif` (registered here, the one place images are decoded), AVIF through
+Pillow itself; the EXIF orientation is applied, so a portrait photo stored sideways is embedded, shown and
+explained upright.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pillow_heif
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlm.errors import DataError
 
 # Image files found by walking a folder, and image members of a WebDataset shard (by extension, without the dot).
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+EXIF_ORIENTATION = 0x0112
+
+pillow_heif.register_heif_opener()  # HEIC/HEIF (every iPhone photo) for Image.open; AVIF is Pillow's own
 
 
 class ImageError(DataError):
@@ -125,6 +132,8 @@ def _decode(fp: IO[bytes]) -> Image.Image:
         if limit is not None and im.width * im.height > limit:
             raise _BadImage(f"image too large ({im.width} x {im.height})")
         im.load()
+        if im.getexif().get(EXIF_ORIENTATION, 1) != 1:  # rotated or mirrored by the camera: make it upright
+            im = ImageOps.exif_transpose(im)
         return im
     except Image.DecompressionBombError as e:  # > 2 x the limit: PIL refuses before telling us the size
         pixels = re.search(r"\((\d+) pixels\)", str(e))
@@ -132,7 +141,8 @@ def _decode(fp: IO[bytes]) -> Image.Image:
     except UnidentifiedImageError as e:
         raise _BadImage("not an image") from e
     except (OSError, SyntaxError, EOFError, ValueError, IndexError) as e:
-        truncated = isinstance(e, EOFError) or "truncat" in str(e).lower()
+        # libheif (through pillow-heif) says "Unexpected end of file" for a cut HEIC.
+        truncated = isinstance(e, EOFError) or any(w in str(e).lower() for w in ("truncat", "end of file"))
         raise _BadImage("truncated image" if truncated else f"corrupt image ({e})") from e
 
 
