@@ -47,6 +47,10 @@ def test_build_add_search_remove_info(tmp_path, shapes, model_dir, capsys):
     image = str(shapes / "images" / "000007.png")
     assert main(["index", "search", coll, "--image", image, "-k", "1", "--path-prefix", "images/00000"]) == 0
     assert "images/000007.png" in capsys.readouterr().out  # an image is its own nearest neighbour
+    assert main(["index", "search", coll, "--query", f"{image} + 0.01*'a red circle'", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["path"] == "images/000007.png"  # the image term dominates
+    assert main(["index", "search", coll, "--query", '"a red circle" + nowhere.png']) != 0
+    assert "query image not found: nowhere.png" in capsys.readouterr().err
     assert main(["index", "remove", coll, "--id", "7", "--path", "images/000008.png", "nope.png"]) == 0
     out = capsys.readouterr().out
     assert "removed 2 image(s) (version 3)" in out and "not in the collection: nope.png" in out

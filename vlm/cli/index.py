@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     query = s.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a text query")
     query.add_argument("--image", help="a query image file")
+    query.add_argument(
+        "--query", help='query arithmetic: \'"a beach" + 0.5*photo.jpg - "people"\' (vlm/query.py: sum of unit vectors)'
+    )
     s.add_argument("-k", type=int, default=10, help="results (default: 10)")
     s.add_argument("--path-prefix", help="only images whose stored path starts with this")
     s.add_argument("--path-contains", help="only images whose stored path contains this")
@@ -182,9 +185,17 @@ def run_search(args: argparse.Namespace) -> None:
     coll = Collection.open(args.collection, device=args.device)
     where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
     kwargs = {"filters": where, "nprobe": args.nprobe}
-    hits = (
-        coll.search_text(args.text, args.k, **kwargs) if args.text else coll.search_image(args.image, args.k, **kwargs)
-    )
+    if args.query:
+        from vlm.query import combine, parse
+
+        vector = combine(coll.encoders, parse(args.query))
+        hits = coll.search_vector(vector, args.k, fingerprint=coll.encoders.fingerprint, **kwargs)
+    else:
+        hits = (
+            coll.search_text(args.text, args.k, **kwargs)
+            if args.text
+            else coll.search_image(args.image, args.k, **kwargs)
+        )
     rows = [
         {"rank": rank, "score": round(float(score), 4), "id": record.id, "path": record.path, "caption": record.caption}
         for rank, (score, record) in enumerate(zip(hits.scores[0], hits.records[0], strict=False), 1)
