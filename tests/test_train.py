@@ -220,10 +220,10 @@ def test_config_errors_are_clear(tmp_path, shapes):
 # -- processes: SIGKILL + resume, torchrun -------------------------------------------------------------------------
 
 
-def _cli(tmp: Path, data: Path, out: Path, *extra: str) -> list[str]:
+def _cli(tmp: Path, data: Path, out: Path, *extra: str, steps: int = 12) -> list[str]:
     return [
         sys.executable, "-m", "vlm", "train", "--model", "vlm-tiny", "--train-data", str(data / "pairs.csv"),
-        "--output-dir", str(out), "--batch-size", "16", "--steps", "12", "--seed", "5", "--val-fraction", "0",
+        "--output-dir", str(out), "--batch-size", "16", "--steps", str(steps), "--seed", "5", "--val-fraction", "0",
         "--log-every", "1", "--no-tensorboard", "--warmup-steps", "2", *extra,
     ]  # fmt: skip
 
@@ -264,7 +264,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, shapes):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     single = tmp_path / "single"
     subprocess.run(
-        _cli(tmp_path, shapes, single, "--workers", "0", "--steps", "4"), check=True, env=_env(), capture_output=True
+        _cli(tmp_path, shapes, single, "--workers", "0", steps=4), check=True, env=_env(), capture_output=True
     )
     double = tmp_path / "double"
     cmd = [
@@ -273,7 +273,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, shapes):
         "--nproc_per_node",
         "2",
         "-m",
-        *_cli(tmp_path, shapes, double, "--workers", "0", "--steps", "4")[2:],
+        *_cli(tmp_path, shapes, double, "--workers", "0", steps=4)[2:],
     ]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -337,12 +337,12 @@ def test_torchrun_clip_loss_on_a_siglip_model(tmp_path, shapes):
         pytest.skip("torchrun is not installed next to this Python")
     siglip = tmp_path / "siglip"
     subprocess.run(
-        _cli(tmp_path, shapes, siglip, "--workers", "0", "--steps", "1", "--loss", "siglip"),
+        _cli(tmp_path, shapes, siglip, "--workers", "0", "--loss", "siglip", steps=1),
         check=True,
         env=_env(),
         capture_output=True,
     )
-    cmd = _cli(tmp_path, shapes, tmp_path / "clip", "--workers", "0", "--steps", "3", "--loss", "clip")
+    cmd = _cli(tmp_path, shapes, tmp_path / "clip", "--workers", "0", "--loss", "clip", steps=3)
     cmd[cmd.index("--model") + 1] = str(siglip / "final")
     torchrun = str(Path(sys.executable).parent / "torchrun")
     run = subprocess.run(
