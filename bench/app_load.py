@@ -2,7 +2,8 @@
 
     python -m bench.app_load                                # the demo model and demo collection (default)
     python -m bench.app_load --model runs/x/final --clients 8 --seconds 60
-    python -m bench.app_load --clients 8 --hostile 2 --seconds 30   # and again with 2 hostile clients beside them
+    python -m bench.app_load --clients 8 --hostile-every 4 --seconds 60   # then again, a hostile request mixed in
+                                                                          # after every 4th request of each client
 
 The app runs as `python app.py` in a subprocess (its own memory is measured); the peer loads the same model and
 opens the same collection (read-only) in this process. Three phases, each endpoint called round-robin
@@ -14,10 +15,11 @@ segment) with the demo's own images:
   2. load: N clients for --seconds; p50/p95 latency per endpoint, errors, requests per second;
   3. the resident memory of the server process after warm-up, half-way through the load and at its end (flat means
      the second half added about nothing);
-  4. with --hostile H: the same N clients for --seconds again, now beside H clients sending only hostile requests
-     (`HOSTILE`: overlong and formatting templates, a template naming a server file, huge and negative ids, a huge
-     k, traversal in every path field). Each must be refused (an answer is a failure) and fast; the N clients' p95
-     is compared with phase 2's.
+  4. with --hostile-every K (or --hostile H): the same N clients for --seconds again, each now also sending a hostile
+     request after every K-th of its requests (or beside H clients sending only hostile requests, as fast as they
+     are answered): overlong and formatting templates, a template naming a server file, huge and negative ids, a
+     huge k, traversal in every path field (`hostile_calls`). Each must be refused (an answer is a failure) and
+     fast; the N clients' p95 is compared with phase 2's.
 Claimed: the ratios (served/direct, load p50 / sequential p50, p95 with / without hostile clients), the absence of
 errors and of memory growth, and that every hostile request was refused; milliseconds are printed for context (they
 depend on the machine and on what else runs).
@@ -115,6 +117,7 @@ def query_images(coll: Collection, n: int = 4) -> list[Path]:
     raise SystemExit("the collection has too few image files to query with")
 
 
+HOSTILE_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 120.0  # a request not answered by then is counted as hung, and the client goes on
 
 
@@ -149,17 +152,20 @@ def hostile_calls(client, images: list[Path]) -> dict[str, Callable[[int], objec
     def img(i: int):
         return handle_file(str(images[i % len(images)]))
 
+    def refuse(*args, api_name: str):  # a refusal takes well under a second; waiting longer only hides a hang
+        return client.submit(*args, api_name=api_name).result(timeout=HOSTILE_TIMEOUT_S)
+
     train = ("vlm-tiny (from scratch, 32 px)", 1, 0, 8, 1e-3, 0)
     return {
-        "long_template": lambda i: ask(client, img(i), LABELS, "a {c} " + "x" * 20_000, 5, api_name="/classify"),
-        "format_template": lambda i: ask(client, img(i), LABELS, "{c:>999999999}", 5, api_name="/classify"),
-        "file_template": lambda i: ask(client, img(i), LABELS, "/etc/passwd", 5, api_name="/classify"),
-        "huge_id": lambda i: ask(client, 10**30 + i, 12, "", "", api_name="/search_similar"),
-        "negative_id": lambda i: ask(client, -1 - i, QUERY, api_name="/explain_result"),
-        "huge_k": lambda i: ask(client, QUERY, 10**9, "", "", api_name="/search_text"),
-        "traversal_folder": lambda i: ask(client, "../" * 12 + "etc", api_name="/add_folder"),
-        "traversal_data": lambda i: ask(client, "/etc/passwd", None, *train, api_name="/train_start"),
-        "traversal_model": lambda i: ask(client, "../../../../etc", "", api_name="/model_switch"),
+        "long_template": lambda i: refuse(img(i), LABELS, "a {c} " + "x" * 20_000, 5, api_name="/classify"),
+        "format_template": lambda i: refuse(img(i), LABELS, "{c:>999999999}", 5, api_name="/classify"),
+        "file_template": lambda i: refuse(img(i), LABELS, "/etc/passwd", 5, api_name="/classify"),
+        "huge_id": lambda i: refuse(10**30 + i, 12, "", "", api_name="/search_similar"),
+        "negative_id": lambda i: refuse(-1 - i, QUERY, api_name="/explain_result"),
+        "huge_k": lambda i: refuse(QUERY, 10**9, "", "", api_name="/search_text"),
+        "traversal_folder": lambda i: refuse("../" * 12 + "etc", api_name="/add_folder"),
+        "traversal_data": lambda i: refuse("/etc/passwd", None, *train, api_name="/train_start"),
+        "traversal_model": lambda i: refuse("../../../../etc", "", api_name="/model_switch"),
         "traversal_decoder": lambda i: ask(
             client, img(i), "a", "learned decoder", "/root/../etc", 0.5, api_name="/segment"
         ),
@@ -208,15 +214,16 @@ class Hostile:
 
     refused: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     answered: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    hung: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # no answer within REQUEST_TIMEOUT_S
+    hung: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # no answer within HOSTILE_TIMEOUT_S
     messages: dict[str, str] = field(default_factory=dict)  # one refusal message per kind
 
 
 def load(
-    url: str, images: list[Path], clients: int, seconds: float, pid: int, hostile: int = 0
+    url: str, images: list[Path], clients: int, seconds: float, pid: int, hostile: int = 0, hostile_every: int = 0
 ) -> tuple[dict, dict, list, float, Hostile]:
-    """Latencies and errors per endpoint from `clients` threads for `seconds` (beside `hostile` threads sending
-    hostile requests); the server's RSS (MB) at each tenth of the time; the clients' requests per second."""
+    """Latencies and errors per endpoint from `clients` threads for `seconds` (each also sending a hostile request
+    after every `hostile_every`-th request, and beside `hostile` threads sending only hostile requests); the server's
+    RSS (MB) at each tenth of the time; the clients' (not hostile) requests per second."""
     from gradio_client import Client
 
     times: dict[str, list[float]] = defaultdict(list)
@@ -228,7 +235,9 @@ def load(
     deadline = started + seconds
 
     def worker(w: int) -> None:
-        calls = served_calls(Client(url, verbose=False), images)
+        client = Client(url, verbose=False)
+        calls = served_calls(client, images)
+        attacks_ = hostile_calls(client, images)
         names = list(calls)
         i = w
         while time.monotonic() < deadline:
@@ -241,27 +250,31 @@ def load(
                 with lock:
                     errors[name].append(f"{type(e).__name__}: {e}"[:200])
             i += 1
+            if hostile_every and i % hostile_every == 0 and time.monotonic() < deadline:
+                attack(attacks_, i // hostile_every + w)
 
     def attacker(w: int) -> None:
         calls = hostile_calls(Client(url, verbose=False), images)
-        names = list(calls)
         i = w
         while time.monotonic() < deadline:
-            name = names[i % len(names)]
-            start = time.perf_counter()
-            try:
-                calls[name](i)
-            except TimeoutError:
-                with lock:
-                    attacks.hung[name] += 1
-            except Exception as e:  # the expected outcome: the app refused
-                with lock:
-                    attacks.refused[name].append(time.perf_counter() - start)
-                    attacks.messages.setdefault(name, f"{type(e).__name__}: {e}"[:160])
-            else:
-                with lock:
-                    attacks.answered[name] += 1
+            attack(calls, i)
             i += 1
+
+    def attack(calls: dict[str, Callable[[int], object]], i: int) -> None:
+        name = list(calls)[i % len(calls)]
+        start = time.perf_counter()
+        try:
+            calls[name](i)
+        except TimeoutError:
+            with lock:
+                attacks.hung[name] += 1
+        except Exception as e:  # the expected outcome: the app refused
+            with lock:
+                attacks.refused[name].append(time.perf_counter() - start)
+                attacks.messages.setdefault(name, f"{type(e).__name__}: {e}"[:160])
+        else:
+            with lock:
+                attacks.answered[name] += 1
 
     def sample() -> None:  # ten samples of the server's memory, the fifth at half time
         for k in range(1, 11):
@@ -276,7 +289,7 @@ def load(
     for t in threads:
         t.join()
     total = sum(len(v) for v in times.values())
-    return times, errors, series, total / (time.monotonic() - started), attacks
+    return times, errors, series, total / seconds, attacks
 
 
 def pct(values: list[float], q: int) -> float:
@@ -295,11 +308,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rounds", type=int, default=5, help="sequential rounds (served and direct, interleaved)")
-    p.add_argument("--hostile", type=int, default=0, help="then load again beside this many hostile clients (0)")
+    p.add_argument(
+        "--hostile-every",
+        type=int,
+        default=0,
+        help="then load again, each client sending a hostile request after every K-th request (0: no)",
+    )
+    p.add_argument("--hostile", type=int, default=0, help="... and/or beside this many hostile-only clients (0)")
     p.add_argument("--tag", help="write bench/results/app_load_TAG.json (default: app_load.json)")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.hostile < 0 or args.seconds <= 0 or args.rounds < 1:
-        p.error("--clients, --seconds and --rounds must be positive, --hostile at least 0")
+    if args.clients < 1 or args.hostile < 0 or args.hostile_every < 0 or args.seconds <= 0 or args.rounds < 1:
+        p.error("--clients, --seconds and --rounds must be positive, --hostile and --hostile-every at least 0")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -317,9 +336,9 @@ def main(argv: list[str] | None = None) -> None:
             s_times, d_times = sequential(served, direct, args.rounds)
             times, errors, rss_series, rps, _ = load(url, images, args.clients, args.seconds, proc.pid)
             rss_half, rss_end = rss_series[4], rss_series[-1]
-            if args.hostile:
+            if args.hostile or args.hostile_every:
                 alone = hostile_alone(client, images)
-                mixed = load(url, images, args.clients, args.seconds, proc.pid, hostile=args.hostile)
+                mixed = load(url, images, args.clients, args.seconds, proc.pid, args.hostile, args.hostile_every)
                 mixed_times, mixed_errors, mixed_rss, mixed_rps, attacks = mixed
         finally:
             stop_server(proc)
@@ -354,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     n_errors = sum(len(v) for v in errors.values())
     print(f"{rps:.1f} requests/s; server RSS {rss_warm:.0f} MB after warm-up, {rss_half:.0f} MB half-way, "
           f"{rss_end:.0f} MB at the end (each tenth: {rss_series}); {n_errors} errors")  # fmt: skip
-    if args.hostile:
+    if args.hostile or args.hostile_every:
         hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps, attacks, alone)
 
 
@@ -401,6 +420,7 @@ def hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps,
         model=args.model,
         clients=args.clients,
         hostile_clients=args.hostile,
+        hostile_every=args.hostile_every,
         seconds=args.seconds,
         requests_per_s_with_hostile=mixed_rps,
         all_endpoints_p95_ratio=ratio,
@@ -414,7 +434,9 @@ def hostile_report(args, times, mixed_times, mixed_errors, mixed_rss, mixed_rps,
     slowest = max((v["p95_ms"] for v in refusals.values()), default=float("nan"))
     idle = max(alone.values(), default=float("nan"))
     errors = sum(len(v) for v in mixed_errors.values())
-    print(f"with {args.hostile} hostile clients: {refused} hostile requests refused, {answered} answered, {hung} "
+    mix = f"a hostile request after every {args.hostile_every}" if args.hostile_every else ""
+    mix += (" and " if mix else "") + f"{args.hostile} hostile clients" if args.hostile else ""
+    print(f"with {mix}: {refused} hostile requests refused, {answered} answered, {hung} "
           f"hung; slowest kind's p95 {slowest:.0f} ms under load (queueing with the others), {idle:.0f} ms on an "
           f"idle server; the {args.clients} clients' p95 x{ratio:.2f} ({mixed_rps:.1f} requests/s, {errors} "
           f"errors); server RSS {mixed_rss}")  # fmt: skip
