@@ -170,6 +170,11 @@ def test_short_training_run_becomes_the_active_model(page, served, shots):
     expect(status).to_contain_text("step 3 / 3")
     expect(page.locator("#train-loss")).to_be_visible()
     page.screenshot(path=shots / "train.png", full_page=True)
+    # A reload keeps the run: its status comes from the run folder, not from the page (issue 15).
+    page.reload()
+    open_tab(page, "Train")
+    expect(status).to_contain_text("finished", timeout=30_000)
+    expect(status).to_contain_text("step 3 / 3")
     page.get_by_role("button", name="Use this model").click()
     expect(page.locator("#banner")).to_contain_text("checkpoint", timeout=60_000)
     expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images")

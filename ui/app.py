@@ -89,7 +89,7 @@ def build_app(state: AppState, concurrency: int = CONCURRENCY) -> gr.Blocks:
         with gr.Tab("Segment", id="segment"):
             segment.build(state)
         with gr.Tab("Train", id="train"):
-            train.build(state, banner)
+            train.build(state, banner, demo)
         with gr.Tab("Model", id="model") as model_tab:
             model.build(state, banner, model_tab)
         # Each page load shows the model active now (another visitor may have switched it).

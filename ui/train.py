@@ -144,7 +144,7 @@ def curves(status: TrainStatus) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
     return (loss if len(loss) else None), (recall if len(recall) else None)
 
 
-def build(state: AppState, banner: gr.Markdown) -> None:
+def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
     gr.Markdown(
         "Train on image–text pairs: a CSV/TSV/JSONL file (an image path and a caption per row), a folder of images "
         "with same-named .txt captions, a Hugging Face dataset folder or WebDataset shards — on the server, or "
@@ -220,5 +220,8 @@ def build(state: AppState, banner: gr.Markdown) -> None:
                        api_name="train_start", concurrency_id="train", concurrency_limit=1)  # fmt: skip
     polled = [status, loss_plot, recall_plot, timer]
     timer.tick(train_status, None, polled, api_name="train_status", concurrency_limit=None, show_progress="hidden")
+    # A reload (or a second visitor) sees the run as it is now, and polls it while it runs: the values above were
+    # computed when the app was built.
+    page.load(train_status, None, polled, api_visibility="private", show_progress="hidden")
     stop_button.click(train_stop, None, polled, api_name="train_stop", concurrency_id="train", concurrency_limit=1)
     use_button.click(train_use, None, [used, banner], api_name="train_use", concurrency_id="admin", concurrency_limit=1)
