@@ -6,6 +6,7 @@ the result, so everything the CLI does is also a library call.
     vlm info MODEL [--pretrained TAG]        load a model and describe it
     vlm explain IMAGE TEXT --out heat.png   where in the image a text matches, and how well
     vlm serve [--model M] [--images DIR]     the web app (as `python app.py`)
+    vlm wise-ft BASE FINETUNED --val ... --reference ... --out DIR   average a fine-tune with its base (WiSE-FT)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vlm.printable import printable
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
 COMMANDS = [
     *("synth", "train", "info", "evaluate", "classify", "explain", "segment", "train_seg", "index", "demo", "serve"),
+    "wise_ft",
 ]
 
 
