@@ -253,6 +253,42 @@ class ModelOptions:
     )
 
 
+@dataclasses.dataclass
+class LoraOptions:
+    """LoRA (Hu et al. 2021) through peft: low-rank updates on chosen modules, the rest of the model frozen
+    (`vlm.lora`). Rank 0 is off: every weight trains (a full fine-tune)."""
+
+    lora_rank: int = dataclasses.field(default=0, metadata={"help": "LoRA rank r; 0 = off (full fine-tune)"})
+    lora_alpha: float | None = dataclasses.field(
+        default=None, metadata={"help": "LoRA scale numerator: updates are scaled by alpha/r (none: alpha = 2r)"}
+    )
+    lora_towers: Literal["both", "image", "text"] = dataclasses.field(
+        default="both", metadata={"help": "which tower(s) get LoRA modules"}
+    )
+    lora_targets: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata={"help": "module names or name endings (attn, mlp.c_fc, conv2 ...); none: every Linear, Conv2d and "
+                  "MultiheadAttention the tower's forward calls"},
+    )  # fmt: skip
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout on the LoRA branch's input"})
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.lora_rank > 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training configuration. Defaults follow CLIP (Radford et al. 2021) and open_clip_train where they apply.
 
