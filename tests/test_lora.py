@@ -6,6 +6,7 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vlm import checkpoint, lora, models
 from vlm.config import LoraOptions
@@ -111,3 +112,44 @@ def test_resnet_attention_pool_projections_are_refused_by_name():
         lora.resolve_targets(enc, LoraOptions(lora_rank=2, lora_towers="image", lora_targets=("attnpool.q_proj",)))
     default = lora.resolve_targets(enc, LoraOptions(lora_rank=2, lora_towers="image"))
     assert "visual.layer1.0.conv2" in default and not any("attnpool" in t for t in default)
+
+
+def test_trainer_with_lora_saves_merged_and_adapter_and_resumes(tmp_path):
+    import shutil
+
+    from vlm.config import TrainConfig, from_dict, to_dict
+    from vlm.synth import generate
+    from vlm.train import train
+
+    data = tmp_path / "data"
+    generate(data, scenes=32, seed=3, image_size=32, progress=False)
+
+    def cfg(out, **extra):
+        return from_dict(TrainConfig, {
+            "output_dir": str(out), "batch_size": 8, "steps": 4, "seed": 1, "save_every": 2, "keep_last": 5,
+            "val_every": 0, "log_every": 1, "tensorboard": False, "model": {"model": "vlm-tiny"},
+            "data": {"train_data": str(data / "pairs.csv"), "workers": 0, "val_fraction": 0.0},
+            "optim": {"warmup_steps": 1, "lr": 1e-2}, "lora": {"lora_rank": 2, "lora_towers": "text"}, **extra,
+        })  # fmt: skip
+
+    bad = {**to_dict(cfg(tmp_path / "bad")), "lora": {"lora_rank": 2, "lora_targets": ["nope"]}}
+    with pytest.raises(ConfigError, match="no module of that name"):
+        train(from_dict(TrainConfig, bad), progress=False)
+    assert checkpoint.latest(tmp_path / "bad") is None
+    result = train(cfg(tmp_path / "a"), progress=False)
+    final = result.final_checkpoint
+    assert (final / lora.ADAPTER_DIR / lora.ADAPTER_WEIGHTS).is_file()
+    models.register_model_configs()
+    clip, _, _ = open_clip.create_model_and_transforms("vlm-tiny", pretrained=str(final / checkpoint.WEIGHTS_NAME))
+    step2 = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000002" / checkpoint.WEIGHTS_NAME))
+    trained = clip.state_dict()  # LoRA on the text tower only: the image tower stays as it was, the text one moves
+    assert all(torch.equal(v, step2[k]) for k, v in trained.items() if k.startswith("visual."))
+    assert any(not torch.equal(v, step2[k]) for k, v in trained.items() if k.startswith("transformer."))
+    # Resume from step 2 (the later checkpoints removed): the adapter is read back, the run ends where it did.
+    a = load_file(str(final / checkpoint.WEIGHTS_NAME))
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_00000004")
+    shutil.rmtree(final)
+    resumed = train(cfg(tmp_path / "a", resume=True), progress=False)
+    b = load_file(str(resumed.final_checkpoint / checkpoint.WEIGHTS_NAME))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)

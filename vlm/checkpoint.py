@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,13 @@ def save(
     train_state: dict[str, Any] | None = None,
     weights_dtype: torch.dtype | None = None,
     tokenizer: Any = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
     `weights_dtype=torch.float16` stores half-size weights (for shipping a demo model); loading casts them back.
+    `extra(tmp_dir)` writes more into the directory before it is published (a LoRA run's `adapter/` folder; never a
+    second weights file beside `model.safetensors`, which open_clip would have to choose between).
     """
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -90,6 +94,8 @@ def save(
             tokenizer.tokenizer.save_pretrained(str(tmp))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_NAME)
+        if extra is not None:
+            extra(tmp)
     LOG.info("saved checkpoint %s", path)
     return path
 

@@ -424,6 +424,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    lora: LoraOptions = dataclasses.field(default_factory=LoraOptions)
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ from torch import nn
 from vlm import models
 from vlm.atomic import atomic_dir
 from vlm.config import LoraOptions
-from vlm.errors import CheckpointError, ConfigError
+from vlm.errors import CheckpointError, ConfigError, ModelError
 
 LOG = logging.getLogger(__name__)
 
+ADAPTER_DIR = "adapter"  # inside a checkpoint folder written by `export_merged`
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 FORMAT = "vlm-lora-adapter"
@@ -147,9 +149,13 @@ def apply(encoders: models.Encoders, options: LoraOptions) -> LoraHandle:
     base_fingerprint = encoders.fingerprint
     config = LoraConfig(
         r=options.lora_rank, lora_alpha=options.alpha, lora_dropout=options.lora_dropout,
-        target_modules=list(targets), bias="none",
+        target_modules=exact_names_pattern(targets), bias="none",
     )  # fmt: skip
     peft_model = LoraModel(encoders.model, config, ADAPTER_NAME)  # injects into encoders.model and freezes the rest
+    wrapped = {n for n, m in encoders.model.named_modules()  # (an attention's own out_proj sits under base_layer)
+               if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and ".base_layer." not in n}  # fmt: skip
+    if wrapped != set(targets):  # peft's own name matching must have taken exactly the resolved modules
+        raise ModelError(f"peft wrapped {sorted(wrapped ^ set(targets))[:3]} against the resolved targets")
     handle = LoraHandle(encoders, peft_model, options, targets, base_fingerprint)
     counts = handle.counts()
     LOG.info(
@@ -158,6 +164,12 @@ def apply(encoders: models.Encoders, options: LoraOptions) -> LoraHandle:
         100.0 * counts["trainable"] / max(counts["total"], 1),
     )  # fmt: skip
     return handle
+
+
+def exact_names_pattern(names: tuple[str, ...]) -> str:
+    """A regex peft full-matches against module names: a list would also match every name *ending* in an entry
+    (`visual.transformer.resblocks.0.attn` ends in `transformer.resblocks.0.attn`)."""
+    return "|".join(re.escape(n) for n in names)
 
 
 def merged_model(handle: LoraHandle) -> nn.Module:
@@ -174,9 +186,15 @@ def merged_encoders(handle: LoraHandle) -> models.Encoders:
 def export_merged(
     handle: LoraHandle, path: str | Path, *, provenance: dict[str, Any] | None = None, **kwargs: Any
 ) -> Path:
-    """Write the merged model as a checkpoint folder (`vlm.checkpoint`): open_clip loads its model.safetensors."""
+    """Write the merged model as a checkpoint folder (`vlm.checkpoint`): open_clip loads its model.safetensors. The
+    adapter goes beside it in `adapter/` (`adapter.safetensors`, `adapter.json`): a resumed run reads it from there."""
+
+    def write(tmp: Path) -> None:
+        (tmp / ADAPTER_DIR).mkdir()
+        write_adapter(handle, tmp / ADAPTER_DIR)
+
     record = {**(provenance or handle.encoders.provenance), "lora": describe(handle)}
-    return models.save(merged_encoders(handle), path, provenance=record, **kwargs)
+    return models.save(merged_encoders(handle), path, provenance=record, extra=write, **kwargs)
 
 
 def describe(handle: LoraHandle) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from vlm import __version__, checkpoint, distributed, flops, models
+from vlm import __version__, checkpoint, distributed, flops, lora, models
 from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, to_dict
 from vlm.data import Pair, PairDataset, read_pairs, split
@@ -313,6 +313,8 @@ class Trainer:
             clip.lock_text_tower(unlocked_layers=mc.lock_text_unlocked_layers, freeze_layer_norm=True)
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)
+        # LoRA: adapters put in place on the model (the rest frozen); checkpoints hold the merged weights + adapter/.
+        self.lora = lora.apply(self.encoders, self.cfg.lora) if self.cfg.lora.enabled else None
         clip.train()
         self.forward = ClipForward(clip)
         trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
@@ -437,8 +439,11 @@ class Trainer:
             diffs.append("the training pairs differ from the checkpoint's")
         if diffs:
             raise CheckpointError(f"cannot resume from {self.resume_from}: " + "; ".join(diffs))
-        weights = load_file(str(self.resume_from / checkpoint.WEIGHTS_NAME), device=str(self.dist.device))
-        self.encoders.model.load_state_dict(weights, strict=True)
+        if self.lora is not None:  # the base weights are the initial ones, frozen: only the adapter moved
+            lora.load_adapter_state(self.lora, lora.read_adapter(self.resume_from / lora.ADAPTER_DIR)[2])
+        else:
+            weights = load_file(str(self.resume_from / checkpoint.WEIGHTS_NAME), device=str(self.dist.device))
+            self.encoders.model.load_state_dict(weights, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -473,14 +478,18 @@ class Trainer:
             "config": to_dict(self.cfg),
             "train_keys": keys_digest(self.train_pairs),
         }
-        path = models.save(
-            self.encoders,
+        path = self._save_model(
             self.out / "checkpoints" / checkpoint.step_dir_name(step),
             provenance=self._provenance(step, metrics),
             train_state=train_state,
         )
         checkpoint.prune(self.out, self.cfg.keep_last)
         return path
+
+    def _save_model(self, path: Path, **kwargs: Any) -> Path:
+        if self.lora is None:
+            return models.save(self.encoders, path, **kwargs)
+        return lora.export_merged(self.lora, path, **kwargs)
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
@@ -667,7 +676,7 @@ class Trainer:
                 LOG.info("final validation: %s", _fmt(metrics))
             if step > start or checkpoint.latest(self.out) is None:
                 self._save(step, metrics, rng)
-            models.save(self.encoders, self.run_dir.final, provenance=self._provenance(step, metrics))
+            self._save_model(self.run_dir.final, provenance=self._provenance(step, metrics))
             result = {"steps": step, "metrics": metrics, "final_checkpoint": str(self.run_dir.final)}
             atomic_write_json(self.run_dir.result, result)
         log.close()
