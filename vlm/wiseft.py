@@ -153,13 +153,22 @@ class WiseFT:
         self.alpha: float | None = 0.0
 
     @classmethod
-    def load(cls, base: str, finetuned: str, *, device: str | None = None, precision: str = "auto") -> WiseFT:
-        """Load both models (names as `vlm.models.load` takes them); the weights are averaged in float32."""
+    def load(
+        cls,
+        base: str,
+        finetuned: str,
+        *,
+        base_pretrained: str | None = None,
+        device: str | None = None,
+        precision: str = "auto",
+    ) -> WiseFT:
+        """Load both models (names as `vlm.models.load` takes them: `base` + `base_pretrained` for an open_clip
+        architecture and tag such as ViT-B-32 + laion2b_s34b_b79k); the weights are averaged in float32."""
         if precision in ("fp16", "bf16"):
             raise ModelError(f"weights are averaged in float32: use --precision auto, amp or amp_bf16, not {precision}")
-        first = models.load(base, device=device, precision=precision)
+        first = models.load(base, base_pretrained, device=device, precision=precision)
         second = models.load(finetuned, device="cpu", precision="fp32")
-        return cls(first, second, names=(base, finetuned))
+        return cls(first, second, names=(first.source, finetuned))
 
     def at(self, alpha: float) -> models.Encoders:
         """The working model with the weights of `alpha` (the same object each call, its weights replaced)."""

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("base", help="the model the fine-tune started from ('demo', a checkpoint folder, ...)")
     p.add_argument("finetuned", help="the fine-tuned checkpoint folder (e.g. runs/ft/final)")
+    p.add_argument("--base-pretrained", metavar="TAG", help="pretrained tag or weights file when BASE is an open_clip "
+                   "architecture (e.g. ViT-B-32 --base-pretrained laion2b_s34b_b79k)")  # fmt: skip
     p.add_argument("--val", required=True, metavar="DATA",
                    help="your data, held out: [zeroshot:|retrieval:]PATH (labelled images -> zero-shot top-1, "
                    "image-caption pairs -> text->image R@5)")  # fmt: skip
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> None:
     }  # fmt: skip
     for name, s in sets.items():
         print(f"{name}: {s.describe()}")
-    pair = wiseft.WiseFT.load(args.base, args.finetuned, device=model_opts.device, precision=model_opts.precision)
+    pair = wiseft.WiseFT.load(args.base, args.finetuned, base_pretrained=args.base_pretrained,
+                              device=model_opts.device, precision=model_opts.precision)  # fmt: skip
     points = pair.sweep(alphas, {name: s.score for name, s in sets.items()}, progress=print)
     chosen = wiseft.pick(points, opts.pick)
     print(wiseft.table(points, chosen))
