@@ -109,5 +109,6 @@ def _next_index(
     if faiss_index.retune_needed(info, len(live)):
         tuned = faiss_index.tune(index, vectors.get(live), live, cfg)
         info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
+        info.rerank = tuned.rerank
         info.tuned_count = len(live)
     return index, info
