@@ -406,9 +406,16 @@ def rebuild_needed(info: IndexInfo, count: int, d: int, cfg: IndexConfig) -> boo
     return chosen.kind == "flat" or not 0.5 * info.trained_count <= count <= 2 * info.trained_count
 
 
-def read(path: str) -> faiss.Index:
+# IVF lists as OnDiskInvertedLists; a flat index's codes mapped. Not both: IFC wraps the file, and IVF then fails.
+MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP, "flat": faiss.IO_FLAG_MMAP_IFC}
+
+
+def read(path: str, *, mmap: str | None = None) -> faiss.Index:
+    """The index in `path`; with `mmap` (its kind, "ivf" or "flat"), its inverted lists or flat codes
+    memory-mapped, read-only: opening reads only the small parts (centroids, HNSW graph, a flat index's ids). A
+    memory-mapped index cannot be changed or cloned: a writer reads the file without `mmap`."""
     try:
-        return faiss.read_index(path)
+        return faiss.read_index(path, MMAP_FLAGS[mmap] if mmap else 0)
     except RuntimeError as e:
         raise IndexingError(f"cannot read the faiss index {path}: {e}") from e
 
