@@ -30,7 +30,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from indexing import rerank
+from indexing import batch, rerank
 from indexing.errors import IndexingError
 
 LOG = logging.getLogger(__name__)
@@ -277,7 +277,10 @@ def tune(
     def reaches(nprobe: int) -> bool:
         if nprobe not in curve:
             info = IndexInfo(factory="", kind="ivf", nlist=nlist, nprobe=nprobe, ef_search=ef_for(nprobe))
-            found_at[nprobe] = search(index, info, queries, max_factor * k + 1 if max_factor else k + 1)[1]
+            # Tuned on the per-query path (its HNSW quantizer approximates the batch path's exact one).
+            found_at[nprobe] = search(index, info, queries, max_factor * k + 1 if max_factor else k + 1, batched=False)[
+                1
+            ]
             curve[nprobe], lower[nprobe] = measure(nprobe, max_factor)
         return lower[nprobe] >= cfg.target_recall
 
@@ -349,12 +352,15 @@ def search(
     nprobe: int | None = None,
     gpu: bool = False,
     fetch: rerank.Fetch | None = None,
+    batched: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (nq, k) float32, ids (nq, k) int64) for unit `queries` (nq, d); -1 ids where fewer than k exist.
 
     Parameters go with this call only. `selector` restricts the search to some ids (CPU only). `gpu` says
     `index` lives on a GPU, where the HNSW quantizer parameters do not apply. An index tuned with re-ranking
     (`info.rerank`) needs `fetch` (ids -> full vectors): its `info.rerank * k` candidates are ranked exactly.
+    Batches of `batch.BATCH_MIN` queries or more over Flat lists scan each probed list once (`batch.py`) unless
+    `batched` is False.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if index.ntotal == 0 or k <= 0:
@@ -363,6 +369,8 @@ def search(
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
     else:
         probe = min(nprobe or info.nprobe or 1, info.nlist)
+        if batched and not gpu and selector is None and len(queries) >= batch.BATCH_MIN and batch.flat_lists(index):
+            return batch.search(index, queries, k, probe)
         kwargs = {"nprobe": probe, "sel": selector} if selector is not None else {"nprobe": probe}
         if not gpu:
             kwargs["quantizer_params"] = faiss.SearchParametersHNSW(efSearch=ef_for(probe))

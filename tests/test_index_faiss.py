@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 
+from indexing import batch, rerank
 from indexing import faiss_index as fi
-from indexing import rerank
 from indexing.errors import IndexingError
 
 
@@ -127,7 +127,7 @@ def test_tuning_picks_the_smallest_nprobe_that_reaches_the_target():
     truth = fi.drop_self(truth, ids[pick], 10)
 
     def lower_bound(nprobe: int) -> float:  # measured independently of `tune`, the same way
-        _, found = fi.search(index, info, vectors[pick], 11, nprobe=nprobe)
+        _, found = fi.search(index, info, vectors[pick], 11, nprobe=nprobe, batched=False)
         per_query = fi.recall_per_query(fi.drop_self(found, ids[pick], 10), truth)
         return per_query.mean() - 2 * per_query.std() / np.sqrt(400)
 
@@ -240,3 +240,23 @@ def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
 
     assert lower_bound(tuned.rerank) >= 0.95
     assert tuned.rerank == 1 or lower_bound(tuned.rerank - 1) < 0.95
+
+
+def test_batched_scan_equals_brute_force_over_the_probed_lists():
+    """A batch scans each probed list once; its results are the exact top-k over the members of each query's
+    `nprobe` nearest lists (computed here from the centroids and list memberships, not through faiss's search)."""
+    vectors = clustered(4000, 16, clusters=40, seed=10)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 2
+    index, info = fi.build(vectors, ids, fi.IndexConfig(exact_threshold=100, nlist=32, tune_queries=200))
+    queries = clustered(batch.BATCH_MIN + 36, 16, clusters=40, seed=11)
+    ivf = faiss.extract_index_ivf(index)
+    centroids = ivf.quantizer.reconstruct_n(0, 32)
+    members = [faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy() for i in range(32)]
+    position = {int(i): row for row, i in enumerate(ids)}
+    scores, found = fi.search(index, info, queries, 10, nprobe=4)
+    for q in range(len(queries)):
+        probed = np.argsort(-(centroids @ queries[q]), kind="stable")[:4]
+        allowed = np.sort(np.concatenate([members[p] for p in probed]))
+        rows = [position[int(i)] for i in allowed]
+        ref_scores, ref_ids = brute_force(queries[q : q + 1], vectors[rows], allowed, 10)
+        check_ref_knn_with_draws(ref_scores, ref_ids, scores[q : q + 1], found[q : q + 1], rtol=1e-5)
