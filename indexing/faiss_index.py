@@ -301,7 +301,7 @@ def tune(
             k,
             best,
             cfg.target_recall,
-            "" if max_factor else ", or re-rank (IndexConfig.rerank)",
+            ", or re-rank more candidates (rerank_max_factor)" if max_factor else ", or re-rank (IndexConfig.rerank)",
         )
     factor, recall = max_factor, curve[nprobe]
     if max_factor and lower[nprobe] >= cfg.target_recall:
