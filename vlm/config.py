@@ -108,11 +108,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    data = _over_section_defaults(cls, data)
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _over_section_defaults(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A section given as a mapping starts from the section's own default, not from its class's field defaults:
+    `{"optim": {"lr": 3e-3}}` for `SegTrainConfig` keeps the decoder's weight decay and betas."""
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                names = {g.name for g in dataclasses.fields(default) if g.init}
+                base = {k: v for k, v in to_dict(default).items() if k in names}
+                out[f.name] = merge(base, value)
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -169,6 +185,18 @@ def _default_of(f: dataclasses.Field) -> Any:
     return None
 
 
+def _default_at(cls: type, path: tuple[str, ...], f: dataclasses.Field) -> Any:
+    """The default a leaf really gets in `cls`: a section's own default (e.g. `SegTrainConfig`'s `OptimConfig` with
+    lr 1e-3) wins over the section class's field default."""
+    try:
+        node: Any = cls()
+    except TypeError:  # a config with required fields: no instance to read
+        return _default_of(f)
+    for part in path:
+        node = getattr(node, part)
+    return node
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened)."""
     seen: dict[str, tuple[str, ...]] = {}
@@ -182,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         flag = "--" + name.replace("_", "-")
         inner, _ = _strip_optional(tp)
         help_text = f.metadata.get("help", "")
-        default = _default_of(f)
+        default = _default_at(cls, path, f)
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
         if inner is bool:
@@ -193,6 +221,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
             parser.add_argument(flag, nargs="+", metavar=name.upper(), **kwargs)
         else:
             parser.add_argument(flag, metavar=name.upper(), **kwargs)
+
+
+def from_leaves(cls: type[T], **values: Any) -> T:
+    """Build `cls` from leaf names as the flags name them (`from_leaves(SegTrainConfig, lr=1e-3, model="demo")`),
+    each put in its section; unknown names raise ConfigError."""
+    paths = {path[-1]: path for path, _, _ in _leaves(cls)}
+    unknown = sorted(set(values) - set(paths))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown setting(s) {unknown}; valid: {sorted(paths)}")
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        node = nested
+        for part in paths[name][:-1]:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return from_dict(cls, nested)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,7 +398,11 @@ class LossConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training run has, whatever it trains (`vlm.training`): where it writes, how long it runs, how
+    often it logs, validates and saves. `TrainConfig` and `vlm.segment.train.SegTrainConfig` extend it; a task with
+    other defaults redeclares a field with `run_default`."""
+
     output_dir: str = dataclasses.field(
         default="runs/train", metadata=_help("run directory: checkpoints, metrics, logs")
     )
@@ -362,7 +410,7 @@ class TrainConfig:
         default=128, metadata=_help("global batch per optimizer step, over all processes")
     )
     epochs: int = dataclasses.field(
-        default=10, metadata=_help("passes over the training pairs (ignored if steps is set)")
+        default=10, metadata=_help("passes over the training data (ignored if steps is set)")
     )
     steps: int | None = dataclasses.field(default=None, metadata=_help("total optimizer steps; overrides epochs"))
     seed: int = 0
@@ -377,6 +425,33 @@ class TrainConfig:
         default=None, metadata=_help("stop after N minutes, saving a checkpoint as Ctrl-C does; none = no limit")
     )
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("save_every", "val_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+
+
+def run_default(name: str, default: Any) -> Any:
+    """`RunConfig`'s field `name` (its help kept) with another default, for a task that redeclares it."""
+    base = {f.name: f for f in dataclasses.fields(RunConfig)}[name]
+    return dataclasses.field(default=default, metadata=base.metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig(RunConfig):
+    """`vlm train`: contrastive training of both towers on image-text pairs."""
+
     peak_tflops: float | None = dataclasses.field(
         default=None, metadata=_help("the device's dense peak for the logged MFU; none: from a table of known GPUs")
     )
@@ -392,18 +467,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("save_every", "val_every", "log_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        super().__post_init__()
         if self.dist_timeout_minutes <= 0:
             raise ValueError(f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
-        if self.keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
