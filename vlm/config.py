@@ -185,6 +185,17 @@ def _default_of(f: dataclasses.Field) -> Any:
     return None
 
 
+def field_of(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A copy of dataclass `cls`'s field `name` (default and help) for another config, so that the two share one
+    definition; `default` replaces the default where the other config needs its own."""
+    base = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if default is dataclasses.MISSING:
+        if base.default_factory is not dataclasses.MISSING:
+            return dataclasses.field(default_factory=base.default_factory, metadata=base.metadata)
+        default = base.default
+    return dataclasses.field(default=default, metadata=base.metadata)
+
+
 def _default_at(cls: type, path: tuple[str, ...], f: dataclasses.Field) -> Any:
     """The default a leaf really gets in `cls`: a section's own default (e.g. `SegTrainConfig`'s `OptimConfig` with
     lr 1e-3) wins over the section class's field default."""
@@ -197,8 +208,12 @@ def _default_at(cls: type, path: tuple[str, ...], f: dataclasses.Field) -> Any:
     return node
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened)."""
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()
+) -> None:
+    """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened), but those in `exclude`;
+    those in `required` must be given. Field metadata: `help`, `metavar`, and `repeat` (a list field given as
+    `--flag A --flag B` rather than `--flag A B`)."""
     seen: dict[str, tuple[str, ...]] = {}
     for path, f, tp in _leaves(cls):
         name = path[-1]
@@ -211,16 +226,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         inner, _ = _strip_optional(tp)
         help_text = f.metadata.get("help", "")
         default = _default_at(cls, path, f)
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        if name not in required:
+            help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
+        if name in required:
+            kwargs["required"] = True
+        metavar = f.metadata.get("metavar", name.upper())
         if inner is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif get_origin(inner) is Literal:
             parser.add_argument(flag, choices=list(get_args(inner)), **kwargs)
+        elif get_origin(inner) in (tuple, list) and f.metadata.get("repeat"):
+            parser.add_argument(flag, action="append", metavar=metavar, **kwargs)
         elif get_origin(inner) in (tuple, list):
-            parser.add_argument(flag, nargs="+", metavar=name.upper(), **kwargs)
+            parser.add_argument(flag, nargs="+", metavar=metavar, **kwargs)
         else:
-            parser.add_argument(flag, metavar=name.upper(), **kwargs)
+            parser.add_argument(flag, metavar=metavar, **kwargs)
 
 
 def from_leaves(cls: type[T], **values: Any) -> T:
@@ -444,8 +465,7 @@ class RunConfig:
 
 def run_default(name: str, default: Any) -> Any:
     """`RunConfig`'s field `name` (its help kept) with another default, for a task that redeclares it."""
-    base = {f.name: f for f in dataclasses.fields(RunConfig)}[name]
-    return dataclasses.field(default=default, metadata=base.metadata)
+    return field_of(RunConfig, name, default)
 
 
 @dataclasses.dataclass

@@ -7,9 +7,12 @@ import argparse
 from vlm import config
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model/--pretrained/--device/--precision (with its choices), from `config.ModelOptions`."""
-    config.add_arguments(p, config.ModelOptions)
+def add_model_options(
+    p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()
+) -> None:
+    """--model/--pretrained/--device/--precision (with its choices), from `config.ModelOptions`; a command leaves
+    out those it takes otherwise (`vlm info MODEL`) or cannot honour (`exclude`), and may require some."""
+    config.add_arguments(p, config.ModelOptions, exclude=exclude, required=required)
 
 
 def model_options(args: argparse.Namespace) -> config.ModelOptions:
