@@ -32,12 +32,15 @@ class ServeConfig:
     model: str = config.field_of(config.ModelOptions, "model")
     pretrained: str | None = config.field_of(config.ModelOptions, "pretrained")
     device: str | None = config.field_of(config.ModelOptions, "device")
-    images: tuple[str, ...] = _opt((), "a folder of images to search (repeat)", repeat=True, metavar="DIR")
+    images: tuple[str, ...] = _opt((), "a folder of images to search; repeat", repeatable=True, metavar="DIR")
     collection: str | None = _opt(None, "an existing collection, or where to keep the app's collections", metavar="DIR")
     cache_dir: str | None = _opt(None, "where demo and --images collections live (none: ~/.cache/vlm)", metavar="DIR")
     runs_dir: str = _opt("runs/app", "where training runs go", metavar="DIR")
     allow_dir: tuple[str, ...] = _opt(
-        (), "a further folder whose paths people may type (add images, train on a dataset)", repeat=True, metavar="DIR"
+        (),
+        "a further folder whose paths people may type (add images, train on a dataset); repeat",
+        repeatable=True,
+        metavar="DIR",
     )
     host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 for every interface")
     port: int = _opt(7860, "port to serve on (0: any free one)")

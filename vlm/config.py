@@ -38,6 +38,10 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Number fields: what the error calls them, and the values accepted (a string from the CLI; never a bool).
+_NUMBERS: dict[type, tuple[str, Any]] = {int: ("an integer", int | str), float: ("a number", int | float | str)}
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check (and gently convert: int->float, list->tuple, str->number from the CLI) `value` against `tp`."""
     inner, optional = _strip_optional(tp)
@@ -76,20 +80,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if inner in _NUMBERS:
+        what, accepted = _NUMBERS[inner]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"{where}: expected {what}, got {value!r}")
         try:
-            return int(value)
+            return inner(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-    if inner is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {what}, got {value!r}") from None
     if inner is str:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -212,8 +210,8 @@ def add_arguments(
     parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()
 ) -> None:
     """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened), but those in `exclude`;
-    those in `required` must be given. Field metadata: `help`, `metavar`, and `repeat` (a list field given as
-    `--flag A --flag B` rather than `--flag A B`)."""
+    those in `required` must be given. Field metadata: `help`, `metavar`, and `repeatable` (a list field whose flag
+    may be given several times, each adding to the list)."""
     seen: dict[str, tuple[str, ...]] = {}
     for path, f, tp in _leaves(cls):
         name = path[-1]
@@ -236,10 +234,10 @@ def add_arguments(
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif get_origin(inner) is Literal:
             parser.add_argument(flag, choices=list(get_args(inner)), **kwargs)
-        elif get_origin(inner) in (tuple, list) and f.metadata.get("repeat"):
-            parser.add_argument(flag, action="append", metavar=metavar, **kwargs)
         elif get_origin(inner) in (tuple, list):
-            parser.add_argument(flag, nargs="+", metavar=metavar, **kwargs)
+            # A field marked repeatable collects every use of its flag (`--images A --images B`).
+            action = "extend" if f.metadata.get("repeatable") else None
+            parser.add_argument(flag, nargs="+", metavar=metavar, action=action, **kwargs)
         else:
             parser.add_argument(flag, metavar=metavar, **kwargs)
 

@@ -31,3 +31,12 @@ def load_model(args: argparse.Namespace):
 
     opts = model_options(args)
     return load(opts.model, opts.pretrained, device=opts.device, precision=opts.precision)
+
+
+def add_report_options(p: argparse.ArgumentParser, files: str) -> None:
+    """--batch-size/--workers (how the images are embedded) and --out/--json (where the report goes), as every
+    evaluation that writes a report takes them; `files` names what --out receives."""
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    p.add_argument("--out", help=f"write {files} here")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
