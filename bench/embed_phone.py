@@ -209,15 +209,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=["pipeline (ONNX + draft)"], choices=list(CONFIGS))
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True, help="the int8 recall row")
+    parser.add_argument("--recall-images", type=int, default=500, help="int8 recall: images searched (+10%% queries)")
+    parser.add_argument("--model-dir", type=Path, help="reuse this checkpoint of --model and its onnx/ export")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-phone-") as tmp_name:
         tmp = Path(tmp_name)
-        torch.manual_seed(0)
-        model_dir = models.save(models.load(args.model, device="cpu"), tmp / "model")
-        start = time.perf_counter()
-        export(models.load(str(model_dir), device="cpu"), model_dir / "onnx", quantize=args.int8)
-        print(f"exported {args.model} to ONNX in {time.perf_counter() - start:.0f} s")
+        model_dir = args.model_dir
+        if model_dir is None:
+            torch.manual_seed(0)
+            model_dir = models.save(models.load(args.model, device="cpu"), tmp / "model")
+        if not (model_dir / "onnx").is_dir():
+            start = time.perf_counter()
+            export(models.load(str(model_dir), device="cpu"), model_dir / "onnx", quantize=args.int8)
+            print(f"exported {args.model} to ONNX in {time.perf_counter() - start:.0f} s")
         torch_enc = models.load(str(model_dir), device="cpu", runtime="torch")
         onnx_enc = models.load(str(model_dir), device="cpu", runtime="auto")  # finds model/onnx by itself
         assert onnx_enc.runtime == "onnx", onnx_enc.runtime_note
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = make_photos(tmp / "photos", args.images, min(args.distinct, args.images))
         mb = sum(p.stat().st_size for p in paths[: args.distinct]) / min(args.distinct, len(paths)) / 2**20
         print(f"made {len(paths)} photos ({mb:.1f} MB each on average) in {time.perf_counter() - start:.0f} s")
-        part_rows = parts(torch_enc, onnx_enc, paths[: args.parts], args.batch_size)
+        part_rows = parts(torch_enc, onnx_enc, paths[: args.parts], min(args.batch_size, 32))
         print("per image, part by part:")
         report("embed_phone_parts", part_rows, model=args.model)
         plain_loop(torch_enc, paths[:4], 4)  # warm-up
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             for name, s in seconds.items()
         ]
-        int8 = int8_recall(model_dir, 500, 50) if args.int8 else None
+        int8 = int8_recall(model_dir, args.recall_images, max(1, args.recall_images // 10)) if args.int8 else None
         if int8:
             print("int8 (dynamic quantisation) against fp32 ONNX:", int8)
         print("end to end:")

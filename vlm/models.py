@@ -135,7 +135,7 @@ class Encoders:
 
     @property
     def runtime(self) -> str:
-        """ "torch", "onnx" or "onnx-int8": what computes `encode_image` and `encode_text`."""
+        """What computes `encode_image` and `encode_text`: "torch", "onnx" or "onnx-int8"."""
         return self.backend.name if self.backend is not None else "torch"
 
     @property

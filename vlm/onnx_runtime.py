@@ -89,11 +89,12 @@ class OnnxBackend:
 
 def attach(encoders: Encoders, runtime: str = "auto", folder: str | Path | None = None) -> Encoders:
     """`encoders` computing embeddings with `runtime` (see the module docstring); `folder`: the export (default:
-    next to the model). Returns a new `Encoders` (the model object is shared); "torch" returns them unchanged."""
+    next to the model). Returns a new `Encoders` (the model object is shared). The export is of the weights as they
+    were exported: a model trained further in this process must embed with "torch" (a trainer never attaches)."""
     if runtime not in RUNTIMES:
         raise ModelError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     if runtime == "torch":
-        return dataclasses.replace(encoders, backend=None, runtime_note="PyTorch (asked for)")
+        return dataclasses.replace(encoders, backend=None, runtime_note="PyTorch (asked for)")  # the torch model
     explicit = runtime != "auto"
     try:
         backend = _backend(encoders, runtime, folder)
