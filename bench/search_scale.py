@@ -211,8 +211,9 @@ def autofaiss_python(workdir: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists() or subprocess.run([python, "-c", "import autofaiss"], capture_output=True).returncode:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # autofaiss pins numpy<2; recent pyarrow (through embedding-reader) needs numpy 2.
-        subprocess.run([python, "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18"], check=True)
+        # autofaiss pins numpy<2; recent pyarrow (through embedding-reader) needs numpy 2; faiss-cpu 1.8+ changed
+        # OPQMatrix arguments autofaiss 2.18 passes.
+        subprocess.run([python, "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18", "faiss-cpu<1.8"], check=True)
     return python
 
 
