@@ -199,3 +199,15 @@ def test_pure_bf16_encodes_float32_input_like_the_fp32_model(tiny_encoders):
 def _size(encoders) -> tuple[int, int]:
     size = encoders.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def test_random_weights_are_flagged_and_tags_listed(tiny_encoders, tmp_path):
+    assert tiny_encoders.random_weights and tiny_encoders.describe()["random_weights"]
+    saved = models.save(tiny_encoders, tmp_path / "ckpt")
+    assert not models.load(str(saved), device="cpu").random_weights  # a checkpoint carries weights
+    weights = tmp_path / "ckpt" / checkpoint.WEIGHTS_NAME
+    assert not models.load("vlm-tiny", str(weights), device="cpu").random_weights  # a weights file given
+    assert models.pretrained_tags("ViT-B-32") == open_clip.list_pretrained_tags_by_model("ViT-B-32")
+    assert "laion2b_s34b_b79k" in models.pretrained_tags("ViT-B-32")
+    assert models.pretrained_tags("vlm-tiny") == []  # an architecture with no published weights
+    assert models.pretrained_tags("demo") is None and models.pretrained_tags(str(saved)) is None

@@ -68,6 +68,7 @@ class AppState:
     def __post_init__(self) -> None:
         self._active: Active | None = None
         self._swap = threading.Lock()
+        self.switching: ModelChoice | None = None  # a switch under way (shown to every page until it ends)
         self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
@@ -86,6 +87,7 @@ class AppState:
         if not self._swap.acquire(blocking=False):
             raise SwitchInProgress("another model switch is in progress; wait for it to finish")
         try:
+            self.switching = choice
             LOG.info("loading model %s", choice)
             encoders = models.load(choice.model, choice.pretrained, device=self.device)
             previous = self._active
@@ -99,6 +101,7 @@ class AppState:
             LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.stats().count)
             return self._active
         finally:
+            self.switching = None
             self._swap.release()
 
     def close(self) -> None:

@@ -57,6 +57,15 @@ def register_model_configs() -> None:
         open_clip.add_model_config(CONFIG_DIR)
 
 
+def pretrained_tags(model: str) -> list[str] | None:
+    """The pretrained tags open_clip knows for architecture `model` (may be empty: this project's own architectures
+    have none); None when `model` is not an architecture name (the demo, a checkpoint folder, an hf-hub: id)."""
+    register_model_configs()
+    if model not in open_clip.list_models():
+        return None
+    return list(open_clip.list_pretrained_tags_by_model(model))
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -127,6 +136,7 @@ class Encoders:
     fingerprint: str
     source: str  # how it was loaded, for people: "ViT-B-32 + laion2b_s34b_b79k", "checkpoint runs/x/final", ...
     provenance: dict[str, Any] = field(default_factory=dict)  # a checkpoint's record of how it was made
+    random_weights: bool = False  # an architecture built without weights: it answers at random until trained
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -200,6 +210,7 @@ class Encoders:
             "device": str(self.device),
             "precision": self.precision,
             "provenance": self.provenance,
+            "random_weights": self.random_weights,
         }
 
 
@@ -390,6 +401,7 @@ def load(
         fingerprint=fingerprint,
         source=source,
         provenance=provenance,
+        random_weights=weights is None and not name.startswith(("local-dir:", "hf-hub:")),
     )
 
 
