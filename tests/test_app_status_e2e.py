@@ -3,6 +3,9 @@ the banner and the Model tab follow the model that actually answers. Headless De
 
 from __future__ import annotations
 
+import re
+
+import open_clip
 import pytest
 import torch
 
@@ -46,6 +49,14 @@ def page(served):
         browser.close()
 
 
+def choose(page, elem_id: str, value: str) -> None:
+    """Type into a dropdown and leave it, as a person does (Gradio sends a dropdown's input when it loses focus)."""
+    field = page.locator(f"#{elem_id} input")
+    field.fill(value)
+    field.press("Enter")
+    page.locator("#banner").click()  # Gradio takes a typed dropdown value when the field loses focus
+
+
 def test_random_weights_are_a_warning_on_every_page(page):
     banner = page.locator("#banner")
     expect(banner).to_contain_text("Randomly initialised weights")
@@ -53,11 +64,13 @@ def test_random_weights_are_a_warning_on_every_page(page):
 
 
 def test_reload_after_a_switch_shows_the_model_that_answers(page, served):
-    url, state = served
+    _, state = served
     open_tab(page, "Model")
-    page.locator("#model-choice input").fill("demo")
-    page.locator("#model-choice input").press("Enter")
+    choose(page, "model-choice", "demo")
+    expect(page.locator("#model-weights input")).to_have_value("its own weights")
     page.get_by_role("button", name="Load model").click()
+    expect(page.locator("#model-plan")).to_contain_text(f"embedding {SCENES} images with this model takes about")
+    page.get_by_role("button", name="Embed and switch").click()
     expect(page.locator("#banner")).to_contain_text("Demo", timeout=60_000)
     page.reload()
     # The page was built while vlm-tiny answered; after the reload it must show the demo, which answers now.
@@ -77,3 +90,36 @@ def test_an_open_page_follows_a_switch_made_elsewhere(page, served):
     expect(page.locator("#banner")).to_contain_text("Randomly initialised weights")
     expect(page.locator("#model-choice input")).to_have_value("vlm-tiny")
     expect(page.locator("#model-details")).to_contain_text(fingerprint)
+
+
+def test_an_architecture_without_weights_asks_estimates_and_can_be_cancelled(page, served):
+    _, state = served
+    before = state.active.encoders.fingerprint
+    open_tab(page, "Model")
+    choose(page, "model-choice", "ViT-B-32")
+    # open_clip's tags for it are real choices, and nothing is chosen for the person.
+    expect(page.locator("#model-weights input")).to_have_value("")
+    page.locator("#model-weights input").click()
+    options = page.locator("#model-weights [role=option]")
+    expect(options).to_have_count(len(open_clip.list_pretrained_tags_by_model("ViT-B-32")) + 1)
+    expect(options.filter(has_text="laion2b_s34b_b79k")).to_have_count(1)
+    expect(options.last).to_contain_text("random weights (train from scratch)")
+    page.keyboard.press("Escape")
+    expect(page.locator("#model-weights input")).to_have_value("")  # nothing chosen for the person
+    page.get_by_role("button", name="Load model").click()
+    expect(page.get_by_text("so it would answer at random")).to_be_visible()
+    # vlm-small has no published weights: from scratch, chosen explicitly, is estimated first and can be cancelled.
+    choose(page, "model-choice", "vlm-small")
+    choose(page, "model-weights", "random weights (train from scratch)")
+    page.get_by_role("button", name="Load model").click()
+    plan = page.locator("#model-plan")
+    expect(plan).to_contain_text(re.compile(rf"embedding {SCENES} images with this model takes about \d+ s"))
+    expect(plan).to_contain_text("random")
+    page.get_by_role("button", name="Cancel").click()
+    expect(plan).to_contain_text("Cancelled: nothing was embedded")
+    assert state.active.encoders.fingerprint == before
+    expect(page.locator("#banner")).to_contain_text(before)
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_role("button", name="Embed and switch").click()
+    expect(page.locator("#banner")).to_contain_text("vlm-small (randomly initialised)", timeout=60_000)
+    assert state.active.encoders.model_name == "vlm-small"
