@@ -4,6 +4,8 @@ the banner and the Model tab follow the model that actually answers. Headless De
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -12,8 +14,9 @@ import torch
 playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
 from gradio_client import Client  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from test_app_e2e import CHROMIUM, CHROMIUM_ARGS, free_port, open_tab  # noqa: E402
+from test_app_e2e import CHROMIUM, CHROMIUM_ARGS, free_port, open_tab, upload  # noqa: E402
 
+from bench.common import SHARED_DATA  # noqa: E402
 from ui.app import build_app, close, create_state, launch  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
@@ -79,6 +82,35 @@ def test_reload_after_a_switch_shows_the_model_that_answers(page, served):
     open_tab(page, "Model")
     expect(page.locator("#model-choice input")).to_have_value("demo")
     expect(page.locator("#model-details")).to_contain_text(state.active.encoders.fingerprint)
+
+
+def test_a_photo_classified_by_the_demo_model_says_no_label_fits(page, served):
+    _, state = served
+    assert state.active.is_demo  # switched to in the test above
+    photo = SHARED_DATA / "fashion_mnist_train5k" / "images" / "ankle_boot" / "train00000.png"
+    if not photo.is_file():
+        pytest.skip(f"{photo} (the shared datasets beside the checkout) is missing")
+    open_tab(page, "Classify")
+    upload(page, "classify-image", photo)
+    page.locator("#classify-labels textarea").fill("red circle, blue square, green triangle, yellow star")
+    page.locator("#classify-button").click()
+    expect(page.locator("#classify-scores")).to_contain_text(re.compile(r"\d+%"))  # the softmax still sums to 1
+    notes = page.locator("#classify-notes")
+    expect(notes).to_contain_text("None of the labels fits well", timeout=60_000)  # calibrating takes a while
+    expect(notes).to_contain_text("quantile of the cosine between 192 synthetic single-object scenes")
+    # A scene of the synthetic world gets a label that fits.
+    upload(page, "classify-image", labelled_scene())
+    page.locator("#classify-labels textarea").fill("red circle, blue square, green star, yellow star")
+    page.locator("#classify-button").click()
+    expect(notes).to_contain_text("The best label fits")
+
+
+def labelled_scene() -> Path:
+    from vlm.synth import single_object_scene
+
+    path = Path(tempfile.mkdtemp()) / "green-star.png"
+    single_object_scene("star", "green", 64, seed=77).save(path)
+    return path
 
 
 def test_an_open_page_follows_a_switch_made_elsewhere(page, served):
