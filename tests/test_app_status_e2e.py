@@ -100,6 +100,8 @@ def test_a_photo_classified_by_the_demo_model_says_no_label_fits(page, served):
     expect(notes).to_contain_text("quantile of the cosine between 192 synthetic single-object scenes")
     # A scene of the synthetic world gets a label that fits.
     upload(page, "classify-image", labelled_scene())
+    expect(notes).to_have_text("")  # a new image clears the old answer (issue 15, item 6)
+    expect(page.locator("#classify-scores")).not_to_contain_text("red circle")
     page.locator("#classify-labels textarea").fill("red circle, blue square, green star, yellow star")
     page.locator("#classify-button").click()
     expect(notes).to_contain_text("The best label fits")

@@ -134,3 +134,6 @@ def build(state: AppState) -> None:
         api_name="classify",
     )
     scores.select(explain_label, [image], [why, why_info], api_visibility="private")
+    # A new image: the old answers (and a click on an old label, which would explain the new image) go.
+    image.change(lambda: (None, None, "", None, ""), None, [scores, chart, notes, why, why_info],
+                 api_visibility="private", show_progress="hidden")  # fmt: skip

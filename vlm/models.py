@@ -14,6 +14,7 @@ of the weights (so an index built with one model refuses queries from another).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -269,7 +270,11 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
                 f"or pass --model NAME --pretrained TAG"
             )
         model = str(DEMO_CHECKPOINT)
-    if model.startswith("local-dir:"):
+    if model.startswith("hf-hub:"):
+        if pretrained:
+            raise ModelError(f"an hf-hub: model carries its own weights; drop --pretrained ({pretrained!r})")
+        return model, None, model
+    if model.startswith("local-dir:"):  # (an hf-hub: id holds a "/" too, so it is told apart first)
         model = model[len("local-dir:") :]
     path = Path(model).expanduser()
     if path.is_dir() or os.sep in model or model.startswith("."):
@@ -289,13 +294,15 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             except CheckpointError as e:
                 raise ModelError(str(e)) from e
         return f"local-dir:{path.resolve()}", None, f"checkpoint {path}"
-    if model.startswith("hf-hub:"):
-        if pretrained:
-            raise ModelError(f"an hf-hub: model carries its own weights; drop --pretrained ({pretrained!r})")
-        return model, None, model
     register_model_configs()
     if model not in open_clip.list_models():
-        raise ModelError(f"unknown model {model!r}. Available: {open_clip.list_models()}")
+        names = open_clip.list_models()
+        close = difflib.get_close_matches(model, names, n=5, cutoff=0.5)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelError(
+            f"unknown model {model!r}. {hint}{len(names)} architectures are known, e.g. ViT-B-32, ViT-B-16, RN50; "
+            f"open_clip.list_models() lists them all"
+        )
     if pretrained:
         if Path(pretrained).expanduser().is_dir() and checkpoint.is_checkpoint_dir(pretrained):
             pretrained = str(Path(pretrained).expanduser() / checkpoint.WEIGHTS_NAME)
