@@ -300,6 +300,14 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
     return model, None, f"{model} (randomly initialised)"
 
 
+def has_weights(model: str, pretrained: str | None = None) -> bool:
+    """True when `load(model, pretrained)` starts from trained weights (a tag or weights file, a checkpoint or model
+    folder, 'demo', an hf-hub: id), False for an architecture name alone (random initialisation). Raises
+    `ModelError` as `load` would for a name or path that does not exist."""
+    name, weights, _ = _resolve_source(model, pretrained)
+    return weights is not None or name.startswith(("local-dir:", "hf-hub:"))
+
+
 def _check_weights_files(folder: Path) -> None:
     """Exactly one weights file in a model folder: none would give random weights, two an arbitrary choice."""
     found = sorted({p.name for pattern in WEIGHTS_PATTERNS for p in folder.glob(pattern)})

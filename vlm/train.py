@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from vlm import __version__, checkpoint, distributed, flops, models
+from vlm import __version__, checkpoint, distributed, finetune, flops, models
 from vlm.atomic import atomic_write_json, atomic_write_text
 from vlm.config import TrainConfig, to_dict
 from vlm.data import Pair, PairDataset, read_pairs, split
@@ -43,7 +43,7 @@ LOG = logging.getLogger(__name__)
 # Fields that may change between a run and its resume without changing what is being computed.
 RESUME_FREE_FIELDS = {
     "resume", "save_every", "keep_last", "val_every", "log_every", "tensorboard", "workers", "strict", "peak_tflops",
-    "dist_timeout_minutes", "time_limit_minutes",
+    "dist_timeout_minutes", "time_limit_minutes", "reference",
 }  # fmt: skip
 STATUS_EVERY_S = 1.0  # status.json is rewritten at most this often during the loop (and at every phase)
 
@@ -79,7 +79,13 @@ def planned_steps(cfg: TrainConfig, n_pairs: int) -> int:
             f"{n_pairs:,} usable pair(s) leave {train:,} for training once {held_out:,} are held out for validation: "
             f"too few for a batch of {cfg.batch_size}; lower the batch size or add data"
         )
-    return cfg.steps or cfg.epochs * (train // cfg.batch_size)
+    return cfg.steps or cfg.epochs * (train // new_per_batch(cfg))
+
+
+def new_per_batch(cfg: TrainConfig) -> int:
+    """Rows of each batch that come from the training data (all of them, unless some are replayed from keep_data)."""
+    keep = finetune.keep_count(cfg.batch_size, cfg.data.keep_fraction) if cfg.data.keep_data else 0
+    return cfg.batch_size - keep
 
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -213,14 +219,22 @@ class MetricsLog:
 class Trainer:
     """Build everything from a `TrainConfig`, then `run()`."""
 
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        progress: bool = True,
+        validate: Validate | None = None,
+        reference: finetune.ReferenceScore | None = None,
+    ):
         self.cfg = cfg
         self.progress = progress
         self.validate = validate
+        self.reference = reference
         self.out = Path(cfg.output_dir)
         self.run_dir = RunDir(self.out)
         self.step, self.total_steps = 0, None
-        self.train_pairs, self.val_pairs = [], []
+        self.train_pairs, self.val_pairs, self.keep_pairs = [], [], []
         self._owns_status = False  # set once the folder is known to be this run's (never a refused run's status)
         self._status_at = 0.0
         self._started = time.monotonic()
@@ -314,6 +328,10 @@ class Trainer:
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)
         clip.train()
+        if not mc.update_norm_stats:  # a fine-tune keeps the pretraining data's statistics (vlm/finetune.py)
+            frozen = finetune.freeze_norm_stats(clip)
+            if frozen:
+                LOG.info("%d BatchNorm layers keep their running statistics (update_norm_stats is off)", len(frozen))
         self.forward = ClipForward(clip)
         trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
         LOG.info("model %s: %s trainable parameters", self.encoders.source, f"{trainable:,}")
@@ -364,20 +382,26 @@ class Trainer:
             val_pairs, val_bad = self._read(dc.val_data) if dc.val_data else ([], [])
             train_pairs, held_out = split(pairs, 0.0 if dc.val_data else dc.val_fraction, seed=cfg.seed)
             val_pairs = val_pairs or held_out
-            self._write_bad_rows(bad + val_bad)
-            loaded = (train_pairs, val_pairs)
+            keep_pairs, keep_bad = self._read(dc.keep_data) if dc.keep_data else ([], [])
+            self._write_bad_rows(bad + val_bad + keep_bad)
+            loaded = (train_pairs, val_pairs, keep_pairs)
         else:
             loaded = None
-        self.train_pairs, self.val_pairs = distributed.broadcast_object(loaded, self.dist)
-        if len(self.train_pairs) < cfg.batch_size:
+        self.train_pairs, self.val_pairs, self.keep_pairs = distributed.broadcast_object(loaded, self.dist)
+        per_batch = new_per_batch(cfg)
+        if len(self.train_pairs) < per_batch:
             raise DataError(
-                f"only {len(self.train_pairs)} training pairs for a batch of {cfg.batch_size}: lower --batch-size "
+                f"only {len(self.train_pairs)} training pairs for a batch of {per_batch}: lower --batch-size "
                 f"or add data"
             )
-        self.steps_per_epoch = len(self.train_pairs) // cfg.batch_size
+        self.steps_per_epoch = len(self.train_pairs) // per_batch
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        if cfg.optim.warmup_steps is None:  # the recipe's warm-up depends on the run's length, known only now
+            warmup = finetune.warmup_steps(finetune.recipe_for(cfg), self.total_steps)
+            self.cfg = cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup_steps=warmup))
         transform = self.encoders.preprocess_train if dc.augment else self.encoders.preprocess
-        self.dataset = PairDataset(self.train_pairs, transform, self.encoders.tokenizer, seed=cfg.seed)
+        pairs = self.train_pairs + self.keep_pairs  # keep pairs follow: ReplaySampler's indices from len(train)
+        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed)
         LOG.info(
             "%d training pairs, %d validation pairs; %d steps of batch %d (%d per epoch)",
             len(self.train_pairs),
@@ -433,7 +457,7 @@ class Trainer:
             return 0
         state = checkpoint.load_train_state(self.resume_from)
         diffs = _config_differences(state["config"], to_dict(self.cfg))
-        if state.get("train_keys") != keys_digest(self.train_pairs):
+        if state.get("train_keys") != keys_digest(self.train_pairs + self.keep_pairs):
             diffs.append("the training pairs differ from the checkpoint's")
         if diffs:
             raise CheckpointError(f"cannot resume from {self.resume_from}: " + "; ".join(diffs))
@@ -471,7 +495,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": {"per_rank": rng if rng is not None else [rng_state(self.dist.device)]},
             "config": to_dict(self.cfg),
-            "train_keys": keys_digest(self.train_pairs),
+            "train_keys": keys_digest(self.train_pairs + self.keep_pairs),
         }
         path = models.save(
             self.encoders,
@@ -485,15 +509,17 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def _loader(self, start_step: int) -> DataLoader:
-        sampler = StepSampler(
-            len(self.dataset),
-            self.cfg.batch_size,
-            self.dist.rank,
-            self.dist.world_size,
-            self.cfg.seed,
-            start_step,
-            self.total_steps,
-        )
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
+        if self.keep_pairs:
+            keep = cfg.batch_size - new_per_batch(cfg)
+            n_new, n_keep = len(self.train_pairs), len(self.keep_pairs)
+            sampler = finetune.ReplaySampler(
+                n_new, n_keep, cfg.batch_size, keep, rank, world, cfg.seed, start_step, self.total_steps
+            )
+        else:
+            sampler = StepSampler(
+                len(self.dataset), cfg.batch_size, rank, world, cfg.seed, start_step, self.total_steps
+            )
         workers = self.cfg.data.workers
         return DataLoader(
             self.dataset,
@@ -562,6 +588,21 @@ class Trainer:
         distributed.barrier(self.dist)
         return metrics
 
+    def _score_reference(self, log: MetricsLog, step: int) -> dict[str, float]:
+        """What the model knew (`reference`), written beside the validation as `ref/...` (main process)."""
+        if self.reference is None:
+            return {}
+        scores: dict[str, float] = {}
+        if self.dist.is_main:
+            with models.evaluating(self.encoders.model):
+                batch = max(self.micro_batch, 64)
+                scores = self.reference(self.encoders, batch_size=batch, workers=self.cfg.data.workers)
+            scores = {f"ref/{k}": v for k, v in scores.items()}
+            log.write(step, scores)
+            LOG.info("step %d, what the model knew: %s", step, _fmt(scores))
+        distributed.barrier(self.dist)
+        return scores
+
     def run(self) -> TrainResult:
         self._started = time.monotonic()
         self._setup()
@@ -581,6 +622,9 @@ class Trainer:
             distributed.cleanup(self.dist)
 
     def _run(self) -> TrainResult:
+        self.cfg, notes = finetune.resolve(self.cfg)  # fine-tune or from-scratch defaults for what was left unset
+        for note in notes:
+            LOG.info("%s", note)
         cfg = self.cfg
         main = self.dist.is_main
         self._status("starting")
@@ -592,6 +636,7 @@ class Trainer:
         self._check_stop()
         self._build_optimizer()
         start = self.step = self._resume()
+        cfg = self.cfg  # with the warm-up the run's length decided
         if main:
             self.run_dir.write_config(cfg)  # after the resume check, so a refused resume leaves the run's config as is
         self._status("training")
@@ -607,6 +652,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         bar = tqdm(total=self.total_steps, initial=start, desc="train", disable=not (main and self.progress))
         step, micro, pending = start, [], []
+        if start == 0:  # what the model knew before the first step: the baseline of the "what it knew" curve
+            metrics = self._score_reference(log, 0)
         window_start, window_steps = time.perf_counter(), 0
         try:
             for batch in self._loader(start):
@@ -644,6 +691,7 @@ class Trainer:
                     if main and metrics:
                         log.write(step, {f"val/{k}": v for k, v in metrics.items()})
                         LOG.info("step %d validation: %s", step, _fmt(metrics))
+                    metrics = {**metrics, **self._score_reference(log, step)}
                 if cfg.save_every and step % cfg.save_every == 0 and step != self.total_steps:
                     rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)  # every rank joins
                     if main:
@@ -661,10 +709,11 @@ class Trainer:
             bar.close()
         metrics = self._validate()
         rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)
+        if main and metrics:
+            log.write(step, {f"val/{k}": v for k, v in metrics.items()})
+            LOG.info("final validation: %s", _fmt(metrics))
+        metrics = {**metrics, **self._score_reference(log, step)}  # the final report holds both
         if main:
-            if metrics:
-                log.write(step, {f"val/{k}": v for k, v in metrics.items()})
-                LOG.info("final validation: %s", _fmt(metrics))
             if step > start or checkpoint.latest(self.out) is None:
                 self._save(step, metrics, rng)
             models.save(self.encoders, self.run_dir.final, provenance=self._provenance(step, metrics))
@@ -710,10 +759,18 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    validate: Validate | None = None,
+    reference: finetune.ReferenceScore | None = None,
+) -> TrainResult:
     """Train (or resume) according to `cfg`; returns where the final checkpoint is and the last metrics.
 
     `validate(encoders, val_pairs, batch_size=, workers=) -> metrics` scores the held-out pairs (the CLI passes
-    `eval.retrieval.evaluate_pairs`); without it the pairs are still held out but not scored.
+    `eval.retrieval.evaluate_pairs`); without it the pairs are still held out but not scored. `reference(encoders,
+    batch_size=, workers=) -> metrics` scores what the model knew (the CLI passes `eval.reference.load(specs)`)
+    before the first step, at every validation and at the end, logged as `ref/<metric>` beside `val/<metric>`.
     """
-    return Trainer(cfg, progress=progress, validate=validate).run()
+    return Trainer(cfg, progress=progress, validate=validate, reference=reference).run()
