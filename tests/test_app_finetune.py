@@ -45,7 +45,7 @@ def app(tmp_path_factory):
                          progress=False)  # fmt: skip
     served = build_app(state)
     url = launch(served, state, port=free_port(), block=False, quiet=True)
-    yield state, Client(url, verbose=False), tmp
+    yield state, Client(url, verbose=False, httpx_kwargs={"timeout": 120}), tmp  # a busy machine answers late
     close(served, state)
 
 
