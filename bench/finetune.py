@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
+import json
 import logging
 import os
 import time
@@ -52,6 +54,7 @@ from eval.reference import read_set
 from eval.retrieval import evaluate_pairs
 from eval.zeroshot import evaluate_zeroshot
 from vlm import demo, models
+from vlm.atomic import atomic_write_json
 from vlm.cli import configure_logging
 from vlm.config import TrainConfig, from_dict
 from vlm.data import Pair, read_pairs
@@ -125,8 +128,8 @@ def score(encoders: models.Encoders, data: Data) -> dict[str, float]:
     }
 
 
-def train_ours(data: Data, out: Path, steps: int, batch: int, seed: int, **over: Any) -> Path:
-    """`vlm train` from the demo model; `over` sets model/data/optim fields (everything else: the defaults)."""
+def train_ours(data: Data, out: Path, steps: int, batch: int, seed: int, **over: dict[str, Any]) -> Path:
+    """`vlm train` from the demo model; `over` sets model/keep/optim/lora fields (everything else: the defaults)."""
     from eval.retrieval import evaluate_pairs as validate
     from vlm.train import train
 
@@ -138,7 +141,7 @@ def train_ours(data: Data, out: Path, steps: int, batch: int, seed: int, **over:
         "val_every": 0, "log_every": 50, "tensorboard": False,
         "model": {"model": "demo", "precision": "fp32", **over.get("model", {})},
         "data": {"train_data": str(data.train_csv), "val_data": str(data.val_csv), "data_root": str(data.root),
-                 "image_key": "filepath", "caption_key": "title", "workers": 1, **over.get("data", {})},
+                 "image_key": "filepath", "caption_key": "title", "workers": 1, **over.get("keep", {})},
         "optim": {"warmup_steps": warmup, **over.get("optim", {})},
         **({"lora": over["lora"]} if "lora" in over else {}),
     }  # fmt: skip
@@ -206,17 +209,18 @@ def run_row(row: str, data: Data, work: Path, args: argparse.Namespace) -> dict[
         ckpt, alpha = wise(demo.DEMO_MODEL, b, work / "c-wise", data)
         encoders, what, note = models.load(str(ckpt)), "(c) (b) + WiSE-FT", f"alpha {alpha:g}"
     elif row == "d":
+        importlib.import_module("vlm.lora")  # ImportError (row not run) where LoRA has not landed
         lora, optim = {"lora_rank": 8}, {"lr": LORA_LR}
         ckpt = train_ours(data, work / "d-lora", steps, batch, seed, lora=lora, optim=optim)
         encoders, what = models.load(str(ckpt), device="cpu", precision="fp32"), "(d) LoRA"
         note = f"rank 8, both towers, lr {LORA_LR:g}"
     elif row == "e":
         keep = {"keep_data": str(demo.replay_set(work / "demo-replay")), "keep_fraction": 0.5}
-        ckpt = train_ours(data, work / "e-replay", steps, batch, seed, data=keep)
+        ckpt = train_ours(data, work / "e-replay", steps, batch, seed, keep=keep)
         encoders, what, note = models.load(str(ckpt), device="cpu", precision="fp32"), "(e) replay", "keep 0.5"
     else:
         keep = {"keep_data": str(demo.replay_set(work / "demo-replay")), "keep_fraction": 0.5}
-        e = train_ours(data, work / "f-replay-3e-4", steps, batch, seed, data=keep, optim={"lr": 3e-4})
+        e = train_ours(data, work / "f-replay-3e-4", steps, batch, seed, keep=keep, optim={"lr": 3e-4})
         ckpt, alpha = wise(demo.DEMO_MODEL, e, work / "f-wise", data)
         encoders, what = models.load(str(ckpt), device="cpu", precision="fp32"), "(f) replay lr 3e-4 + WiSE-FT"
         note = f"keep 0.5, alpha {alpha:g}"
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", default="runs/bench-finetune", help="runs are kept here; a finished one is reused")
+    p.add_argument("--work", default="runs/bench-finetune",
+                   help="runs and each row's scores are kept here; a finished row is reused, not rerun")  # fmt: skip
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -244,9 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in rows:
         LOG.info("row %s", row)
+        done = work / f"row-{row}.json"  # scores of a row an earlier invocation finished (deterministic)
+        if done.is_file():
+            results.append(json.loads(done.read_text(encoding="utf-8")))
+            continue
         try:
             results.append(run_row(row, data, work, args))
-        except (ImportError, AttributeError, TypeError) as e:  # a row whose library part has not landed yet
+            atomic_write_json(done, results[-1])
+        except ImportError as e:  # a row whose library part (vlm.wiseft, vlm.lora) is not in this checkout
             LOG.warning("row %s not run: %s", row, e)
             results.append({"run": f"({row}) not run", "note": f"{type(e).__name__}: {e}"[:120]})
         LOG.info("%s", results[-1])

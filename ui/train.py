@@ -69,7 +69,7 @@ def recipe(state: AppState, model: str) -> tuple[float, str]:
     what = "Fine-tune" if fine else "From scratch"
     line = (
         f"**{what} recipe:** learning rate {r.lr:g}, weight decay {r.weight_decay:g}, warm-up "
-        + (f"min({r.warmup_max}, {r.warmup_share:.0%} of the steps)" if r.warmup_share else f"{r.warmup_max} steps")
+        + (f"min({r.warmup_max}, {r.warmup_share:.0%} of the steps)" if r.warmup_share else f"≤ {r.warmup_max} steps")
         + ", cosine"
         + (", BatchNorm statistics kept" if fine else "")
         + f" — {r.why}."
@@ -150,7 +150,7 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
         warmup = finetune.warmup_steps(r, total) if fine else max(1, min(100, total // 10))
         return replace(
             cfg,
-            optim=replace(cfg.optim, warmup_steps=cfg.optim.warmup_steps or warmup),
+            optim=replace(cfg.optim, warmup_steps=warmup),  # the app has no warm-up field: always the run's own
             val_every=val_every if val_every > 0 else max(1, total // 5),
             save_every=max(10, total // 4),
         )
