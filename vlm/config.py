@@ -354,7 +354,7 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int | None = dataclasses.field(
         default=None, metadata=_help("linear warm-up steps before cosine decay; none = 100 from scratch, "
-                                     "min(500, 5% of the run) from weights")
+                                     "min(500, a 20th of the run) from weights")
     )  # fmt: skip
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = dataclasses.field(default=0.0, metadata=_help("cosine floor as a fraction of lr"))
