@@ -132,6 +132,7 @@ def test_unreadable_reference_stops_the_cli_before_training(tmp_path, shapes, ca
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert "cannot read reference set" in err and str(bad) in err
+    assert "vlm train: fine-tune defaults: lr 1e-05, weight decay 0.1" in err  # said before anything else
     assert not out.exists()  # refused before anything was built or written
     with pytest.raises(DataError, match="does not exist"):
         reference.load([f"zeroshot:{tmp_path / 'nothing'}"])
