@@ -281,7 +281,10 @@ class Collection:
             kept_hashes[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
             changed, added = (changed + 1, added) if item.key in plan.replaces else (changed, added + 1)
@@ -301,6 +304,7 @@ class Collection:
             bad=bad,
             version=self._v.number,
             embed=stats,
+            filled=plan.filled,
         )
 
     @property
@@ -332,7 +336,10 @@ class Collection:
             first_seen[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
@@ -398,15 +405,22 @@ class Collection:
         filters: Filter | None = None,
         nprobe: int | None = None,
         fingerprint: str | None = None,
+        sort: str = "relevance",
+        min_score: float | None = None,
     ) -> Hits:
         """The k nearest images to each query vector (nq, D) or (D,), by cosine similarity (queries are
-        L2-normalised here). `fingerprint`, when given, must be the collection model's."""
+        L2-normalised here). `fingerprint`, when given, must be the collection model's. `sort="date"`: of the
+        images scoring at least `min_score` (default: `queries.default_min_score` of the model), the k newest."""
         if fingerprint is not None:
             self._check_model(fingerprint, "the model that made the query vectors")
         v = self._v  # one snapshot for the whole search, whatever a writer publishes meanwhile
-        return queries.search(
-            v, queries.as_queries(vectors, self.dim), k, filters=filters, nprobe=nprobe, cfg=self.config
-        )
+        q, cfg = queries.as_queries(vectors, self.dim), self.config
+        if sort == "relevance":
+            return queries.search(v, q, k, filters=filters, nprobe=nprobe, cfg=cfg)
+        if sort != "date":
+            raise IndexingError(f"unknown sort {sort!r}; choose 'relevance' or 'date' (newest first)")
+        cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
+        return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
     def search_text(self, texts: str | Sequence[str], k: int = 10, **kwargs) -> Hits:
         """Images matching each text; keyword arguments as in `search_vector`."""

@@ -5,7 +5,8 @@ torchrun --nproc_per_node 2 -m vlm index build ...           the same, each proc
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index remove runs/photos.coll --path a.jpg --id 17
-vlm index search runs/photos.coll --text "a red circle" -k 5 [--path-prefix holiday/] [--json]
+vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
+vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
 vlm index info runs/photos.coll [--verify]
 """
 
@@ -75,6 +76,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--path-prefix", help="only images whose stored path starts with this")
     s.add_argument("--path-contains", help="only images whose stored path contains this")
     s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
+    s.add_argument("--folder", help="only images under this folder (as stored, relative to the collection's root)")
+    s.add_argument("--after", help="only images taken on or after this date (YYYY-MM-DD[ HH:MM]; EXIF, else mtime)")
+    s.add_argument("--before", help="only images taken before this date (exclusive)")
+    for name, what in (("width", "pixels"), ("height", "pixels"), ("size", "bytes")):
+        s.add_argument(f"--min-{name}", type=int, help=f"only images with at least this {name} ({what})")
+        s.add_argument(f"--max-{name}", type=int, help=f"only images with at most this {name} ({what})")
+    s.add_argument(
+        "--sort",
+        choices=("relevance", "date"),
+        default="relevance",
+        help="date: of the images scoring at least --min-score, the newest first (default: relevance)",
+    )
+    s.add_argument("--min-score", type=float, help="relevance cut-off for --sort date (default: per model, see README)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
     s.add_argument("--device")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -182,9 +196,12 @@ def run_search(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.store import Filter
 
+    bounds = {f"{end}_{n}": getattr(args, f"{end}_{n}") for end in ("min", "max") for n in ("width", "height", "size")}
+    where = Filter(
+        args.path_prefix, args.path_contains, args.caption_contains, args.folder, args.after, args.before, **bounds
+    )  # IndexingError for an impossible range, before any model is loaded
     coll = Collection.open(args.collection, device=args.device)
-    where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
-    kwargs = {"filters": where, "nprobe": args.nprobe}
+    kwargs = {"filters": where, "nprobe": args.nprobe, "sort": args.sort, "min_score": args.min_score}
     if args.query:
         from vlm.query import combine, parse
 
@@ -197,7 +214,18 @@ def run_search(args: argparse.Namespace) -> None:
             else coll.search_image(args.image, args.k, **kwargs)
         )
     rows = [
-        {"rank": rank, "score": round(float(score), 4), "id": record.id, "path": record.path, "caption": record.caption}
+        {
+            "rank": rank,
+            "score": round(float(score), 4),
+            "id": record.id,
+            "path": record.path,
+            "caption": record.caption,
+            "date": record.date,
+            "camera": record.camera,
+            "width": record.width,
+            "height": record.height,
+            "size": record.size,
+        }
         for rank, (score, record) in enumerate(zip(hits.scores[0], hits.records[0], strict=False), 1)
     ]
     if args.json:
@@ -205,7 +233,8 @@ def run_search(args: argparse.Namespace) -> None:
         return
     for row in rows:
         caption = (row["caption"] or "").split("\n")[0][:60]
-        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {printable(row['path'])}  {printable(caption)}")
+        line = f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['date'].replace('T', ' ')}  "
+        print(line + f"{printable(row['path'])}  {printable(caption)}")
     if not rows:
         print("no matching images")
 
