@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexing import duplicates, faiss_index, queries, versions
 from indexing import embed as embedding
-from indexing import faiss_index, queries, versions
 from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
@@ -434,6 +434,12 @@ class Collection:
         opened = [ImageRef("file", str(im)).open() if isinstance(im, str | Path) else im for im in images]
         pixels = torch.stack([self.encoders.preprocess(im.convert("RGB")) for im in opened])
         return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
+
+    def duplicates(self, threshold: float | None = None, *, filters: Filter | None = None) -> list:
+        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`), the
+        largest first; see `indexing.duplicates`."""
+        t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
+        return duplicates.find(self._v, t, filters=filters)
 
     # Looking things up.
 

@@ -1,4 +1,4 @@
-"""`vlm index build|add|sync|remove|search|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|search|duplicates|info`: searchable image collections (see indexing/collection.py).
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
@@ -7,6 +7,7 @@ vlm index sync runs/photos.coll photos/                     follow the folders: 
 vlm index remove runs/photos.coll --path a.jpg --id 17
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
+vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 """
 
@@ -93,6 +94,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=run_search)
+
+    d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
+    d.add_argument("collection")
+    d.add_argument(
+        "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument("--folder", help="only images under this folder (as stored)")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    d.set_defaults(run=run_duplicates)
 
     i = actions.add_parser("info", help="describe a collection")
     i.add_argument("collection")
@@ -237,6 +247,33 @@ def run_search(args: argparse.Namespace) -> None:
         print(line + f"{printable(row['path'])}  {printable(caption)}")
     if not rows:
         print("no matching images")
+
+
+def run_duplicates(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.store import Filter
+
+    threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    coll = Collection.open(args.collection)
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    rows = [
+        [
+            {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
+            for n, (r, score, same) in enumerate(zip(g.records, g.scores, g.same_picture, strict=True))
+        ]
+        for g in groups
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    extra = sum(len(g) - 1 for g in rows)
+    print(f"{len(rows):,} group(s) of near-duplicates (cosine > {threshold}); {extra:,} image(s) beside their keeper")
+    for n, group in enumerate(rows, 1):
+        print(f"group {n}:")
+        for m in group:
+            mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
+            print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
 
 
 def run_info(args: argparse.Namespace) -> None:
