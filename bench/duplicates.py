@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "--data",
         choices=("twemoji", "shapes"),
         default="twemoji",
-        help="twemoji: real icons + 3 photos (../shared/data); shapes: synthetic 256 px scenes, the demo model's domain",
+        help="twemoji: real icons + 3 photos (../shared/data); shapes: synthetic 256 px scenes (the demo model domain)",
     )
     args = parser.parse_args(argv)
 
