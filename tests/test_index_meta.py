@@ -206,3 +206,15 @@ def test_a_store_without_the_new_columns_opens_and_sync_fills_it(tmp_path, tiny_
 def test_old_records_construct_without_metadata():
     r = ImageRecord(1, "a.jpg", "file", None, None, "0" * 64, 10, 0.0, 0.0)
     assert r.taken is None and r.date == datetime.fromtimestamp(0).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_draft_decoding_keeps_the_files_dimensions(tmp_path, tiny_encoders):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (200, 120), "blue").save(folder / "a.jpg", exif=exif("2022:02:02 02:02:02", None, 6))
+    coll = Collection.create(tmp_path / "c.coll", tiny_encoders, root=folder)
+    cfg = EmbedConfig(batch_size=8, workers=0, shard_size=16, draft_side=16)  # decoded at 1/4 scale
+    coll.add(folder, embed=cfg, progress=False)
+    (record,) = coll.records([0]).values()
+    assert (record.width, record.height, record.taken) == (120, 200, "2022-02-02T02:02:02")
+    coll.close()
