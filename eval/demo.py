@@ -5,6 +5,7 @@ The demo's data and export live in `vlm.demo`; the figures need the evaluations,
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -42,4 +43,49 @@ def held_out_figures(encoders: Encoders, data_dir: str | Path, val_fraction: flo
     zs = evaluate_zeroshot(encoders, labelled.subset(np.asarray(keep)), "generic")
     figures["shapes zero-shot top-1 (48 labels)"] = zs.metrics["acc1"]
     figures["held-out single-object scenes"] = len(keep)
+    return figures
+
+
+# The 10-way emoji-category prompts: bare category names as emojibase words them ("food & drink"), in templates
+# unlike the training captions.
+CATEGORY_TEMPLATES = ("{c}", "an emoji from the group {c}", "{c} emoji")
+
+
+def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Issue 18's figures on the held-out parts of a `vlm demo corpus` folder (none of it is ever trained on).
+
+    - OpenMoji (the unseen style), its English CLDR names as captions: text->image R@k over all of its images;
+    - OpenMoji, 10-way emoji-category zero-shot top-1 (`CATEGORY_TEMPLATES`);
+    - the held-out icons (a seeded part of every icon set), their names as captions: text->image R@k;
+    - OpenMoji with its names in each language (`heldout/openmoji/names.csv`): text->image R@5 per language.
+    """
+    root = Path(corpus_dir).resolve()
+    om = root / "heldout" / "openmoji"
+    for need in (om / "pairs.csv", om / "labels.csv", om / "names.csv", root / "heldout" / "icons" / "pairs.csv"):
+        if not need.is_file():
+            raise DataError(f"{need} is missing: is {root} a `vlm demo corpus` folder?")
+    figures: dict[str, float] = {}
+    emoji = read_pairs(om / "pairs.csv", progress=False).pairs
+    figures["held-out style (OpenMoji) images"] = len(emoji)
+    m = evaluate_pairs(encoders, emoji, ks=ks)
+    for k in ks:
+        figures[f"held-out style text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
+    zs = evaluate_zeroshot(encoders, read_labelled(om / "labels.csv"), CATEGORY_TEMPLATES)
+    figures["emoji categories"] = len(zs.classes)
+    figures["emoji category zero-shot top-1"] = zs.metrics["acc1"]
+    icons = read_pairs(root / "heldout" / "icons" / "pairs.csv", progress=False).pairs
+    figures["held-out icons"] = len(icons)
+    m = evaluate_pairs(encoders, icons, ks=ks)
+    for k in ks:
+        figures[f"held-out icons text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
+    by_key = {p.key: p for p in emoji}
+    names: dict[str, list[Pair]] = {}
+    with open(om / "names.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if (image := by_key.get(row["path"])) is not None:
+                names.setdefault(row["lang"], []).append(Pair(row["path"], image.image, (row["caption"],)))
+    for lang, pairs in names.items():
+        figures[f"held-out style text->image R@5 [{lang}]"] = evaluate_pairs(encoders, pairs, ks=(5,))[
+            "image_retrieval_recall@5"
+        ]
     return figures

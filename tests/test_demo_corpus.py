@@ -209,3 +209,19 @@ def test_forbidden_artwork_is_refused_before_anything_is_read(fake_sources, tmp_
     assert not (tmp_path / "out").exists()
     for allowed in ("emoji-datasource-apple", "openmoji", "@tabler/icons", "@mdi/svg", "lucide-static"):
         refuse_forbidden(allowed)
+
+
+def test_corpus_figures_read_every_held_out_set(fake_sources, tmp_path, tiny_encoders):
+    from eval.demo import corpus_figures
+
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
+    figures = corpus_figures(tiny_encoders, tmp_path / "c")
+    held = rows(tmp_path / "c/heldout/icons/pairs.csv")
+    assert figures["held-out style (OpenMoji) images"] == 3 and figures["emoji categories"] == 3
+    assert figures["held-out icons"] == len({r["path"] for r in held})
+    assert {k for k in figures if k.endswith("]")} == {f"held-out style text->image R@5 [{lang}]" for lang in LANGUAGES}
+    assert all(0 <= v <= 1 for k, v in figures.items() if "R@" in k or "top-1" in k)
+    (tmp_path / "c/heldout/openmoji/names.csv").unlink()
+    with pytest.raises(DataError, match=r"names\.csv is missing"):
+        corpus_figures(tiny_encoders, tmp_path / "c")
