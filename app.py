@@ -13,26 +13,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ui.serve import add_arguments, check_arguments, serve
+from ui.serve import ServeConfig, add_arguments, serve, serve_config
 from vlm.cli import configure_logging
 from vlm.cli.parsing import Parser
 from vlm.errors import VLMError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[ServeConfig, bool]:
+    """The app's options and whether to log verbosely."""
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    check_arguments(p, args)
-    return args
+    return serve_config(p, args), args.verbose
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_logging(args.verbose)
+    cfg, verbose = parse_args(argv)
+    configure_logging(verbose)
     try:
-        serve(args)
+        serve(cfg)
     except VLMError as e:
         print(f"app: error: {e}", file=sys.stderr)
         return 2

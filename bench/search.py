@@ -2,6 +2,7 @@
 
     python -m bench.search                                   # 100k and 1M vectors (d=512), crossover, real images
     python -m bench.search --sizes 20000 --crossover --real-model none     # a quick run
+    python -m bench.search --scale 5000000 --budget-gb 4                   # on disk, against autofaiss
 
 Claim (issue 5): at 1M vectors the auto index answers >= 10x more queries/s than exact search, at recall@10 >= 0.95.
 
@@ -175,8 +176,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crossover", type=int, nargs="*", default=[5_000, 10_000, 20_000, 50_000])
     parser.add_argument("--real-model", default="demo", help="model for the real embeddings ('none' to skip)")
     parser.add_argument("--seed", type=int, default=0)
+    scale = parser.add_argument_group("scale mode (bench/search_scale.py): vectors on disk against autofaiss")
+    scale.add_argument("--scale", type=int, default=0, help="N vectors generated to a disk memmap (0: off)")
+    scale.add_argument("--budget-gb", type=float, default=4.0, help="RAM budget of the auto plan and autofaiss")
+    scale.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vlm-bench-scale")
+    scale.add_argument("--no-autofaiss", dest="autofaiss", action="store_false", help="skip the autofaiss peer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.scale:
+        from bench.search_scale import scale as run_scale
+
+        rows = run_scale(args)
+        report("search_scale", rows, clusters=args.clusters, seed=args.seed, threads=faiss.omp_get_max_threads())
+        return
     rows = []
     for n in [*args.crossover, *args.sizes]:
         rng = np.random.default_rng(args.seed)

@@ -97,7 +97,7 @@ def _next_index(
         if not len(live):
             return faiss_index.empty_index(dim)
         return faiss_index.build(vectors.get(live), live, cfg)
-    index = faiss.clone_index(old.index)
+    index = faiss_index.read(str(old.folder / INDEX))  # into memory: a reader's memory-mapped index is read-only
     old_ids = faiss_index.index_ids(old.index)
     gone = np.setdiff1d(old_ids, live, assume_unique=True)
     new = np.setdiff1d(live, old_ids, assume_unique=True)
@@ -109,5 +109,6 @@ def _next_index(
     if faiss_index.retune_needed(info, len(live)):
         tuned = faiss_index.tune(index, vectors.get(live), live, cfg)
         info.nprobe, info.ef_search, info.recall_at_10 = tuned.nprobe, tuned.ef_search, tuned.recall
+        info.rerank = tuned.rerank
         info.tuned_count = len(live)
     return index, info

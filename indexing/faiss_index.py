@@ -30,6 +30,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
+from indexing import batch, rerank
 from indexing.errors import IndexingError
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class IndexConfig:
     train_per_list: int = field(default=40, metadata=_help("IVF training vectors per list (faiss warns below 39)"))
     kmeans_iters: int = field(default=12, metadata=_help("k-means iterations for the IVF centroids"))
     tune_queries: int = field(default=1000, metadata=_help("held-out queries for recall tuning"))
+    rerank: bool = field(
+        default=True, metadata=_help("re-rank SQ8/PQ candidates exactly from the stored vectors (kept on disk)")
+    )
+    rerank_max_factor: int = field(
+        default=32, metadata=_help("most candidates per wanted result that tuning may re-rank (k_factor)")
+    )
     exact_filter_limit: int = field(
         default=50_000, metadata=_help("filtered searches over at most this many images are exact over them")
     )
@@ -71,6 +78,7 @@ class IndexInfo:
     nprobe: int = 0  # tuned default; a search may pass its own
     ef_search: int = 0  # efSearch of the HNSW quantizer for `nprobe`
     recall_at_10: float = 1.0  # measured at `nprobe` on held-out queries, against exact search
+    rerank: int = 0  # k_factor: k * rerank candidates re-ranked exactly from the stored vectors; 0: none
     trained_count: int = 0  # vectors in the index when it was built (and IVF trained)
     tuned_count: int = 0  # vectors in the index when nprobe was last tuned
     build_seconds: float = 0.0
@@ -81,13 +89,20 @@ class IndexPlan(NamedTuple):
     kind: str
     nlist: int
     code_bytes: int  # per vector, ids excluded
+    rerank: bool = False  # compressed codes, re-ranked from the full vectors on disk
+    ram_bytes: int = 0  # what stays in memory: codes, ids, centroids and HNSW links, the re-ranking id table
+    disk_bytes: int = 0  # the full float32 vectors (chunks) that stay on disk, read for re-ranking
+
+
+LOOKUP_BYTES = 16  # per vector: the id -> (chunk, row) table re-ranking reads the full vectors through
 
 
 class TuneResult(NamedTuple):
     nprobe: int
     ef_search: int
     recall: float
-    curve: dict[int, float]  # nprobe -> recall@k measured
+    curve: dict[int, float]  # nprobe -> recall@k measured (with the most candidates re-ranked, if any)
+    rerank: int = 0  # candidates per result re-ranked exactly (k_factor); 0: no re-ranking
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,21 +115,29 @@ def default_nlist(n: int) -> int:
 
 
 def plan(n: int, d: int, cfg: IndexConfig) -> IndexPlan:
-    """The index for `n` vectors of dimension `d` under `cfg` (see the module docstring)."""
+    """The index for `n` vectors of dimension `d` under `cfg` (see the module docstring): the most precise codes
+    whose memory (codes, ids, centroids, HNSW links and, for compressed codes, the re-ranking table) fits the
+    budget; the full vectors stay on disk."""
+    disk = n * (8 + 4 * d)
     if n < cfg.exact_threshold:
-        return IndexPlan("IDMap2,Flat", "flat", 0, 4 * d)
+        return IndexPlan("IDMap2,Flat", "flat", 0, 4 * d, False, n * (4 * d + 16), disk)
     nlist = cfg.nlist or default_nlist(n)
     budget = cfg.memory_budget_gb * 2**30
     quantizer = f"IVF{nlist}_HNSW{cfg.hnsw_m}"
     fixed = nlist * (4 * d + 8 * cfg.hnsw_m)  # centroids and HNSW links
     codecs = [("Flat", 4 * d), ("SQ8", d)]
     codecs += [(f"PQ{m}x8", m) for m in (d // 2, d // 4, d // 8, d // 16) if m >= 4 and d % m == 0]
+
+    def ram(codec: str, code_bytes: int) -> int:
+        return fixed + n * (code_bytes + 8 + (LOOKUP_BYTES if codec != "Flat" and cfg.rerank else 0))
+
     for codec, code_bytes in codecs:
-        if fixed + n * (code_bytes + 8) <= budget:
-            return IndexPlan(f"{quantizer},{codec}", "ivf", nlist, code_bytes)
-    smallest = fixed + n * (codecs[-1][1] + 8)
+        if ram(codec, code_bytes) <= budget:
+            rerank = codec != "Flat" and cfg.rerank
+            return IndexPlan(f"{quantizer},{codec}", "ivf", nlist, code_bytes, rerank, ram(codec, code_bytes), disk)
+    smallest = ram(*codecs[-1])
     raise IndexingError(
-        f"{n:,} vectors of dimension {d} need at least {smallest / 2**30:.2f} GB even as {codecs[-1][0]} codes, "
+        f"{n:,} vectors of dimension {d} need at least {smallest / 2**30:.3g} GB even as {codecs[-1][0]} codes, "
         f"over the memory budget of {cfg.memory_budget_gb} GB; raise memory_budget_gb (--memory-budget-gb)"
     )
 
@@ -148,6 +171,7 @@ def build(vectors: np.ndarray, ids: np.ndarray, cfg: IndexConfig) -> tuple[faiss
     if chosen.kind == "ivf":
         result = tune(index, vectors, ids, cfg, exclude=trained_on)
         info.nprobe, info.ef_search, info.recall_at_10 = result.nprobe, result.ef_search, result.recall
+        info.rerank = result.rerank
     info.build_seconds = round(time.perf_counter() - start, 3)
     LOG.info("built %s over %d vectors in %.1f s", chosen.factory, n, info.build_seconds)
     return index, info
@@ -172,6 +196,9 @@ def _train(index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig) -> np.ndar
     sample = vectors[rows] if sample_size < n else vectors
     LOG.info("training %d IVF lists on %d of %d vectors", ivf.nlist, sample_size, n)
     ivf.quantizer.add(kmeans_centroids(sample, ivf.nlist, cfg))
+    ivf = faiss.downcast_index(ivf)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        ivf.do_polysemous_training = False  # index_factory turns it on; unused here, and 20x the PQ training time
     # The quantizer now holds nlist centroids, so faiss skips its own k-means and trains only the codes (SQ/PQ on
     # the residuals), on the same sample.
     index.train(sample)
@@ -202,6 +229,11 @@ def ef_for(nprobe: int) -> int:
     return max(32, 2 * nprobe)
 
 
+def compressed(index: faiss.Index) -> bool:
+    """Whether an IVF index ranks by approximate codes (SQ, PQ) rather than the vectors themselves."""
+    return not isinstance(faiss.downcast_index(faiss.extract_index_ivf(index)), faiss.IndexIVFFlat)
+
+
 def tune(
     index: faiss.Index,
     vectors: np.ndarray,
@@ -213,8 +245,10 @@ def tune(
 ) -> TuneResult:
     """The smallest nprobe whose recall@k against exact search reaches `cfg.target_recall` (doubling, then
     bisecting), judged by the lower end of its estimate (mean - 2 standard errors over the queries) so that a fresh
-    query set meets the target too. If PQ codes cap the recall below the target, the smallest nprobe within 0.005
-    of the best recall, with a warning."""
+    query set meets the target too. Compressed codes (with `cfg.rerank`) are judged after exact re-ranking of
+    `factor * k` candidates: nprobe at the largest factor, then the smallest factor that still reaches the target
+    at that nprobe (one search gives every factor: a shorter candidate list is a prefix of a longer one). If the
+    target is out of reach, the smallest nprobe within 0.005 of the best recall, with a warning."""
     vectors, ids = _check(vectors, ids)
     nlist = faiss.extract_index_ivf(index).nlist
     rng = np.random.default_rng(cfg.seed + 1)
@@ -227,16 +261,27 @@ def tune(
     queries, self_ids = vectors[pick], ids[pick]
     _, rows = faiss.knn(queries, vectors, k + 1, metric=METRIC)
     truth = drop_self(ids[rows], self_ids, k)
+    max_factor = max(1, cfg.rerank_max_factor) if cfg.rerank and compressed(index) else 0
+    fetch = rerank.array_fetch(vectors, ids) if max_factor else None
+    found_at: dict[int, np.ndarray] = {}  # nprobe -> candidates (nq, max_factor * k + 1), or results (nq, k + 1)
     curve: dict[int, float] = {}
     lower: dict[int, float] = {}
+
+    def measure(nprobe: int, factor: int) -> tuple[float, float]:
+        found = found_at[nprobe]
+        if factor:
+            found = rerank.refine(queries, found[:, : factor * k + 1], fetch, k + 1)[1]
+        per_query = recall_per_query(drop_self(found, self_ids, k), truth)
+        return float(per_query.mean()), float(per_query.mean() - 2 * per_query.std() / np.sqrt(len(per_query)))
 
     def reaches(nprobe: int) -> bool:
         if nprobe not in curve:
             info = IndexInfo(factory="", kind="ivf", nlist=nlist, nprobe=nprobe, ef_search=ef_for(nprobe))
-            _, found = search(index, info, queries, k + 1)
-            per_query = recall_per_query(drop_self(found, self_ids, k), truth)
-            curve[nprobe] = float(per_query.mean())
-            lower[nprobe] = curve[nprobe] - 2 * float(per_query.std()) / np.sqrt(len(per_query))
+            # Tuned on the per-query path (its HNSW quantizer approximates the batch path's exact one).
+            found_at[nprobe] = search(index, info, queries, max_factor * k + 1 if max_factor else k + 1, batched=False)[
+                1
+            ]
+            curve[nprobe], lower[nprobe] = measure(nprobe, max_factor)
         return lower[nprobe] >= cfg.target_recall
 
     nprobe = 1
@@ -252,13 +297,24 @@ def tune(
         nprobe = min(p for p, r in curve.items() if r >= best - 0.005)
         LOG.warning(
             "recall@%d %.3f is the best this index reaches (target %.3f): its codes are too coarse; raise the "
-            "memory budget for Flat or SQ8 codes",
+            "memory budget for Flat or SQ8 codes%s",
             k,
             best,
             cfg.target_recall,
+            ", or re-rank more candidates (rerank_max_factor)" if max_factor else ", or re-rank (IndexConfig.rerank)",
         )
-    LOG.info("tuned nprobe=%d of %d lists: recall@%d %.3f on %d queries", nprobe, nlist, k, curve[nprobe], len(pick))
-    return TuneResult(nprobe, ef_for(nprobe), curve[nprobe], dict(sorted(curve.items())))
+    factor, recall = max_factor, curve[nprobe]
+    if max_factor and lower[nprobe] >= cfg.target_recall:
+        low = 0  # recall grows with the factor (more candidates, ranked exactly): bisect for the smallest
+        while factor - low > 1:
+            mid = (low + factor) // 2
+            mean, bound = measure(nprobe, mid)
+            low, factor, recall = (low, mid, mean) if bound >= cfg.target_recall else (mid, factor, recall)
+    LOG.info(
+        "tuned nprobe=%d of %d lists, %d candidates re-ranked per result: recall@%d %.3f on %d queries",
+        *(nprobe, nlist, factor, k, recall, len(pick)),
+    )
+    return TuneResult(nprobe, ef_for(nprobe), recall, dict(sorted(curve.items())), factor)
 
 
 def drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
@@ -295,11 +351,16 @@ def search(
     selector: faiss.IDSelector | None = None,
     nprobe: int | None = None,
     gpu: bool = False,
+    fetch: rerank.Fetch | None = None,
+    batched: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (nq, k) float32, ids (nq, k) int64) for unit `queries` (nq, d); -1 ids where fewer than k exist.
 
     Parameters go with this call only. `selector` restricts the search to some ids (CPU only). `gpu` says
-    `index` lives on a GPU, where the HNSW quantizer parameters do not apply.
+    `index` lives on a GPU, where the HNSW quantizer parameters do not apply. An index tuned with re-ranking
+    (`info.rerank`) needs `fetch` (ids -> full vectors): its `info.rerank * k` candidates are ranked exactly.
+    Batches of `batch.BATCH_MIN` queries or more over Flat lists scan each probed list once (`batch.py`) unless
+    `batched` is False.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if index.ntotal == 0 or k <= 0:
@@ -308,10 +369,17 @@ def search(
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
     else:
         probe = min(nprobe or info.nprobe or 1, info.nlist)
+        if batched and not gpu and selector is None and len(queries) >= batch.BATCH_MIN and batch.flat_lists(index):
+            return batch.search(index, queries, k, probe)
         kwargs = {"nprobe": probe, "sel": selector} if selector is not None else {"nprobe": probe}
         if not gpu:
             kwargs["quantizer_params"] = faiss.SearchParametersHNSW(efSearch=ef_for(probe))
         params = faiss.SearchParametersIVF(**kwargs)
+    if info.rerank:
+        if fetch is None:
+            raise IndexingError("this index re-ranks its candidates: pass `fetch` (the stored vectors)")
+        _, candidates = index.search(queries, info.rerank * k, params=params)
+        return rerank.refine(queries, candidates, fetch, k)
     scores, ids = index.search(queries, k, params=params)
     return scores, ids
 
@@ -346,9 +414,16 @@ def rebuild_needed(info: IndexInfo, count: int, d: int, cfg: IndexConfig) -> boo
     return chosen.kind == "flat" or not 0.5 * info.trained_count <= count <= 2 * info.trained_count
 
 
-def read(path: str) -> faiss.Index:
+# IVF lists as OnDiskInvertedLists; a flat index's codes mapped. Not both: IFC wraps the file, and IVF then fails.
+MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP, "flat": faiss.IO_FLAG_MMAP_IFC}
+
+
+def read(path: str, *, mmap: str | None = None) -> faiss.Index:
+    """The index in `path`; with `mmap` (its kind, "ivf" or "flat"), its inverted lists or flat codes
+    memory-mapped, read-only: opening reads only the small parts (centroids, HNSW graph, a flat index's ids). A
+    memory-mapped index cannot be changed or cloned: a writer reads the file without `mmap`."""
     try:
-        return faiss.read_index(path)
+        return faiss.read_index(path, MMAP_FLAGS[mmap] if mmap else 0)
     except RuntimeError as e:
         raise IndexingError(f"cannot read the faiss index {path}: {e}") from e
 

@@ -27,7 +27,8 @@ def search(
         scores, ids = filtered(v, queries, k, v.store.filter_ids(filters), nprobe, cfg)
     else:
         index = v.gpu_index if v.gpu_index is not None else v.index
-        scores, ids = faiss_index.search(index, v.info, queries, k, nprobe=nprobe, gpu=v.gpu_index is not None)
+        gpu = v.gpu_index is not None
+        scores, ids = faiss_index.search(index, v.info, queries, k, nprobe=nprobe, gpu=gpu, fetch=v.vectors.get)
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     found = v.store.get(np.unique(ids[ids >= 0]).tolist())
     return Hits(ids, scores, [[found[int(i)] for i in row if i >= 0] for row in ids])
@@ -43,7 +44,7 @@ def filtered(
         if v.info.kind == "ivf" and len(allowed):
             probe = min(v.info.nlist, math.ceil(probe * v.index.ntotal / len(allowed)))
         selector = faiss_index.selector_for(allowed)
-        return faiss_index.search(v.index, v.info, queries, k, selector=selector, nprobe=probe)
+        return faiss_index.search(v.index, v.info, queries, k, selector=selector, nprobe=probe, fetch=v.vectors.get)
     return exact_topk(queries, v.vectors.get(allowed), allowed, k)
 
 

@@ -28,7 +28,7 @@ from vlm.errors import DataError
 from vlm.readers.images import IMAGE_EXTS, ImageRef
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow
-from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, json_lines, pick_column, read_header
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, csv_records, json_lines, pick_column, read_header
 
 LOG = logging.getLogger(__name__)
 
@@ -179,18 +179,12 @@ def _rows(path: Path) -> Iterable[tuple[int, str | None, str | None, str | None]
             i = header.index(pick_column(header, None, IMAGE_KEYS, "image", str(path)))
             captions = [h for h in header if h.lower() in CAPTION_KEYS]
             j = header.index(captions[0]) if captions else None
-            while True:
-                line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:  # e.g. a quote left open to the end of the file
-                    yield line, None, None, f"malformed row: {e}"
+            for line, fields, problem in csv_records(reader):  # e.g. a quote left open to the end: a problem
+                if fields is None:
+                    yield line, None, None, problem
                     continue
-                if fields:
-                    caption = fields[j] if j is not None and j < len(fields) else None
-                    yield line, fields[i] if i < len(fields) else None, caption, None
+                caption = fields[j] if j is not None and j < len(fields) else None
+                yield line, fields[i] if i < len(fields) else None, caption, None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from e
 

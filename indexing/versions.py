@@ -104,15 +104,14 @@ class Vectors:
         return sum(len(a) for a in self.arrays)
 
     def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sorted ids, chunk of each, row in its chunk)."""
+        """(sorted ids, their rows counted across the chunks, each chunk's first such row): 16 bytes per vector."""
         with self._lock:
             if self._lookup is None:
                 arrays = self.arrays
                 ids = np.concatenate([a["id"] for a in arrays]) if arrays else np.empty(0, np.int64)
-                chunk = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)]) if arrays else ids
-                row = np.concatenate([np.arange(len(a)) for a in arrays]) if arrays else ids
                 order = np.argsort(ids, kind="stable")
-                self._lookup = (ids[order], chunk[order], row[order])
+                starts = np.cumsum([0, *(len(a) for a in arrays)])
+                self._lookup = (ids[order], order.astype(np.int64), starts)
             return self._lookup
 
     def get(self, ids: np.ndarray) -> np.ndarray:
@@ -121,14 +120,18 @@ class Vectors:
         out = np.empty((len(ids), self.dim), np.float32)
         if not len(ids):
             return out
-        table_ids, chunk, row = self._table()
+        table_ids, rows, starts = self._table()
         at = np.minimum(np.searchsorted(table_ids, ids), max(len(table_ids) - 1, 0))
         if not len(table_ids) or not np.array_equal(table_ids[at], ids):
             raise IndexingError("an id has no stored vector: the collection is inconsistent (run verify)")
+        row = rows[at]
+        chunk = np.searchsorted(starts, row, side="right") - 1
         for i, array in enumerate(self.arrays):
-            mine = np.flatnonzero(chunk[at] == i)
+            mine = np.flatnonzero(chunk == i)
             if len(mine):
-                out[mine] = array["vector"][row[at][mine]]
+                local = row[mine] - starts[i]
+                order = np.argsort(local)  # read the file front to back
+                out[mine[order]] = array["vector"][local[order]]
         return out
 
 
@@ -166,13 +169,15 @@ def load_version(root: Path, name: str, index: faiss.Index | None = None) -> Ver
             f"{folder} is not a {FORMAT} version {FORMAT_VERSION} (found {manifest.get('format')!r} "
             f"{manifest.get('format_version')!r}); rebuild it with `vlm index build`"
         )
-    index = index if index is not None else faiss_index.read(str(folder / INDEX))
+    # Memory-mapped: opening reads no inverted list and no vector (tests/test_collection.py counts the bytes read).
+    index = index if index is not None else faiss_index.read(str(folder / INDEX), mmap=manifest["index"]["kind"])
     store = Store.open_readonly(folder / STORE)
     vectors = Vectors(root / CHUNKS, [c["name"] for c in manifest["chunks"]], manifest["model"]["embed_dim"])
     count = manifest["count"]
-    if not index.ntotal == store.count() == count or vectors.rows < count:
+    # The store's own count would read its whole table (SQLite counts rows by walking them): `verify` checks it.
+    if not index.ntotal == count or vectors.rows < count:
         raise IndexingError(
-            f"{folder} is inconsistent: manifest count {count}, index {index.ntotal}, store {store.count()}, "
+            f"{folder} is inconsistent: manifest count {count}, index {index.ntotal}, "
             f"stored vectors {vectors.rows}; restore from a copy or rebuild with `vlm index build`"
         )
     info = IndexInfo(**manifest["index"])

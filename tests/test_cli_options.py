@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from vlm import config, models
@@ -31,3 +33,27 @@ def test_an_unknown_precision_is_refused_with_the_choices(argv, capsys):
         main([*argv, "--precision", "fp64"])
     assert e.value.code == 2
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
+def _help_of(argv: list[str], flag: str) -> str:
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[argv[0]]
+    for name in argv[1:]:
+        sub = sub._subparsers._group_actions[0].choices[name]
+    return next(a.help for a in sub._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize("argv", [["info"], ["index", "build"], ["index", "search"], ["serve"]], ids=" ".join)
+def test_info_index_and_serve_take_the_model_flags_from_the_same_fields(argv):
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(config.ModelOptions)}
+    assert _help_of(argv, "--device").startswith(fields["device"])
+    if argv != ["index", "search"]:
+        assert _help_of(argv, "--pretrained").startswith(fields["pretrained"])
+
+
+def test_index_build_still_requires_a_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["index", "build", "coll", "photos"])
+    assert e.value.code == 2 and "--model" in capsys.readouterr().err
+    args = build_parser().parse_args(["info", "demo", "--device", "cpu", "--precision", "fp32"])
+    assert (args.model, config.resolve(config.ModelOptions, args).precision) == ("demo", "fp32")

@@ -27,7 +27,7 @@ from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
-from indexing.store import Filter
+from indexing.store import Filter, ImageRecord
 from vlm import models
 from vlm.synth import generate
 
@@ -186,6 +186,67 @@ def test_filtered_search_equals_brute_force_over_the_matching_images(
         check_ref_knn_with_draws(*brute_force(queries, vectors[allowed], allowed, 8), hits.scores, hits.ids, rtol=1e-4)
     none = coll.search_vector(queries, k=3, filters=Filter(path_prefix="nothing/"))
     assert (none.ids == -1).all() and np.isneginf(none.scores).all() and none.records == [[], []]
+
+
+def test_compressed_codes_are_reranked_from_the_stored_vectors(tmp_path, shapes, tiny_encoders, shape_vectors):
+    """A budget that only SQ8 codes fit: searches (plain, through a filter's selector, after reopening) return
+    exact inner products read from the chunks, and the true neighbours."""
+    d, nlist = shape_vectors.shape[1], 16
+    budget = (nlist * (4 * d + 8 * 32) + 150 * (d + 8 + 16)) / 2**30  # SQ8 codes and the re-ranking table fit
+    cfg = IndexConfig(exact_threshold=40, nlist=nlist, memory_budget_gb=budget, tune_queries=100, exact_filter_limit=30)
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes, index=cfg)
+    coll.add(shapes / "pairs.csv", embed=FAST, progress=False)
+    info = coll.stats().index
+    assert info.factory.endswith(",SQ8") and info.rerank >= 1
+    queries = tiny_encoders.encode_text(["a red circle", "a green cross", "a blue square"]).numpy()
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = brute_force(queries, shape_vectors, np.arange(150), 8)[1]
+    for searcher in (coll, Collection.open(tmp_path / "c")):
+        for where in (None, Filter(path_contains="0")):  # every path has a 0: 150 > 30, the selector path
+            hits = searcher.search_vector(queries, k=8, filters=where, nprobe=nlist)
+            exact = np.einsum("qd,qkd->qk", queries, shape_vectors[hits.ids])
+            np.testing.assert_allclose(hits.scores, exact, rtol=0, atol=2e-5)  # SQ8 scores alone are off ~1e-3
+            assert np.mean([len(set(f) & set(t)) for f, t in zip(hits.ids, truth, strict=True)]) / 8 >= 0.9
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read()/pread() (/proc/self/io): memory-mapped pages are not counted."""
+    return int(next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts bytes read through Linux /proc/self/io")
+def test_a_collection_opens_without_reading_its_lists_or_vectors(tmp_path, tiny_encoders):
+    """The index's inverted lists and the chunks are memory-mapped: opening reads a small part of the files, and
+    the opened collection searches as exactly as brute force over every list; a writer still updates it."""
+    n, d = 8000, tiny_encoders.embed_dim
+    vectors = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cfg = IndexConfig(exact_threshold=1000, tune_queries=200)
+    writer = Collection.create(tmp_path / "c", tiny_encoders, index=cfg)
+    records = [
+        ImageRecord(
+            id=i, path=f"{i}.png", kind="file", ref=None, caption=None, sha256=f"{i:064x}", size=1, mtime=0.0, added=0.0
+        )
+        for i in range(n)
+    ]
+    writer._commit(records=records, vectors=vectors, remove_ids=np.empty(0, np.int64))
+    info = writer.stats().index
+    assert info.kind == "ivf"
+    folder = tmp_path / "c" / (tmp_path / "c" / "CURRENT").read_text().strip()
+    mapped = (folder / "index.faiss").stat().st_size + sum(p.stat().st_size for p in (tmp_path / "c").rglob("*.npy"))
+    before = bytes_read()
+    reader = Collection.open(tmp_path / "c")
+    # The SQLite store's open probe (a row count, indexing/store.py) may read up to the store's size; the index
+    # file and the chunks, half of it each here, are mapped, not read.
+    assert bytes_read() - before < (folder / "meta.sqlite").stat().st_size + 0.05 * mapped
+    ids = np.arange(n)
+    hits = reader.search_vector(vectors[:5], k=10, nprobe=info.nlist)
+    check_ref_knn_with_draws(*brute_force(vectors[:5], vectors, ids, 10), hits.scores, hits.ids, rtol=1e-4)
+    writer.remove(ids=list(range(0, n, 2)))  # the writer's update reads the file; readers keep their mapping
+    assert reader.refresh() and reader.stats().count == n // 2
+    reader.verify()
+    hits = reader.search_vector(vectors[:5], k=10, nprobe=info.nlist)
+    check_ref_knn_with_draws(*brute_force(vectors[:5], vectors[1::2], ids[1::2], 10), hits.scores, hits.ids, rtol=1e-4)
 
 
 def test_approximate_index_lifecycle(tmp_path, shapes, tiny_encoders, shape_vectors, monkeypatch):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 
+from indexing import batch, rerank
 from indexing import faiss_index as fi
 from indexing.errors import IndexingError
 
@@ -77,12 +80,19 @@ def test_plan_follows_size_and_memory_budget():
     def codec(budget_gb: float) -> str:
         return fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=budget_gb)).factory.split(",")[1]
 
+    table = 16  # compressed codes keep an id -> row table in memory to re-rank from the vectors on disk
     assert codec((fixed + n * (4 * d + 8)) / gb) == "Flat"  # exactly fits
     assert codec((fixed + n * (4 * d + 8)) / gb - 0.01) == "SQ8"
-    assert codec((fixed + n * (d + 8)) / gb - 0.01) == "PQ256x8"
-    assert codec((fixed + n * (32 + 8)) / gb) == "PQ32x8"
-    with pytest.raises(IndexingError, match="memory budget"):
-        codec((fixed + n * (32 + 8)) / gb - 0.01)
+    assert codec((fixed + n * (d + 8 + table)) / gb - 0.01) == "PQ256x8"
+    assert codec((fixed + n * (32 + 8 + table)) / gb) == "PQ32x8"
+    smallest = f"{(fixed + n * (32 + 8 + table)) / gb:.3g}"  # the error names the smallest feasible budget
+    with pytest.raises(IndexingError, match=f"need at least {smallest} GB even as PQ32x8"):
+        codec((fixed + n * (32 + 8 + table)) / gb - 0.01)
+    chosen = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5))
+    assert chosen.rerank and chosen.ram_bytes == fixed + n * (chosen.code_bytes + 8 + table) <= 0.5 * gb
+    assert chosen.disk_bytes == n * (8 + 4 * d)  # the full vectors, read only to re-rank
+    no_rerank = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5, rerank=False))
+    assert not no_rerank.rerank and no_rerank.ram_bytes == fixed + n * (no_rerank.code_bytes + 8)
 
 
 def test_approximate_index_reaches_target_recall_on_fresh_queries():
@@ -117,7 +127,7 @@ def test_tuning_picks_the_smallest_nprobe_that_reaches_the_target():
     truth = fi.drop_self(truth, ids[pick], 10)
 
     def lower_bound(nprobe: int) -> float:  # measured independently of `tune`, the same way
-        _, found = fi.search(index, info, vectors[pick], 11, nprobe=nprobe)
+        _, found = fi.search(index, info, vectors[pick], 11, nprobe=nprobe, batched=False)
         per_query = fi.recall_per_query(fi.drop_self(found, ids[pick], 10), truth)
         return per_query.mean() - 2 * per_query.std() / np.sqrt(400)
 
@@ -168,8 +178,85 @@ def test_ivf_training_gives_faiss_own_centroids_and_owns_no_clustering_index(cod
     ref_ivf.cp.niter, ref_ivf.cp.seed, ref_ivf.cp.spherical = cfg.kmeans_iters, cfg.seed, True
     ref_ivf.cp.max_points_per_centroid = max(cfg.train_per_list, 39)
     ref_ivf.clustering_index = faiss.IndexFlatL2(32)  # the old path, on the CPU where owning it is harmless
+    if codec == "PQ":
+        faiss.downcast_index(ref_ivf).do_polysemous_training = False  # slow, and no part of the centroids
     rows = np.sort(np.random.default_rng(cfg.seed).choice(3000, cfg.train_per_list * 16, replace=False))
     reference.train(vectors[rows])
     np.testing.assert_allclose(
         ivf.quantizer.reconstruct_n(0, 16), ref_ivf.quantizer.reconstruct_n(0, 16), rtol=0, atol=1e-6
     )
+
+
+def test_refine_ranks_candidates_exactly():
+    rng = np.random.default_rng(8)
+    vectors = unit(rng.standard_normal((300, 24)))
+    ids = rng.permutation(300).astype(np.int64) * 5 + 1  # any order, not positions
+    queries = unit(rng.standard_normal((7, 24)))
+    candidates = np.stack([rng.choice(ids, 40, replace=False) for _ in range(7)])
+    candidates[3, 5:] = -1  # a query with only five candidates
+    scores, found = rerank.refine(queries, candidates, rerank.array_fetch(vectors, ids), 10)
+    for q in range(7):
+        own = candidates[q][candidates[q] >= 0]
+        rows = [int(np.flatnonzero(ids == i)[0]) for i in own]
+        ref_scores, ref_ids = brute_force(queries[q : q + 1], vectors[rows], own, min(10, len(own)))
+        check_ref_knn_with_draws(ref_scores, ref_ids, scores[q : q + 1, : len(own)], found[q : q + 1, : len(own)])
+    assert list(found[3, 5:]) == [-1] * 5 and np.isneginf(scores[3, 5:]).all()
+
+
+def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
+    """The memory budget forces PQ8 codes, which alone rank far below the target; re-ranking the tuned number of
+    candidates from the full vectors reaches it on queries tuning never saw."""
+    d, n = 32, 10_000
+    data = clustered(n + 500, d, clusters=100, seed=9)
+    vectors, queries = data[:n], data[n:]
+    ids = np.arange(n, dtype=np.int64) * 2 + 1
+    fetch = rerank.array_fetch(vectors, ids)
+    nlist = fi.default_nlist(n)
+    budget_gb = (nlist * (4 * d + 8 * 32) + n * (4 + 8 + fi.LOOKUP_BYTES)) / 2**30  # PQ4x8 exactly fits
+    cfg = fi.IndexConfig(exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500)
+    index, info = fi.build(vectors, ids, cfg)
+    assert info.factory == f"IVF{nlist}_HNSW32,PQ4x8" and 1 <= info.rerank <= cfg.rerank_max_factor
+    assert info.recall_at_10 >= 0.95
+    _, truth = brute_force(queries, vectors, ids, 10)
+    _, found = fi.search(index, info, queries, 10, fetch=fetch)
+    assert fi.recall_at_k(found, truth) >= 0.95
+    codes_only = dataclasses.replace(info, rerank=0)
+    _, by_codes = fi.search(index, codes_only, queries, 10)
+    assert fi.recall_at_k(by_codes, truth) < 0.9  # what the collection served before re-ranking
+    with pytest.raises(IndexingError, match="fetch"):
+        fi.search(index, info, queries, 10)  # a re-ranking index never silently serves its codes
+    # The tuned factor is the smallest that reaches the target at the tuned nprobe, measured independently.
+    tuned = fi.tune(index, vectors, ids, cfg)  # queries drawn from all vectors, as in the nprobe test above
+    pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(n, cfg.tune_queries, replace=False))
+    _, truth = brute_force(vectors[pick], vectors, ids, 11)
+    truth = fi.drop_self(truth, ids[pick], 10)
+
+    def lower_bound(factor: int) -> float:
+        _, found = fi.search(
+            index, dataclasses.replace(info, rerank=factor), vectors[pick], 11, nprobe=tuned.nprobe, fetch=fetch
+        )
+        per_query = fi.recall_per_query(fi.drop_self(found, ids[pick], 10), truth)
+        return per_query.mean() - 2 * per_query.std() / np.sqrt(len(pick))
+
+    assert lower_bound(tuned.rerank) >= 0.95
+    assert tuned.rerank == 1 or lower_bound(tuned.rerank - 1) < 0.95
+
+
+def test_batched_scan_equals_brute_force_over_the_probed_lists():
+    """A batch scans each probed list once; its results are the exact top-k over the members of each query's
+    `nprobe` nearest lists (computed here from the centroids and list memberships, not through faiss's search)."""
+    vectors = clustered(4000, 16, clusters=40, seed=10)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 2
+    index, info = fi.build(vectors, ids, fi.IndexConfig(exact_threshold=100, nlist=32, tune_queries=200))
+    queries = clustered(batch.BATCH_MIN + 36, 16, clusters=40, seed=11)
+    ivf = faiss.extract_index_ivf(index)
+    centroids = ivf.quantizer.reconstruct_n(0, 32)
+    members = [faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy() for i in range(32)]
+    position = {int(i): row for row, i in enumerate(ids)}
+    scores, found = fi.search(index, info, queries, 10, nprobe=4)
+    for q in range(len(queries)):
+        probed = np.argsort(-(centroids @ queries[q]), kind="stable")[:4]
+        allowed = np.sort(np.concatenate([members[p] for p in probed]))
+        rows = [position[int(i)] for i in allowed]
+        ref_scores, ref_ids = brute_force(queries[q : q + 1], vectors[rows], allowed, 10)
+        check_ref_knn_with_draws(ref_scores, ref_ids, scores[q : q + 1], found[q : q + 1], rtol=1e-5)

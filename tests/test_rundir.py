@@ -78,12 +78,12 @@ def test_a_stop_asked_before_the_first_step_is_honoured(tmp_path, shapes):
 
 
 def test_the_time_limit_stops_a_run_and_saves_it(tmp_path, shapes, monkeypatch):
-    import vlm.train
+    import vlm.training.loop
 
     cfg = make_cfg(tmp_path / "run", shapes, steps=500, time_limit_minutes=1.0)
     clock = iter(range(10**6))  # the trainer's clock: each look is a second later, so the hour passes mid-run
     fake = SimpleNamespace(monotonic=lambda: float(next(clock)), perf_counter=time.perf_counter, time=time.time)
-    monkeypatch.setattr(vlm.train, "time", fake)
+    monkeypatch.setattr(vlm.training.loop, "time", fake)
     with pytest.raises(StopRequested):
         train(cfg, progress=False)
     run = RunDir(cfg.output_dir)

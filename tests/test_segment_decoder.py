@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from eval.segmentation import validate_decoder
 from vlm import synth
+from vlm.config import from_leaves
 from vlm.errors import CheckpointError, ConfigError
 from vlm.segment import decoder as dec
 from vlm.segment import segment, towers
@@ -101,7 +102,7 @@ def test_loss_is_bce_plus_soft_dice():
 def _cfg(shapes, out, **kw):
     base = dict(train_data=str(shapes / "phrases.csv"), model="vlm-tiny", input_size=32, batch_size=8, steps=6)
     base |= dict(warmup_steps=2, save_every=3, val_every=0, log_every=1, workers=0, val_limit=8, output_dir=str(out))
-    return SegTrainConfig(**{**base, **kw})
+    return from_leaves(SegTrainConfig, **{**base, **kw})
 
 
 def test_train_writes_checkpoints_metrics_and_resumes_exactly(shapes, tmp_path):

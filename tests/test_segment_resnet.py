@@ -21,6 +21,7 @@ from PIL import Image
 
 from eval.segmentation import validate_decoder
 from vlm import models, synth
+from vlm.config import from_leaves
 from vlm.errors import CheckpointError, ConfigError, ModelError
 from vlm.segment import decoder as dec
 from vlm.segment import dense, resnet, segment, towers
@@ -259,7 +260,7 @@ def test_a_vit_decoder_config_from_before_resnet_support_still_loads(tiny_encode
 def test_train_seg_on_vlm_rn_then_segment(tmp_path):
     data = tmp_path / "data"
     synth.generate(data, scenes=12, seed=0, image_size=64, progress=False)
-    cfg = SegTrainConfig(train_data=str(data / "phrases.csv"), model="vlm-rn", batch_size=8, steps=4,
+    cfg = from_leaves(SegTrainConfig, train_data=str(data / "phrases.csv"), model="vlm-rn", batch_size=8, steps=4,
                          warmup_steps=1, save_every=0, val_every=0, log_every=1, workers=0, val_limit=4,
                          cache_activations=True, output_dir=str(tmp_path / "run"))  # fmt: skip
     result = train_decoder(cfg, progress=False, validate=validate_decoder)

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,27 +143,31 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def list_step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete `step_*` checkpoints under `run_dir/checkpoints`, oldest first."""
+def list_step_checkpoints(
+    run_dir: str | Path, complete: Callable[[Path], bool] = is_checkpoint_dir
+) -> list[tuple[int, Path]]:
+    """Complete `step_*` checkpoints under `run_dir/checkpoints`, oldest first. `complete` says whether a directory
+    holds a whole checkpoint of the run's kind (a model here; `vlm.segment.decoder.is_decoder_dir` for a decoder);
+    either way it must hold a train state to count."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         m = _STEP_DIR.match(child.name)
-        if m and is_checkpoint_dir(child) and (child / TRAIN_STATE_NAME).is_file():
+        if m and complete(child) and (child / TRAIN_STATE_NAME).is_file():
             found.append((int(m.group(1)), child))
     return sorted(found)
 
 
-def latest(run_dir: str | Path) -> Path | None:
-    found = list_step_checkpoints(run_dir)
+def latest(run_dir: str | Path, complete: Callable[[Path], bool] = is_checkpoint_dir) -> Path | None:
+    found = list_step_checkpoints(run_dir, complete)
     return found[-1][1] if found else None
 
 
-def prune(run_dir: str | Path, keep_last: int) -> None:
+def prune(run_dir: str | Path, keep_last: int, complete: Callable[[Path], bool] = is_checkpoint_dir) -> None:
     """Delete all but the newest `keep_last` step checkpoints, and temp dirs a crash left behind."""
-    found = list_step_checkpoints(run_dir)
+    found = list_step_checkpoints(run_dir, complete)
     for _, path in found[: max(0, len(found) - keep_last)]:
         shutil.rmtree(path, ignore_errors=True)
     root = Path(run_dir) / "checkpoints"

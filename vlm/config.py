@@ -3,6 +3,10 @@
 A config is a tree of dataclasses. `add_arguments` turns every leaf field into one flat `--flag` (field names are
 unique across the tree, so `--lr` rather than `--optim.lr`); `from_dict` builds the tree from a nested mapping and
 rejects unknown keys and values of the wrong type, naming them. Precedence: defaults < config file < CLI flags.
+
+Over 400 lines on purpose: the machinery (about half) and the config dataclasses several commands share
+(`ModelOptions`; `RunConfig`, the run settings of every trainer in `vlm.training`; `TrainConfig` and its sections,
+which `SegTrainConfig` reuses) are kept in one file, the one place every flag's definition and default is written.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+# Number fields: what the error calls them, and the values accepted (a string from the CLI; never a bool).
+_NUMBERS: dict[type, tuple[str, Any]] = {int: ("an integer", int | str), float: ("a number", int | float | str)}
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -76,20 +84,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if inner in _NUMBERS:
+        what, accepted = _NUMBERS[inner]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"{where}: expected {what}, got {value!r}")
         try:
-            return int(value)
+            return inner(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-    if inner is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {what}, got {value!r}") from None
     if inner is str:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -108,11 +110,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    data = _over_section_defaults(cls, data)
     kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _over_section_defaults(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A section given as a mapping starts from the section's own default, not from its class's field defaults:
+    `{"optim": {"lr": 3e-3}}` for `SegTrainConfig` keeps the decoder's weight decay and betas."""
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                names = {g.name for g in dataclasses.fields(default) if g.init}
+                base = {k: v for k, v in to_dict(default).items() if k in names}
+                out[f.name] = merge(base, value)
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -169,8 +187,35 @@ def _default_of(f: dataclasses.Field) -> Any:
     return None
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened)."""
+def field_of(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A copy of dataclass `cls`'s field `name` (default and help) for another config, so that the two share one
+    definition; `default` replaces the default where the other config needs its own."""
+    base = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if default is dataclasses.MISSING:
+        if base.default_factory is not dataclasses.MISSING:
+            return dataclasses.field(default_factory=base.default_factory, metadata=base.metadata)
+        default = base.default
+    return dataclasses.field(default=default, metadata=base.metadata)
+
+
+def _default_at(cls: type, path: tuple[str, ...], f: dataclasses.Field) -> Any:
+    """The default a leaf really gets in `cls`: a section's own default (e.g. `SegTrainConfig`'s `OptimConfig` with
+    lr 1e-3) wins over the section class's field default."""
+    try:
+        node: Any = cls()
+    except TypeError:  # a config with required fields: no instance to read
+        return _default_of(f)
+    for part in path:
+        node = getattr(node, part)
+    return node
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()
+) -> None:
+    """Add a `--field-name` flag for every leaf field of `cls` (nested dataclasses flattened), but those in `exclude`;
+    those in `required` must be given. Field metadata: `help`, `metavar`, and `repeatable` (a list field whose flag
+    may be given several times, each adding to the list)."""
     seen: dict[str, tuple[str, ...]] = {}
     for path, f, tp in _leaves(cls):
         name = path[-1]
@@ -182,17 +227,39 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         flag = "--" + name.replace("_", "-")
         inner, _ = _strip_optional(tp)
         help_text = f.metadata.get("help", "")
-        default = _default_of(f)
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        default = _default_at(cls, path, f)
+        if name not in required:
+            help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
+        if name in required:
+            kwargs["required"] = True
+        metavar = f.metadata.get("metavar", name.upper())
         if inner is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif get_origin(inner) is Literal:
             parser.add_argument(flag, choices=list(get_args(inner)), **kwargs)
         elif get_origin(inner) in (tuple, list):
-            parser.add_argument(flag, nargs="+", metavar=name.upper(), **kwargs)
+            # A field marked repeatable collects every use of its flag (`--images A --images B`).
+            action = "extend" if f.metadata.get("repeatable") else None
+            parser.add_argument(flag, nargs="+", metavar=metavar, action=action, **kwargs)
         else:
-            parser.add_argument(flag, metavar=name.upper(), **kwargs)
+            parser.add_argument(flag, metavar=metavar, **kwargs)
+
+
+def from_leaves(cls: type[T], **values: Any) -> T:
+    """Build `cls` from leaf names as the flags name them (`from_leaves(SegTrainConfig, lr=1e-3, model="demo")`),
+    each put in its section; unknown names raise ConfigError."""
+    paths = {path[-1]: path for path, _, _ in _leaves(cls)}
+    unknown = sorted(set(values) - set(paths))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown setting(s) {unknown}; valid: {sorted(paths)}")
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        node = nested
+        for part in paths[name][:-1]:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return from_dict(cls, nested)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,7 +421,11 @@ class LossConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training run has, whatever it trains (`vlm.training`): where it writes, how long it runs, how
+    often it logs, validates and saves. `TrainConfig` and `vlm.segment.train.SegTrainConfig` extend it; a task with
+    other defaults redeclares a field with `run_default`."""
+
     output_dir: str = dataclasses.field(
         default="runs/train", metadata=_help("run directory: checkpoints, metrics, logs")
     )
@@ -362,7 +433,7 @@ class TrainConfig:
         default=128, metadata=_help("global batch per optimizer step, over all processes")
     )
     epochs: int = dataclasses.field(
-        default=10, metadata=_help("passes over the training pairs (ignored if steps is set)")
+        default=10, metadata=_help("passes over the training data (ignored if steps is set)")
     )
     steps: int | None = dataclasses.field(default=None, metadata=_help("total optimizer steps; overrides epochs"))
     seed: int = 0
@@ -377,6 +448,32 @@ class TrainConfig:
         default=None, metadata=_help("stop after N minutes, saving a checkpoint as Ctrl-C does; none = no limit")
     )
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("save_every", "val_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+
+
+def run_default(name: str, default: Any) -> Any:
+    """`RunConfig`'s field `name` (its help kept) with another default, for a task that redeclares it."""
+    return field_of(RunConfig, name, default)
+
+
+@dataclasses.dataclass
+class TrainConfig(RunConfig):
+    """`vlm train`: contrastive training of both towers on image-text pairs."""
+
     peak_tflops: float | None = dataclasses.field(
         default=None, metadata=_help("the device's dense peak for the logged MFU; none: from a table of known GPUs")
     )
@@ -392,18 +489,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("save_every", "val_every", "log_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        super().__post_init__()
         if self.dist_timeout_minutes <= 0:
             raise ValueError(f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops must be > 0, got {self.peak_tflops}")
-        if self.keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")

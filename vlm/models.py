@@ -9,6 +9,9 @@
     load("vlm-small")                        any architecture with no weights: a fresh model to train from scratch
 and returns one `Encoders` object: image and text encoders, tokenizer, preprocessing, logit scale and a fingerprint
 of the weights (so an index built with one model refuses queries from another).
+
+A little over 400 lines on purpose: `load` and the helpers it alone uses (source resolution, offline help, weights
+checks) are one path from a user's model name to `Encoders`; split, the pieces would have no other caller.
 """
 
 from __future__ import annotations

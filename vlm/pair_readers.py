@@ -24,7 +24,7 @@ from vlm.readers import hf, webdataset
 from vlm.readers.images import IMAGE_EXTS, TAR_IMAGE_EXTS, ImageRef, image_problem
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow, clean_captions
-from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, json_lines, open_text, pick_column, read_header
+from vlm.readers.tables import CAPTION_KEYS, IMAGE_KEYS, csv_records, json_lines, open_text, pick_column, read_header
 
 VERIFY_CHUNK = 1024  # images handed to the thread pool at a time: bounds the number of pending futures
 
@@ -95,16 +95,9 @@ def read_delimited(path: Path, delimiter: str, keys: tuple[str | None, str | Non
         header = read_header(reader, path, delimiter)
         i = header.index(pick_column(header, keys[0], IMAGE_KEYS, "image", source))
         j = header.index(pick_column(header, keys[1], CAPTION_KEYS, "caption", source))
-        while True:
-            line = reader.line_num + 1  # where the next record starts (a quoted field may span lines)
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                out.reject(source, line, "", f"malformed row: {e}")
-                continue
-            if not fields:  # blank line
+        for line, fields, problem in csv_records(reader):
+            if fields is None:
+                out.reject(source, line, "", problem)
                 continue
             if len(fields) != len(header):
                 item = fields[i] if i < len(fields) else ""

@@ -1,5 +1,6 @@
-"""The run folder of `vlm train`: the one module that knows its layout. The trainer writes through it; the app (and
-anything else watching a run) reads through it, so progress, errors and the final model never depend on log lines.
+"""The run folder of `vlm train` and `vlm train-seg` (`vlm.training.Loop`): the one module that knows its layout.
+The trainer writes through it; the app (and anything else watching a run) reads through it, so progress, errors and
+the final model never depend on log lines.
 
     <run>/config.json       the run's `TrainConfig` (the app writes it, then starts `vlm train --config` on it)
     <run>/status.json       state, step, total steps, pairs, error, paths: rewritten atomically as the run goes
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,9 @@ class Process:
 class RunDir:
     """One run folder. Every path of the layout is a property; reads tolerate a run being written."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, is_checkpoint: Callable[[Path], bool] = checkpoint.is_checkpoint_dir):
         self.path = Path(path)
+        self.is_checkpoint = is_checkpoint  # what a whole checkpoint of this run is (a decoder run: a decoder dir)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -89,7 +92,8 @@ class RunDir:
     upload = property(lambda self: self.path / "upload")
 
     # -- config -----------------------------------------------------------------------------------------------
-    def write_config(self, cfg: TrainConfig) -> None:
+    def write_config(self, cfg: Any) -> None:
+        """The run's config (any training config dataclass: `TrainConfig`, `SegTrainConfig`, ...)."""
         atomic_write_json(self.config, to_dict(cfg))
 
     def read_config(self) -> TrainConfig:
@@ -152,9 +156,9 @@ class RunDir:
 
     def usable_checkpoint(self) -> Path | None:
         """The newest weights a person can use: final/, else the newest complete step checkpoint."""
-        if checkpoint.is_checkpoint_dir(self.final):
+        if self.is_checkpoint(self.final):
             return self.final
-        return checkpoint.latest(self.path)
+        return checkpoint.latest(self.path, self.is_checkpoint)
 
 
 def newest_run(runs_dir: str | Path) -> RunDir | None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlm.cli.options import add_model_options, load_model
+from vlm.cli.options import add_model_options, add_report_options, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-key", help="caption column (default: detected)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="K values (default: 1 5 10)")
     add_model_options(p)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
-    p.add_argument("--out", help="write <out>/retrieval.json and retrieval.md here")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
+    add_report_options(p, "<out>/retrieval.json and retrieval.md")
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vlm.cli.options import add_model_options, load_model
+from vlm.cli.options import add_model_options, add_report_options, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-names", help="comma-separated class names by class id, overriding the dataset's")
     p.add_argument("--templates", help="template set name, JSON file, or one template with {c} (default: generic)")
     add_model_options(p)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
-    p.add_argument("--out", help="write <out>/zeroshot.json, zeroshot.md and zeroshot_confusion.png here")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")
+    add_report_options(p, "<out>/zeroshot.json, zeroshot.md and zeroshot_confusion.png")
     p.set_defaults(run=run)
 
 

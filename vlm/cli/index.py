@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vlm import config
 from vlm.cli import is_main_process
+from vlm.cli.options import add_model_options
 from vlm.printable import printable
 
 
@@ -32,11 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = actions.add_parser("build", help="create a collection (or continue one built by the same model) and add images")
     b.add_argument("collection", help="the collection folder")
     b.add_argument("inputs", nargs="+", help="image folders, CSV/TSV/JSONL lists, image files, datasets, shards")
-    b.add_argument("--model", required=True, help="open_clip name, checkpoint directory, hf-hub: id, or 'demo'")
-    b.add_argument("--pretrained", help="pretrained tag or weights file")
+    # A collection is embedded at the model's own precision (every later add, sync and search loads it so).
+    add_model_options(b, exclude=("precision",), required=("model",))
     b.add_argument("--root", help="store paths relative to this folder (default: the first input's folder)")
     b.add_argument("--dtype", choices=DTYPES, default="float32", help="stored vectors (default: float32)")
-    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     config.add_arguments(b, IndexConfig)
     config.add_arguments(b, EmbedConfig)
     b.set_defaults(run=run_build)
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("add", help="add images with the model that built the collection")
     a.add_argument("collection")
     a.add_argument("inputs", nargs="+")
-    a.add_argument("--device")
+    add_model_options(a, exclude=("model", "pretrained", "precision"))
     config.add_arguments(a, EmbedConfig)
     a.set_defaults(run=run_add)
 
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     y.add_argument("collection")
     y.add_argument("folders", nargs="+", help="image folders already (or to be) indexed in the collection")
-    y.add_argument("--device")
+    add_model_options(y, exclude=("model", "pretrained", "precision"))
     config.add_arguments(y, EmbedConfig)
     y.set_defaults(run=run_sync)
 
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--path-contains", help="only images whose stored path contains this")
     s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
-    s.add_argument("--device")
+    add_model_options(s, exclude=("model", "pretrained", "precision"))
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=run_search)
 
@@ -108,14 +108,14 @@ def run_build(args: argparse.Namespace) -> None:
     from vlm import distributed
     from vlm.models import load
 
-    index_cfg, embed_cfg = _split_overrides(args, IndexConfig, EmbedConfig)
-    info = distributed.init(args.device)
+    opts, index_cfg, embed_cfg = _split_overrides(args, config.ModelOptions, IndexConfig, EmbedConfig)
+    info = distributed.init(opts.device)
     try:
-        encoders = load(args.model, args.pretrained, device=info.device)
+        encoders = load(opts.model, opts.pretrained, device=info.device)
         if info.is_main:
             root = args.root or _default_root(args.inputs[0])
             coll = Collection.create(
-                args.collection, args.model, pretrained=args.pretrained, root=root, index=index_cfg,
+                args.collection, opts.model, pretrained=opts.pretrained, root=root, index=index_cfg,
                 dtype=args.dtype, device=info.device, exist_ok=True, encoders=encoders,
             )  # fmt: skip
             coll.close()
@@ -131,8 +131,8 @@ def run_add(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.config import EmbedConfig
 
-    (embed_cfg,) = _split_overrides(args, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=args.device) as coll:
+    opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
+    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
 
 
@@ -140,8 +140,8 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.config import EmbedConfig
 
-    (embed_cfg,) = _split_overrides(args, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=args.device) as coll:
+    opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
+    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
         result = coll.sync(args.folders, embed=embed_cfg)
     print(printable(result.summary()))
     lines = [f"  moved: {old} -> {new}" for old, new in result.moved]
@@ -182,7 +182,8 @@ def run_search(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.store import Filter
 
-    coll = Collection.open(args.collection, device=args.device)
+    (opts,) = _split_overrides(args, config.ModelOptions)
+    coll = Collection.open(args.collection, device=opts.device)
     where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
     kwargs = {"filters": where, "nprobe": args.nprobe}
     if args.query:

@@ -7,9 +7,12 @@ import argparse
 from vlm import config
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model/--pretrained/--device/--precision (with its choices), from `config.ModelOptions`."""
-    config.add_arguments(p, config.ModelOptions)
+def add_model_options(
+    p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()
+) -> None:
+    """--model/--pretrained/--device/--precision (with its choices), from `config.ModelOptions`; a command leaves
+    out those it takes otherwise (`vlm info MODEL`) or cannot honour (`exclude`), and may require some."""
+    config.add_arguments(p, config.ModelOptions, exclude=exclude, required=required)
 
 
 def model_options(args: argparse.Namespace) -> config.ModelOptions:
@@ -28,3 +31,12 @@ def load_model(args: argparse.Namespace):
 
     opts = model_options(args)
     return load(opts.model, opts.pretrained, device=opts.device, precision=opts.precision)
+
+
+def add_report_options(p: argparse.ArgumentParser, files: str) -> None:
+    """--batch-size/--workers (how the images are embedded) and --out/--json (where the report goes), as every
+    evaluation that writes a report takes them; `files` names what --out receives."""
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    p.add_argument("--out", help=f"write {files} here")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown table")

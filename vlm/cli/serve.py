@@ -14,7 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ui.serve import check_arguments, serve
+    from ui.serve import serve, serve_config
 
-    check_arguments(args.parser, args)
-    serve(args)
+    serve(serve_config(args.parser, args))

@@ -80,3 +80,20 @@ def json_lines(f: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | N
             yield line, None, f"malformed row: not a JSON object ({type(obj).__name__})"
             continue
         yield line, obj, None
+
+
+def csv_records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(line where the record starts, its fields or None, the problem or None) for each non-blank record left in a
+    `csv.reader` (after its header): a record csv cannot parse (with `strict=True`, an unterminated quote) is the
+    bad-row reason "malformed row: ..." and reading goes on. A quoted field may span lines, hence the start line."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield line, None, f"malformed row: {e}"
+            continue
+        if fields:
+            yield line, fields, None

@@ -1,0 +1,261 @@
+"""`python -m bench.search --scale N`: a collection larger than RAM would like, on disk, against autofaiss.
+
+    nice -n 10 python -m bench.search --scale 5000000 --budget-gb 4        # the issue's size
+    python -m bench.search --scale 200000 --budget-gb 0.05 --no-autofaiss  # a quick run
+
+N vectors of the documented mixture (`bench.search.clustered`, d = 512) are generated block by block into a float32
+`.npy` memmap under `--workdir`, with 1000 fresh queries. Three peers answer the same queries in one run:
+
+- exact: brute force over the memmap, block by block (BLAS); its results are the truth for recall@10.
+- auto: the project's plan for N vectors under the budget (`faiss_index.plan`/`build`: IVF + Flat/SQ8/PQ codes,
+  exact re-ranking from the memmap for compressed codes, nprobe and k_factor tuned to recall@10 0.95), written to
+  disk and opened memory-mapped, as a collection opens it.
+- autofaiss (PyPI) at the same `max_index_memory_usage`, run from its own virtual environment, which the bench
+  creates (autofaiss pins numpy < 2); its index is built by `autofaiss.build_index` and opened with IO_FLAG_MMAP.
+
+Per peer: build seconds, peak anonymous RSS of the build (RssAnon, sampled: memory-mapped file pages are page
+cache, not counted), open milliseconds, recall@10, queries/s one at a time (`--single`) and for the batch of 1000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexing import faiss_index
+from indexing.faiss_index import IndexConfig
+
+
+class PeakAnon:
+    """Peak RssAnon of this process (or of `pid`) while in the block, sampled every 50 ms."""
+
+    def __init__(self, pid: int | None = None):
+        self.path, self.peak, self._stop = f"/proc/{pid or 'self'}/status", 0, threading.Event()
+
+    def sample(self) -> int:
+        try:
+            text = Path(self.path).read_text()
+        except OSError:
+            return 0
+        return next((int(x.split()[1]) * 1024 for x in text.splitlines() if x.startswith("RssAnon:")), 0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.sample())
+
+    def __enter__(self) -> PeakAnon:
+        self.peak = self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def generate(workdir: Path, n: int, d: int, clusters: int, seed: int, queries: int) -> tuple[Path, np.ndarray]:
+    """The database as `workdir/emb/vectors.npy` (a memmap, written block by block) and the queries."""
+    from bench.search import clustered
+
+    path = workdir / "emb" / "vectors.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    _, centres = clustered(1, d, clusters, rng)
+    q, _ = clustered(queries, d, clusters, np.random.default_rng(seed + 1), centres)
+    done = workdir / "emb" / f"done-{n}-{d}-{clusters}-{seed}"
+    if not done.exists():
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+        for start in range(0, n, 500_000):
+            block, _ = clustered(min(500_000, n - start), d, clusters, np.random.default_rng(seed + 2 + start), centres)
+            out[start : start + len(block)] = block
+        out.flush()
+        del out
+        done.touch()
+    return path, q
+
+
+def exact(vectors: np.ndarray, queries: np.ndarray, k: int = 10, block: int = 200_000):
+    """(scores, ids) of brute force over a (memmapped) array, block by block."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, len(vectors), block):
+        s, i = faiss.knn(
+            queries, np.ascontiguousarray(vectors[start : start + block]), k, metric=faiss.METRIC_INNER_PRODUCT
+        )
+        s_all, i_all = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + start], 1)
+        top = np.argsort(-s_all, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
+    return best_s, best_i
+
+
+def timed_qps(search, queries: np.ndarray, single: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    search(queries)
+    batch = len(queries) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(single):
+        search(queries[i : i + 1])
+    return batch, single / (time.perf_counter() - start)
+
+
+def row(name: str, build_s: float, rss: int, open_ms: float, recall: float, qps: tuple[float, float], **extra):
+    return {
+        "peer": name,
+        "build_s": round(build_s, 1),
+        "peak_rss_anon_mb": round(rss / 2**20),
+        "open_ms": round(open_ms, 1),
+        "recall@10": round(recall, 4),
+        "qps_single": round(qps[1], 1),
+        "qps_batch": round(qps[0], 1),
+        **extra,
+    }
+
+
+def run_exact(vectors: np.ndarray, queries: np.ndarray, args) -> tuple[dict, np.ndarray]:
+    with PeakAnon() as mem:
+        start = time.perf_counter()
+        _, truth = exact(vectors, queries)
+        batch_s = time.perf_counter() - start
+    singles = max(1, min(3, args.single))
+    start = time.perf_counter()
+    for i in range(singles):
+        exact(vectors, queries[i : i + 1])
+    single_qps = singles / (time.perf_counter() - start)
+    return row("exact (memmap brute force)", 0.0, mem.peak, 0.0, 1.0, (len(queries) / batch_s, single_qps)), truth
+
+
+def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) -> dict:
+    n, d = vectors.shape
+    cfg = IndexConfig(exact_threshold=0, memory_budget_gb=args.budget_gb)
+    chosen = faiss_index.plan(n, d, cfg)
+    ids = np.arange(n, dtype=np.int64)
+    with PeakAnon() as mem:
+        start = time.perf_counter()
+        index, info = faiss_index.build(vectors, ids, cfg)
+        build_s = time.perf_counter() - start
+    path = args.workdir / "auto.faiss"
+    faiss_index.write(index, str(path))
+    del index
+    start = time.perf_counter()
+    mapped = faiss_index.read(str(path), mmap="ivf")
+    table = np.load(args.workdir / "emb" / "vectors.npy", mmap_mode="r")
+    open_ms = 1000 * (time.perf_counter() - start)
+
+    def fetch(wanted: np.ndarray) -> np.ndarray:
+        return np.asarray(table[wanted], dtype=np.float32)  # ids are row numbers here
+
+    def search(q):
+        return faiss_index.search(mapped, info, q, 10, fetch=fetch)
+
+    recall = faiss_index.recall_at_k(search(queries)[1], truth)
+    speeds = [timed_qps(search, queries, args.single) for _ in range(args.repeats)]
+    qps = tuple(float(np.median([s[i] for s in speeds])) for i in (0, 1))
+    extra = {
+        "index": info.factory,
+        "nprobe": info.nprobe,
+        "k_factor": info.rerank,
+        "ram_mb_planned": round(chosen.ram_bytes / 2**20),
+    }
+    return row("auto (this project)", build_s, mem.peak, open_ms, recall, qps, **extra)
+
+
+AUTOFAISS_SCRIPT = r"""
+import json, sys, time, threading, numpy as np, faiss
+from autofaiss import build_index
+emb, out, budget, queries, truth, single, repeats = sys.argv[1:8]
+q = np.load(queries); truth = np.load(truth)
+def anon():
+    for x in open("/proc/self/status"):
+        if x.startswith("RssAnon:"): return int(x.split()[1]) * 1024
+peak = [anon()]; stop = threading.Event()
+def watch():
+    while not stop.wait(0.05): peak[0] = max(peak[0], anon())
+threading.Thread(target=watch, daemon=True).start()
+t = time.perf_counter()
+build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
+            max_index_memory_usage=budget, current_memory_available=budget, metric_type="ip", save_on_disk=True,
+            verbose=30)
+build_s = time.perf_counter() - t; stop.set()
+t = time.perf_counter(); index = faiss.read_index(out + "/knn.index", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+open_ms = 1000 * (time.perf_counter() - t)
+infos = json.load(open(out + "/infos.json"))
+params = infos.get("index_param", "")
+if params: faiss.ParameterSpace().set_index_parameters(index, params)
+_, found = index.search(q, 10)
+recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)]))
+runs = []
+for _ in range(int(repeats)):
+    t = time.perf_counter(); index.search(q, 10); b = len(q) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(int(single)): index.search(q[i:i+1], 10)
+    runs.append((b, int(single) / (time.perf_counter() - t)))
+print("RESULT", json.dumps({"build_s": build_s, "rss": peak[0], "open_ms": open_ms, "recall": recall,
+      "qps_batch": float(np.median([r[0] for r in runs])), "qps_single": float(np.median([r[1] for r in runs])),
+      "index": infos.get("index_key"), "params": params}))
+"""
+
+
+def autofaiss_python(workdir: Path) -> Path:
+    """autofaiss's own virtual environment under `workdir` (created on first use; needs PyPI)."""
+    venv = workdir / "autofaiss-venv"
+    python = venv / "bin" / "python"
+    if not python.exists() or subprocess.run([python, "-c", "import autofaiss"], capture_output=True).returncode:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # autofaiss pins numpy<2; recent pyarrow (through embedding-reader) needs numpy 2.
+        subprocess.run([python, "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18"], check=True)
+    return python
+
+
+def run_autofaiss(queries: np.ndarray, truth: np.ndarray, args) -> dict:
+    python = autofaiss_python(args.workdir)
+    out = args.workdir / "autofaiss"
+    out.mkdir(exist_ok=True)
+    np.save(args.workdir / "queries.npy", queries)
+    np.save(args.workdir / "truth.npy", truth)
+    budget = f"{int(args.budget_gb * 1024)}MB"
+    cmd = [
+        str(python),
+        "-c",
+        AUTOFAISS_SCRIPT,
+        str(args.workdir / "emb"),
+        str(out),
+        budget,
+        str(args.workdir / "queries.npy"),
+        str(args.workdir / "truth.npy"),
+        str(args.single),
+        str(args.repeats),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode or line is None:
+        raise RuntimeError(f"autofaiss failed ({done.returncode}): {done.stderr[-2000:]}")
+    r = json.loads(line[7:])
+    qps = (r["qps_batch"], r["qps_single"])
+    return row(
+        "autofaiss", r["build_s"], r["rss"], r["open_ms"], r["recall"], qps, index=r["index"], params=r["params"]
+    )
+
+
+def scale(args) -> list[dict]:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path, queries = generate(args.workdir, args.scale, args.dim, args.clusters, args.seed, args.queries)
+    vectors = np.load(path, mmap_mode="r")
+    rows = []
+    exact_row, truth = run_exact(vectors, queries, args)
+    rows.append(exact_row)
+    rows.append(run_auto(vectors, queries, truth, args))
+    if args.autofaiss:
+        rows.append(run_autofaiss(queries, truth, args))
+    for r in rows:
+        r.update(n=args.scale, d=args.dim, budget_gb=args.budget_gb)
+    return rows
