@@ -173,9 +173,10 @@ class _Batch(NamedTuple):
 class ItemDataset(Dataset):
     """`dataset[i]` -> the i-th input decoded, hashed and preprocessed, or the reason it cannot be used."""
 
-    def __init__(self, items: Sequence[Item], transform):
+    def __init__(self, items: Sequence[Item], transform, draft: int | None = None):
         self.items = list(items)
         self.transform = transform
+        self.draft = draft  # JPEGs decoded at reduced scale, shorter side >= draft px (vlm.readers.images)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -186,7 +187,7 @@ class ItemDataset(Dataset):
             # Size and mtime before the pixels: a file rewritten after this stat gets a newer mtime than the one
             # recorded, so the next sync looks at it again instead of trusting stale pixels.
             size, mtime = file_facts(ref)
-            image = ref.open()
+            image = ref.open(draft=self.draft)
         except ImageError as e:
             return _Sample(position, None, e.reason, "", 0, 0.0)
         return _Sample(position, self.transform(image), "", pixel_sha256(image), size, mtime)
@@ -229,7 +230,10 @@ def hash_items(
     if not items:
         return []
     batch_size, workers = embed_defaults(cfg, device_type, available_cores())
-    loader = DataLoader(ItemDataset(items, _no_pixels), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    draft = cfg.draft_side or None  # as `embed` decodes: the hashes must be the same
+    loader = DataLoader(
+        ItemDataset(items, _no_pixels, draft), batch_size=batch_size, num_workers=workers, collate_fn=collate
+    )
     out: list[tuple[str, int, float] | str] = [""] * len(items)
     with tqdm(total=len(items), unit="img", desc="hash", disable=not progress) as bar:
         for batch in loader:
@@ -292,7 +296,7 @@ def embed(
     total = sum(len(b) for b in batches)
     LOG.info("embedding %d images in %d shard(s) (%d already done)", total, len(todo), len(done))
     loader = DataLoader(
-        ItemDataset(items, encoders.preprocess),
+        ItemDataset(items, encoders.preprocess, cfg.draft_side or None),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate,

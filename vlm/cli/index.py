@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vlm import config
 from vlm.cli import is_main_process
-from vlm.cli.options import add_model_options
+from vlm.cli.options import add_model_options, add_runtime_options, runtime_options
 from vlm.printable import printable
 
 
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dtype", choices=DTYPES, default="float32", help="stored vectors (default: float32)")
     config.add_arguments(b, IndexConfig)
     config.add_arguments(b, EmbedConfig)
+    add_runtime_options(b)
     b.set_defaults(run=run_build)
 
     a = actions.add_parser("add", help="add images with the model that built the collection")
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("inputs", nargs="+")
     add_model_options(a, exclude=("model", "pretrained", "precision"))
     config.add_arguments(a, EmbedConfig)
+    add_runtime_options(a)
     a.set_defaults(run=run_add)
 
     y = actions.add_parser(
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("folders", nargs="+", help="image folders already (or to be) indexed in the collection")
     add_model_options(y, exclude=("model", "pretrained", "precision"))
     config.add_arguments(y, EmbedConfig)
+    add_runtime_options(y)
     y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
@@ -77,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
     add_model_options(s, exclude=("model", "pretrained", "precision"))
+    add_runtime_options(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=run_search)
 
@@ -84,6 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
     i.set_defaults(run=run_info)
+
+
+def _runtime(args: argparse.Namespace) -> dict:
+    opts = runtime_options(args)
+    return {"runtime": opts.runtime, "onnx": opts.onnx}
 
 
 def _split_overrides(args: argparse.Namespace, *classes: type) -> list:
@@ -111,7 +120,7 @@ def run_build(args: argparse.Namespace) -> None:
     opts, index_cfg, embed_cfg = _split_overrides(args, config.ModelOptions, IndexConfig, EmbedConfig)
     info = distributed.init(opts.device)
     try:
-        encoders = load(opts.model, opts.pretrained, device=info.device)
+        encoders = load(opts.model, opts.pretrained, device=info.device, **_runtime(args))
         if info.is_main:
             root = args.root or _default_root(args.inputs[0])
             coll = Collection.create(
@@ -132,7 +141,7 @@ def run_add(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
+    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
 
 
@@ -141,7 +150,7 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
+    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
         result = coll.sync(args.folders, embed=embed_cfg)
     print(printable(result.summary()))
     lines = [f"  moved: {old} -> {new}" for old, new in result.moved]
@@ -183,7 +192,7 @@ def run_search(args: argparse.Namespace) -> None:
     from indexing.store import Filter
 
     (opts,) = _split_overrides(args, config.ModelOptions)
-    coll = Collection.open(args.collection, device=opts.device)
+    coll = Collection.open(args.collection, device=opts.device, **_runtime(args))
     where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
     kwargs = {"filters": where, "nprobe": args.nprobe}
     if args.query:

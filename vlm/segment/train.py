@@ -83,8 +83,9 @@ class DecoderConfig:
 
 
 def _seg_optim() -> OptimConfig:
-    # CLIPSeg's peak lr; torch's AdamW betas and eps (the decoder's own defaults before the shared loop).
-    return OptimConfig(lr=1e-3, weight_decay=1e-4, beta2=0.999, eps=1e-8)
+    # The decoder's own recipe, whatever OptimConfig's defaults for contrastive training are: CLIPSeg's peak lr,
+    # 100 warm-up steps, torch's AdamW betas and eps (what the decoder trainer used before the shared loop).
+    return OptimConfig(lr=1e-3, weight_decay=1e-4, warmup_steps=100, beta2=0.999, eps=1e-8)
 
 
 @dataclasses.dataclass
