@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--scale", type=int, default=0, help="N vectors generated to a disk memmap (0: off)")
     scale.add_argument("--budget-gb", type=float, default=4.0, help="RAM budget of the auto plan and autofaiss")
     scale.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vlm-bench-scale")
+    scale.add_argument("--build-memory-gb", type=float, default=4.0, help="autofaiss's current_memory_available")
     scale.add_argument("--no-autofaiss", dest="autofaiss", action="store_false", help="skip the autofaiss peer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

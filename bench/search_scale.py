@@ -172,7 +172,7 @@ def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) 
 AUTOFAISS_SCRIPT = r"""
 import json, sys, time, threading, numpy as np, faiss
 from autofaiss import build_index
-emb, out, budget, queries, truth, single, repeats = sys.argv[1:8]
+emb, out, budget, queries, truth, single, repeats, build_memory = sys.argv[1:9]
 q = np.load(queries); truth = np.load(truth)
 def anon():
     for x in open("/proc/self/status"):
@@ -183,7 +183,7 @@ def watch():
 threading.Thread(target=watch, daemon=True).start()
 t = time.perf_counter()
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
-            max_index_memory_usage=budget, current_memory_available=budget, metric_type="ip", save_on_disk=True,
+            max_index_memory_usage=budget, current_memory_available=build_memory, metric_type="ip", save_on_disk=True,
             verbose=30)
 build_s = time.perf_counter() - t; stop.set()
 t = time.perf_counter(); index = faiss.read_index(out + "/knn.index", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
@@ -211,8 +211,9 @@ def autofaiss_python(workdir: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists() or subprocess.run([python, "-c", "import autofaiss"], capture_output=True).returncode:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        # autofaiss pins numpy<2; recent pyarrow (through embedding-reader) needs numpy 2.
-        subprocess.run([python, "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18"], check=True)
+        # autofaiss pins numpy<2; recent pyarrow (through embedding-reader) needs numpy 2; faiss-cpu 1.8+ changed
+        # OPQMatrix arguments autofaiss 2.18 passes.
+        subprocess.run([python, "-m", "pip", "install", "-q", "autofaiss", "pyarrow<18", "faiss-cpu<1.8"], check=True)
     return python
 
 
@@ -223,6 +224,9 @@ def run_autofaiss(queries: np.ndarray, truth: np.ndarray, args) -> dict:
     np.save(args.workdir / "queries.npy", queries)
     np.save(args.workdir / "truth.npy", truth)
     budget = f"{int(args.budget_gb * 1024)}MB"
+    # autofaiss refuses to build unless the RAM it may use for building exceeds what the index may take; it gets
+    # `--build-memory-gb` (the auto plan's build is not capped: both builds' peak RSS is reported).
+    build_memory = f"{int(max(args.build_memory_gb, 2 * args.budget_gb) * 1024)}MB"
     cmd = [
         str(python),
         "-c",
@@ -234,6 +238,7 @@ def run_autofaiss(queries: np.ndarray, truth: np.ndarray, args) -> dict:
         str(args.workdir / "truth.npy"),
         str(args.single),
         str(args.repeats),
+        build_memory,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -255,7 +260,10 @@ def scale(args) -> list[dict]:
     rows.append(exact_row)
     rows.append(run_auto(vectors, queries, truth, args))
     if args.autofaiss:
-        rows.append(run_autofaiss(queries, truth, args))
+        try:
+            rows.append(run_autofaiss(queries, truth, args))
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # the other rows still get reported
+            rows.append({"peer": "autofaiss", "error": str(e).splitlines()[0][:200]})
     for r in rows:
         r.update(n=args.scale, d=args.dim, budget_gb=args.budget_gb)
     return rows

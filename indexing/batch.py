@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 BATCH_MIN = 64  # below this faiss's own per-query scan is as fast (bench/search.py)
+BLOCK_RESULTS = 1 << 22  # (query, probed list, rank) results held at once: 48 MiB of scores and ids
 
 
 def flat_lists(index: faiss.Index) -> bool:
@@ -33,11 +34,21 @@ def centroids(index: faiss.Index) -> np.ndarray:
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (nq, k), of an IVF-Flat `index` (inner product) probing, for each query, the `nprobe`
-    lists whose centroids are nearest (exactly: one matrix product, where the HNSW quantizer approximates)."""
+    lists whose centroids are nearest (exactly: one matrix product, where the HNSW quantizer approximates).
+    Queries go in blocks whose per-list results (nq * nprobe * k) stay under `BLOCK_RESULTS`."""
+    nprobe = min(nprobe, faiss.extract_index_ivf(index).nlist)
+    middle = centroids(index)
+    block = max(1, BLOCK_RESULTS // max(nprobe * k, 1))
+    parts = [_search(index, middle, queries[s : s + block], k, nprobe) for s in range(0, len(queries), block)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _search(
+    index: faiss.Index, middle: np.ndarray, queries: np.ndarray, k: int, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
     ivf = faiss.extract_index_ivf(index)
     nq, d = queries.shape
-    nprobe = min(nprobe, ivf.nlist)
-    _, probes = faiss.knn(queries, centroids(index), nprobe, metric=faiss.METRIC_INNER_PRODUCT)  # (nq, nprobe)
+    _, probes = faiss.knn(queries, middle, nprobe, metric=faiss.METRIC_INNER_PRODUCT)  # (nq, nprobe)
     best_scores = np.full((nq, nprobe * k), -np.inf, np.float32)
     best_ids = np.full((nq, nprobe * k), -1, np.int64)
     flat = probes.ravel()

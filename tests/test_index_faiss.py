@@ -242,7 +242,7 @@ def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
     assert tuned.rerank == 1 or lower_bound(tuned.rerank - 1) < 0.95
 
 
-def test_batched_scan_equals_brute_force_over_the_probed_lists():
+def test_batched_scan_equals_brute_force_over_the_probed_lists(monkeypatch):
     """A batch scans each probed list once; its results are the exact top-k over the members of each query's
     `nprobe` nearest lists (computed here from the centroids and list memberships, not through faiss's search)."""
     vectors = clustered(4000, 16, clusters=40, seed=10)
@@ -253,6 +253,7 @@ def test_batched_scan_equals_brute_force_over_the_probed_lists():
     centroids = ivf.quantizer.reconstruct_n(0, 32)
     members = [faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy() for i in range(32)]
     position = {int(i): row for row, i in enumerate(ids)}
+    monkeypatch.setattr(batch, "BLOCK_RESULTS", 4 * 10 * 7)  # blocks of 7 queries: the last one shorter
     scores, found = fi.search(index, info, queries, 10, nprobe=4)
     for q in range(len(queries)):
         probed = np.argsort(-(centroids @ queries[q]), kind="stable")[:4]

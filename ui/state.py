@@ -87,7 +87,8 @@ class AppState:
             raise SwitchInProgress("another model switch is in progress; wait for it to finish")
         try:
             LOG.info("loading model %s", choice)
-            encoders = models.load(choice.model, choice.pretrained, device=self.device)
+            # ONNX Runtime on a CPU when the model was exported (vlm/onnx_runtime.py), else PyTorch
+            encoders = models.load(choice.model, choice.pretrained, device=self.device, runtime="auto")
             previous = self._active
             if previous is not None and previous.encoders.fingerprint == encoders.fingerprint:
                 collection = previous.collection  # same weights: same vectors

@@ -320,6 +320,24 @@ class ModelOptions:
     )
 
 
+# What computes embeddings (`vlm.onnx_runtime`): "auto" = ONNX Runtime on a CPU when a valid export lies next to the
+# model, else PyTorch; "onnx"/"onnx-int8" insist on the (quantised) export; "torch" never uses one.
+Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+
+
+@dataclasses.dataclass
+class RuntimeOptions:
+    """How embeddings are computed: `vlm index` and `vlm classify` take these flags."""
+
+    runtime: Runtime = dataclasses.field(
+        default="auto", metadata={"help": "auto = ONNX Runtime on a CPU when `vlm export onnx` was run, else torch"}
+    )
+    onnx: str | None = dataclasses.field(
+        default=None, metadata={"help": "folder of the ONNX export (none: next to the model)"}
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training configuration. Defaults follow CLIP (Radford et al. 2021) and open_clip_train where they apply.
 
