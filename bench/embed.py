@@ -2,6 +2,7 @@
 
     python -m bench.embed                         # the demo model on 512 px scenes and on ../shared/data emoji
     python -m bench.embed --model vlm-small --data shapes256 --images 256 --repeats 2      # a quick run
+    python -m bench.embed --phone 2000            # phone photos, ViT-B-32, ONNX + draft decoding (bench/embed_phone.py)
 
 Claim (issue 5): the pipeline embeds >= 1.5x more images/s than the plain loop on CPU, with the same model and
 batch size, because DataLoader workers decode and preprocess the next batches while the model computes.
@@ -86,7 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--phone", type=int, metavar="N", help="run bench/embed_phone.py on N phone photos instead (its flags follow)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.phone:
+        from bench import embed_phone
+
+        return embed_phone.main(["--images", str(args.phone), *rest])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING)
     try:
         encoders, model_note = load(args.model, device=args.device), args.model

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexing import duplicates, faiss_index, queries, versions
 from indexing import embed as embedding
-from indexing import faiss_index, queries, versions
 from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
@@ -54,8 +54,18 @@ COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of r
 class Collection:
     """A searchable, versioned image collection. Create with `Collection.create`, open with `Collection.open`."""
 
-    def __init__(self, root: Path, version: Version, *, lock_fd: int | None, encoders: Encoders | None, device):
+    def __init__(
+        self,
+        root: Path,
+        version: Version,
+        *,
+        lock_fd: int | None,
+        encoders: Encoders | None,
+        device,
+        runtime=("auto", None),
+    ):
         self.root = root
+        self._runtime = runtime  # (runtime, ONNX export folder) for loading the recorded model: vlm.onnx_runtime
         self._v = version
         self._lock_fd = lock_fd
         self._encoders = encoders
@@ -80,20 +90,23 @@ class Collection:
         device: str | torch.device | None = None,
         exist_ok: bool = False,
         encoders: Encoders | None = None,
+        runtime: str = "auto",
+        onnx: str | Path | None = None,
     ) -> Collection:
         """A new empty collection at `path`, for images embedded by `model` (a name `vlm.models.load` takes, or
         an Encoders object). Stored paths are relative to `root` when images are inside it. With `exist_ok`, an
         existing collection built by the same model is opened for writing instead. `encoders`: `model` already
-        loaded by the caller (its name is still what the collection records, to load it again later)."""
+        loaded by the caller (its name is still what the collection records, to load it again later). `runtime`,
+        `onnx`: how a model loaded here embeds (`vlm.onnx_runtime.attach`: ONNX Runtime on a CPU when exported)."""
         path = Path(path)
         if isinstance(model, Encoders):
             encoders = model
         elif encoders is None:
-            encoders = _load_model(model, pretrained, device)
+            encoders = _load_model(model, pretrained, device, runtime, onnx)
         if (path / CURRENT).exists():
             if not exist_ok:
                 raise IndexingError(f"{path} already holds a collection; open it, or choose another folder")
-            return cls.open(path, read_only=False, encoders=encoders, device=device)
+            return cls.open(path, read_only=False, encoders=encoders, device=device, runtime=runtime, onnx=onnx)
         if dtype not in embedding.DTYPES:
             raise IndexingError(f"unknown vector dtype {dtype!r}; choose one of {list(embedding.DTYPES)}")
         path.mkdir(parents=True, exist_ok=True)
@@ -123,7 +136,7 @@ class Collection:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, first, lock_fd=lock_fd, encoders=encoders, device=device)
+        return cls(path, first, lock_fd=lock_fd, encoders=encoders, device=device, runtime=(runtime, onnx))
 
     @classmethod
     def open(
@@ -133,14 +146,20 @@ class Collection:
         read_only: bool = True,
         encoders: Encoders | None = None,
         device: str | torch.device | None = None,
+        runtime: str = "auto",
+        onnx: str | Path | None = None,
     ) -> Collection:
         """Open the published version. Writable opens take the collection's lock (one writer at a time) and clear
-        what a crashed writer left. Text and image searches load the recorded model unless `encoders` is given."""
+        what a crashed writer left. Text and image searches load the recorded model unless `encoders` is given,
+        embedding through `runtime` (`vlm.onnx_runtime`; a collection built with int8 ONNX keeps using it)."""
         path = Path(path)
         versions.read_current(path)
         lock_fd = None if read_only else versions.lock(path)
         try:
-            coll = cls(path, versions.open_latest(path), lock_fd=lock_fd, encoders=encoders, device=device)
+            coll = cls(
+                path, versions.open_latest(path), lock_fd=lock_fd, encoders=encoders, device=device,
+                runtime=(runtime, onnx),
+            )  # fmt: skip
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -188,7 +207,10 @@ class Collection:
                     raise IndexingError(
                         f"{self.root} was built from an in-memory model ({spec.source}); pass encoders= to open it"
                     )
-                encoders = _load_model(spec.model, spec.pretrained, self._device)
+                runtime, onnx = self._runtime
+                if runtime == "auto" and spec.fingerprint.endswith("-int8"):  # vlm.onnx_export.int8_fingerprint
+                    runtime = "onnx-int8"
+                encoders = _load_model(spec.model, spec.pretrained, self._device, runtime, onnx)
                 self._check_model(encoders.fingerprint, encoders.source)
                 self._encoders = encoders
             return self._encoders
@@ -281,7 +303,10 @@ class Collection:
             kept_hashes[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
             changed, added = (changed + 1, added) if item.key in plan.replaces else (changed, added + 1)
@@ -301,6 +326,7 @@ class Collection:
             bad=bad,
             version=self._v.number,
             embed=stats,
+            filled=plan.filled,
         )
 
     @property
@@ -332,7 +358,10 @@ class Collection:
             first_seen[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
@@ -398,15 +427,22 @@ class Collection:
         filters: Filter | None = None,
         nprobe: int | None = None,
         fingerprint: str | None = None,
+        sort: str = "relevance",
+        min_score: float | None = None,
     ) -> Hits:
         """The k nearest images to each query vector (nq, D) or (D,), by cosine similarity (queries are
-        L2-normalised here). `fingerprint`, when given, must be the collection model's."""
+        L2-normalised here). `fingerprint`, when given, must be the collection model's. `sort="date"`: of the
+        images scoring at least `min_score` (default: `queries.default_min_score` of the model), the k newest."""
         if fingerprint is not None:
             self._check_model(fingerprint, "the model that made the query vectors")
         v = self._v  # one snapshot for the whole search, whatever a writer publishes meanwhile
-        return queries.search(
-            v, queries.as_queries(vectors, self.dim), k, filters=filters, nprobe=nprobe, cfg=self.config
-        )
+        q, cfg = queries.as_queries(vectors, self.dim), self.config
+        if sort == "relevance":
+            return queries.search(v, q, k, filters=filters, nprobe=nprobe, cfg=cfg)
+        if sort != "date":
+            raise IndexingError(f"unknown sort {sort!r}; choose 'relevance' or 'date' (newest first)")
+        cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
+        return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
     def search_text(self, texts: str | Sequence[str], k: int = 10, **kwargs) -> Hits:
         """Images matching each text; keyword arguments as in `search_vector`."""
@@ -420,6 +456,12 @@ class Collection:
         opened = [ImageRef("file", str(im)).open() if isinstance(im, str | Path) else im for im in images]
         pixels = torch.stack([self.encoders.preprocess(im.convert("RGB")) for im in opened])
         return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
+
+    def duplicates(self, threshold: float | None = None, *, filters: Filter | None = None) -> list:
+        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`), the
+        largest first; see `indexing.duplicates`."""
+        t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
+        return duplicates.find(self._v, t, filters=filters)
 
     # Looking things up.
 
@@ -479,10 +521,10 @@ class Collection:
 # Helpers.
 
 
-def _load_model(model: str, pretrained: str | None, device) -> Encoders:
+def _load_model(model: str, pretrained: str | None, device, runtime: str = "auto", onnx=None) -> Encoders:
     from vlm.models import load
 
-    return load(model, pretrained, device=device)
+    return load(model, pretrained, device=device, runtime=runtime, onnx=onnx)
 
 
 def _reloadable(model: str) -> str:

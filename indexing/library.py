@@ -28,7 +28,7 @@ from PIL import Image
 from indexing.collection import Collection
 from indexing.config import EmbedConfig
 from indexing.errors import IndexingError
-from indexing.results import AddResult
+from indexing.results import AddResult, SyncResult
 from indexing.versions import CURRENT, lock
 from vlm import demo
 from vlm.atomic import atomic_write_json
@@ -162,6 +162,27 @@ class Library:
             self.home.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.home / SOURCES, extra)
         return result
+
+    def rescan_folders(self, coll: Collection) -> list[Path]:
+        """The folders a rescan follows: the --images folders and folders added later (the demo's own icons and
+        scenes were added from their caption lists, which a folder sync would not read, so they are left alone);
+        for an existing collection with none of those, its root folder."""
+        folders = self.sources()
+        if not folders and self.kind == "existing" and coll.root_dir is not None:
+            folders = [coll.root_dir]
+        return folders
+
+    def rescan(self, coll: Collection, progress: bool = True) -> tuple[SyncResult, list[Path]]:
+        """Sync `coll` with `rescan_folders` (new files added, changed ones re-embedded, deleted ones removed; one
+        new version). Folders that no longer exist are skipped, their images kept; returns them beside the result."""
+        folders = self.rescan_folders(coll)
+        present = [f for f in folders if f.is_dir()]
+        if not present:
+            missing = ", ".join(str(f) for f in folders) or "none"
+            raise IndexingError(
+                f"nothing to rescan: this collection follows no folder that exists (folders: {missing})"
+            )
+        return coll.sync(present, embed=EMBED, progress=progress), [f for f in folders if not f.is_dir()]
 
 
 def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool = True) -> Collection:

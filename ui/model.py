@@ -186,7 +186,7 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> list[gr.componen
         """Load the chosen model and estimate the embedding; switch at once when there is nothing to embed."""
         choice = chosen(state, model, pretrained)
         progress(0, desc=f"loading {choice}")
-        encoders = models.load(choice.model, choice.pretrained, device=state.device)
+        encoders = models.load(choice.model, choice.pretrained, device=state.device, runtime="auto")
         current = state.active
         estimate = state.library.embed_plan(encoders, current.collection.stats().count)
         state.hold(choice, encoders)

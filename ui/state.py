@@ -103,7 +103,8 @@ class AppState:
             if held is not None and held[0] == choice:
                 encoders = held[1]
             else:
-                encoders = models.load(choice.model, choice.pretrained, device=self.device)
+                # ONNX Runtime on a CPU when the model was exported (vlm/onnx_runtime.py), else PyTorch
+                encoders = models.load(choice.model, choice.pretrained, device=self.device, runtime="auto")
             previous = self._active
             if previous is not None and previous.encoders.fingerprint == encoders.fingerprint:
                 collection = previous.collection  # same weights: same vectors

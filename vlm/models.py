@@ -141,6 +141,16 @@ class Encoders:
     source: str  # how it was loaded, for people: "ViT-B-32 + laion2b_s34b_b79k", "checkpoint runs/x/final", ...
     provenance: dict[str, Any] = field(default_factory=dict)  # a checkpoint's record of how it was made
     random_weights: bool = False  # an architecture built without weights: it answers at random until trained
+    loaded_from: tuple[str, str | None] = ("", None)  # (model, pretrained) as given to `load`: what lies next to it
+    # Set by `vlm.onnx_runtime.attach`: an ONNX Runtime backend that computes encode_image/encode_text in place of
+    # the torch model (None: PyTorch), and a sentence saying which runtime embeds and why.
+    backend: Any = None
+    runtime_note: str = "PyTorch"
+
+    @property
+    def runtime(self) -> str:
+        """What computes `encode_image` and `encode_text`: "torch", "onnx" or "onnx-int8"."""
+        return self.backend.name if self.backend is not None else "torch"
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -185,6 +195,9 @@ class Encoders:
         """(B, 3, H, W) preprocessed images -> (B, D) float32 features, L2-normalised in float32 by default.
 
         Runs in eval mode (no dropout, batch-norm statistics fixed) and leaves the model in the mode it found."""
+        if self.backend is not None:
+            features = torch.from_numpy(self.backend.encode_image(images.float().cpu().numpy()))
+            return F.normalize(features, dim=-1) if normalize else features
         with evaluating(self.model), self.autocast():
             features = self.model.encode_image(images.to(self.device, self.input_dtype, non_blocking=True))
         features = features.float()
@@ -196,6 +209,9 @@ class Encoders:
 
         Runs in eval mode and leaves the model in the mode it found."""
         tokens = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts)
+        if self.backend is not None:
+            features = torch.from_numpy(self.backend.encode_text(tokens.cpu().numpy()))
+            return F.normalize(features, dim=-1) if normalize else features
         with evaluating(self.model), self.autocast():
             features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
         features = features.float()
@@ -213,6 +229,8 @@ class Encoders:
             "image_size": self.image_size,
             "device": str(self.device),
             "precision": self.precision,
+            "runtime": self.runtime,
+            "runtime_note": self.runtime_note,
             "provenance": self.provenance,
             "random_weights": self.random_weights,
         }
@@ -321,6 +339,14 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
     return model, None, f"{model} (randomly initialised)"
 
 
+def has_weights(model: str, pretrained: str | None = None) -> bool:
+    """True when `load(model, pretrained)` starts from trained weights (a tag or weights file, a checkpoint or model
+    folder, 'demo', an hf-hub: id), False for an architecture name alone (random initialisation). Raises
+    `ModelError` as `load` would for a name or path that does not exist."""
+    name, weights, _ = _resolve_source(model, pretrained)
+    return weights is not None or name.startswith(("local-dir:", "hf-hub:"))
+
+
 def _check_weights_files(folder: Path) -> None:
     """Exactly one weights file in a model folder: none would give random weights, two an arbitrary choice."""
     found = sorted({p.name for pattern in WEIGHTS_PATTERNS for p in folder.glob(pattern)})
@@ -366,8 +392,11 @@ def load(
     device: str | torch.device | None = None,
     precision: str = "auto",
     cache_dir: str | None = None,
+    runtime: str = "torch",
+    onnx: str | Path | None = None,
 ) -> Encoders:
-    """Build image and text encoders; see the module docstring for the accepted names."""
+    """Build image and text encoders; see the module docstring for the accepted names. `runtime`/`onnx`: compute
+    embeddings through ONNX Runtime (`vlm.onnx_runtime.attach`; "torch" by default, as a trainer must)."""
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(precision, device)
     name, weights, source = _resolve_source(model, pretrained)
@@ -398,7 +427,7 @@ def load(
             record = checkpoint.read_config(local)
             provenance = record.get("provenance", {})
             display_name = record["model_name"]
-    return Encoders(
+    encoders = Encoders(
         model=clip,
         model_name=display_name,
         model_cfg=_model_config(name),
@@ -412,7 +441,13 @@ def load(
         source=source,
         provenance=provenance,
         random_weights=weights is None and not name.startswith(("local-dir:", "hf-hub:")),
+        loaded_from=(model, pretrained),
     )
+    if runtime == "torch" and onnx is None:
+        return encoders
+    from vlm.onnx_runtime import attach
+
+    return attach(encoders, runtime, onnx)
 
 
 def save(encoders: Encoders, path: str | Path, provenance: dict[str, Any] | None = None, **kwargs: Any) -> Path:

@@ -22,7 +22,8 @@ from vlm.printable import printable
 
 # Command modules under vlm/cli/, in the order `vlm --help` lists them. Each has `register(subparsers)`.
 COMMANDS = [
-    *("synth", "train", "info", "evaluate", "classify", "explain", "segment", "train_seg", "index", "demo", "serve"),
+    *("synth", "train", "info", "evaluate", "classify", "explain", "segment", "train_seg", "index", "export"),
+    *("demo", "serve"),
 ]
 
 

@@ -1,11 +1,13 @@
-"""`vlm index build|add|sync|remove|search|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|search|duplicates|info`: searchable image collections (see indexing/collection.py).
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index remove runs/photos.coll --path a.jpg --id 17
-vlm index search runs/photos.coll --text "a red circle" -k 5 [--path-prefix holiday/] [--json]
+vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
+vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
+vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from vlm import config
 from vlm.cli import is_main_process
-from vlm.cli.options import add_model_options
+from vlm.cli.options import add_model_options, add_runtime_options, runtime_options
 from vlm.printable import printable
 
 
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dtype", choices=DTYPES, default="float32", help="stored vectors (default: float32)")
     config.add_arguments(b, IndexConfig)
     config.add_arguments(b, EmbedConfig)
+    add_runtime_options(b)
     b.set_defaults(run=run_build)
 
     a = actions.add_parser("add", help="add images with the model that built the collection")
@@ -46,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("inputs", nargs="+")
     add_model_options(a, exclude=("model", "pretrained", "precision"))
     config.add_arguments(a, EmbedConfig)
+    add_runtime_options(a)
     a.set_defaults(run=run_add)
 
     y = actions.add_parser(
@@ -55,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("folders", nargs="+", help="image folders already (or to be) indexed in the collection")
     add_model_options(y, exclude=("model", "pretrained", "precision"))
     config.add_arguments(y, EmbedConfig)
+    add_runtime_options(y)
     y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
@@ -75,15 +80,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--path-prefix", help="only images whose stored path starts with this")
     s.add_argument("--path-contains", help="only images whose stored path contains this")
     s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
+    s.add_argument("--folder", help="only images under this folder (as stored, relative to the collection's root)")
+    s.add_argument("--after", help="only images taken on or after this date (YYYY-MM-DD[ HH:MM]; EXIF, else mtime)")
+    s.add_argument("--before", help="only images taken before this date (exclusive)")
+    for name, what in (("width", "pixels"), ("height", "pixels"), ("size", "bytes")):
+        s.add_argument(f"--min-{name}", type=int, help=f"only images with at least this {name} ({what})")
+        s.add_argument(f"--max-{name}", type=int, help=f"only images with at most this {name} ({what})")
+    s.add_argument(
+        "--sort",
+        choices=("relevance", "date"),
+        default="relevance",
+        help="date: of the images scoring at least --min-score, the newest first (default: relevance)",
+    )
+    s.add_argument("--min-score", type=float, help="relevance cut-off for --sort date (default: per model, see README)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
     add_model_options(s, exclude=("model", "pretrained", "precision"))
+    add_runtime_options(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=run_search)
+
+    d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
+    d.add_argument("collection")
+    d.add_argument(
+        "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument("--folder", help="only images under this folder (as stored)")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    d.set_defaults(run=run_duplicates)
 
     i = actions.add_parser("info", help="describe a collection")
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
     i.set_defaults(run=run_info)
+
+
+def _runtime(args: argparse.Namespace) -> dict:
+    opts = runtime_options(args)
+    return {"runtime": opts.runtime, "onnx": opts.onnx}
 
 
 def _split_overrides(args: argparse.Namespace, *classes: type) -> list:
@@ -111,7 +144,7 @@ def run_build(args: argparse.Namespace) -> None:
     opts, index_cfg, embed_cfg = _split_overrides(args, config.ModelOptions, IndexConfig, EmbedConfig)
     info = distributed.init(opts.device)
     try:
-        encoders = load(opts.model, opts.pretrained, device=info.device)
+        encoders = load(opts.model, opts.pretrained, device=info.device, **_runtime(args))
         if info.is_main:
             root = args.root or _default_root(args.inputs[0])
             coll = Collection.create(
@@ -132,7 +165,7 @@ def run_add(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
+    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
 
 
@@ -141,7 +174,7 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device) as coll:
+    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
         result = coll.sync(args.folders, embed=embed_cfg)
     print(printable(result.summary()))
     lines = [f"  moved: {old} -> {new}" for old, new in result.moved]
@@ -182,10 +215,13 @@ def run_search(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.store import Filter
 
+    bounds = {f"{end}_{n}": getattr(args, f"{end}_{n}") for end in ("min", "max") for n in ("width", "height", "size")}
+    where = Filter(
+        args.path_prefix, args.path_contains, args.caption_contains, args.folder, args.after, args.before, **bounds
+    )  # IndexingError for an impossible range, before any model is loaded
     (opts,) = _split_overrides(args, config.ModelOptions)
-    coll = Collection.open(args.collection, device=opts.device)
-    where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
-    kwargs = {"filters": where, "nprobe": args.nprobe}
+    coll = Collection.open(args.collection, device=opts.device, **_runtime(args))
+    kwargs = {"filters": where, "nprobe": args.nprobe, "sort": args.sort, "min_score": args.min_score}
     if args.query:
         from vlm.query import combine, parse
 
@@ -198,7 +234,18 @@ def run_search(args: argparse.Namespace) -> None:
             else coll.search_image(args.image, args.k, **kwargs)
         )
     rows = [
-        {"rank": rank, "score": round(float(score), 4), "id": record.id, "path": record.path, "caption": record.caption}
+        {
+            "rank": rank,
+            "score": round(float(score), 4),
+            "id": record.id,
+            "path": record.path,
+            "caption": record.caption,
+            "date": record.date,
+            "camera": record.camera,
+            "width": record.width,
+            "height": record.height,
+            "size": record.size,
+        }
         for rank, (score, record) in enumerate(zip(hits.scores[0], hits.records[0], strict=False), 1)
     ]
     if args.json:
@@ -206,9 +253,37 @@ def run_search(args: argparse.Namespace) -> None:
         return
     for row in rows:
         caption = (row["caption"] or "").split("\n")[0][:60]
-        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {printable(row['path'])}  {printable(caption)}")
+        line = f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['date'].replace('T', ' ')}  "
+        print(line + f"{printable(row['path'])}  {printable(caption)}")
     if not rows:
         print("no matching images")
+
+
+def run_duplicates(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.store import Filter
+
+    threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    coll = Collection.open(args.collection)
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    rows = [
+        [
+            {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
+            for n, (r, score, same) in enumerate(zip(g.records, g.scores, g.same_picture, strict=True))
+        ]
+        for g in groups
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    extra = sum(len(g) - 1 for g in rows)
+    print(f"{len(rows):,} group(s) of near-duplicates (cosine > {threshold}); {extra:,} image(s) beside their keeper")
+    for n, group in enumerate(rows, 1):
+        print(f"group {n}:")
+        for m in group:
+            mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
+            print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
 
 
 def run_info(args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
-"""Flags shared by several commands, each declared once from a dataclass (`vlm.config.ModelOptions`)."""
+"""Flags shared by several commands, each declared once from a dataclass (`vlm.config.ModelOptions`,
+`vlm.config.RuntimeOptions`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from vlm import config
 
@@ -15,9 +17,24 @@ def add_model_options(
     config.add_arguments(p, config.ModelOptions, exclude=exclude, required=required)
 
 
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--runtime (auto/torch/onnx/onnx-int8) and --onnx DIR, from `config.RuntimeOptions`."""
+    config.add_arguments(p, config.RuntimeOptions)
+    p.set_defaults(runtime_flags=True)
+
+
 def model_options(args: argparse.Namespace) -> config.ModelOptions:
     """The `ModelOptions` of the flags given (defaults for the others)."""
-    return config.resolve(config.ModelOptions, args)
+    given = config.overrides_from_args(args)
+    names = {f.name for f in dataclasses.fields(config.ModelOptions)}
+    return config.from_dict(config.ModelOptions, {k: v for k, v in given.items() if k in names})
+
+
+def runtime_options(args: argparse.Namespace) -> config.RuntimeOptions:
+    """The `RuntimeOptions` of the flags given; the defaults ("auto") for a command without them."""
+    given = config.overrides_from_args(args)
+    names = {f.name for f in dataclasses.fields(config.RuntimeOptions)}
+    return config.from_dict(config.RuntimeOptions, {k: v for k, v in given.items() if k in names})
 
 
 def model_given(args: argparse.Namespace) -> bool:
@@ -26,11 +43,15 @@ def model_given(args: argparse.Namespace) -> bool:
 
 
 def load_model(args: argparse.Namespace):
-    """The `Encoders` the model flags name."""
+    """The `Encoders` the model flags name (through ONNX Runtime when the command has --runtime and it applies)."""
     from vlm.models import load
 
     opts = model_options(args)
-    return load(opts.model, opts.pretrained, device=opts.device, precision=opts.precision)
+    runtime = runtime_options(args) if getattr(args, "runtime_flags", False) else config.RuntimeOptions("torch")
+    return load(
+        opts.model, opts.pretrained, device=opts.device, precision=opts.precision,
+        runtime=runtime.runtime, onnx=runtime.onnx,
+    )  # fmt: skip
 
 
 def add_report_options(p: argparse.ArgumentParser, files: str) -> None:

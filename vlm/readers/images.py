@@ -6,12 +6,19 @@ Decoding keeps PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) and
 Phone photos: HEIC/HEIF through `pillow-heif` (registered here, the one place images are decoded), AVIF through
 Pillow itself; the EXIF orientation is applied, so a portrait photo stored sideways is embedded, shown and
 explained upright.
+
+Draft decoding (`ImageRef.open(draft=512)`): a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8, PIL's
+`Image.draft`) that keeps its shorter side at least `draft` pixels. A 12-megapixel phone photo then decodes to
+1008 x 756 in a fifth of the time, and everything after it (RGB conversion, hashing, resizing) handles 16x fewer
+pixels. The size limit is checked on the full size first and the orientation applied after, as for a full decode.
+Other formats are decoded in full.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -84,11 +91,12 @@ class ImageRef:
             return f"hf:{self.path}{split}[row {self.row}]"
         return self.path
 
-    def open(self) -> Image.Image:
-        """The fully decoded image, in RGB. Raises `ImageError` (a `DataError`) naming the image on failure."""
+    def open(self, draft: int | None = None) -> Image.Image:
+        """The decoded image, in RGB: in full, or with `draft`, a JPEG at reduced scale keeping its shorter side
+        >= `draft` px (module docstring). Raises `ImageError` (a `DataError`) naming the image on failure."""
         try:
             with self._binary() as fp:
-                return to_rgb(_decode(fp))
+                return to_rgb(_decode(fp, draft))
         except _BadImage as e:
             raise ImageError(self.describe(), e.reason) from e
 
@@ -121,8 +129,14 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(fp: IO[bytes]) -> Image.Image:
-    """Open and fully decode; every failure becomes a `_BadImage` with a short reason.
+def draft_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """The size to ask `Image.draft` for: `size` scaled so that its shorter side is `shorter` (rounded up)."""
+    scale = shorter / min(size)
+    return math.ceil(size[0] * scale), math.ceil(size[1] * scale)
+
+
+def _decode(fp: IO[bytes], draft: int | None = None) -> Image.Image:
+    """Open and decode (a JPEG at reduced scale with `draft`); every failure becomes a `_BadImage` with a reason.
 
     A truncated file is only detected while `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is False (PIL's default).
     """
@@ -131,6 +145,8 @@ def _decode(fp: IO[bytes]) -> Image.Image:
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and im.width * im.height > limit:
             raise _BadImage(f"image too large ({im.width} x {im.height})")
+        if draft and im.format == "JPEG" and min(im.size) >= 2 * draft:
+            im.draft(None, draft_size(im.size, draft))  # the stored size: orientation does not change its shorter side
         im.load()
         if im.getexif().get(EXIF_ORIENTATION, 1) != 1:  # rotated or mirrored by the camera: make it upright
             im = ImageOps.exif_transpose(im)
