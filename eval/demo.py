@@ -5,12 +5,15 @@ The demo's data and export live in `vlm.demo`; the figures need the evaluations,
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from eval.datasets import read_labelled
-from eval.retrieval import evaluate_pairs
+from eval.metrics import retrieval_recall
+from eval.retrieval import embed_pairs, evaluate_pairs
 from eval.zeroshot import evaluate_zeroshot
 from vlm.data import Pair, read_pairs, split
 from vlm.errors import DataError
@@ -42,4 +45,57 @@ def held_out_figures(encoders: Encoders, data_dir: str | Path, val_fraction: flo
     zs = evaluate_zeroshot(encoders, labelled.subset(np.asarray(keep)), "generic")
     figures["shapes zero-shot top-1 (48 labels)"] = zs.metrics["acc1"]
     figures["held-out single-object scenes"] = len(keep)
+    return figures
+
+
+# The 10-way emoji-category prompts: bare category names as emojibase words them ("food & drink"), in templates
+# unlike the training captions.
+CATEGORY_TEMPLATES = ("{c}", "an emoji from the group {c}", "{c} emoji")
+
+
+def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Issue 18's figures on the held-out parts of a `vlm demo corpus` folder (none of it is ever trained on).
+
+    - OpenMoji (the unseen style), its English CLDR names as captions: text->image R@k over all of its images;
+    - OpenMoji, 10-way emoji-category zero-shot top-1 (`CATEGORY_TEMPLATES`);
+    - the held-out icons (a seeded part of every icon set), their names as captions: text->image R@k;
+    - OpenMoji with its names in each language (`heldout/openmoji/names.csv`): text->image R@5 per language.
+    """
+    root = Path(corpus_dir).resolve()
+    om = root / "heldout" / "openmoji"
+    for need in (om / "pairs.csv", om / "labels.csv", om / "names.csv", root / "heldout" / "icons" / "pairs.csv"):
+        if not need.is_file():
+            raise DataError(f"{need} is missing: is {root} a `vlm demo corpus` folder?")
+    figures: dict[str, float] = {}
+    emoji = read_pairs(om / "pairs.csv", progress=False).pairs
+    figures["held-out style (OpenMoji) images"] = len(emoji)
+    emb = embed_pairs(encoders, emoji)  # the images once, for every language
+    m = retrieval_recall(emb.image_emb, emb.text_emb, emb.text_to_image, ks=ks)
+    for k in ks:
+        figures[f"held-out style text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
+    zs = evaluate_zeroshot(encoders, read_labelled(om / "labels.csv"), CATEGORY_TEMPLATES)
+    figures["emoji categories"] = len(zs.classes)
+    figures["emoji category zero-shot top-1"] = zs.metrics["acc1"]
+    icons = read_pairs(root / "heldout" / "icons" / "pairs.csv", progress=False).pairs
+    figures["held-out icons"] = len(icons)
+    m = evaluate_pairs(encoders, icons, ks=ks)
+    for k in ks:
+        figures[f"held-out icons text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
+    # per language: each language's names against the same images (text->image recall of a caption depends on
+    # that caption and the images only)
+    index = {p.key: i for i, p in enumerate(emoji)}
+    texts: dict[str, tuple[list[str], list[int]]] = {}
+    with open(om / "names.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["path"] in index:
+                captions, owners = texts.setdefault(row["lang"], ([], []))
+                captions.append(row["caption"])
+                owners.append(index[row["path"]])
+    for lang, (captions, owners) in texts.items():
+        with torch.no_grad():
+            text_emb = torch.cat(
+                [encoders.encode_text(captions[s : s + 256]).cpu() for s in range(0, len(captions), 256)]
+            )
+        m = retrieval_recall(emb.image_emb, text_emb, torch.tensor(owners), ks=(5,))
+        figures[f"held-out style text->image R@5 [{lang}]"] = m["image_retrieval_recall@5"]
     return figures

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexing import duplicates, faiss_index, queries, versions
 from indexing import embed as embedding
-from indexing import faiss_index, queries, versions
 from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
@@ -303,7 +303,10 @@ class Collection:
             kept_hashes[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
             changed, added = (changed + 1, added) if item.key in plan.replaces else (changed, added + 1)
@@ -323,6 +326,7 @@ class Collection:
             bad=bad,
             version=self._v.number,
             embed=stats,
+            filled=plan.filled,
         )
 
     @property
@@ -354,7 +358,10 @@ class Collection:
             first_seen[sha] = item.key
             size, mtime = int(done.size[row]), float(done.mtime[row])
             ref = ref_json(item.ref)
-            records.append(ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now))
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            records.append(
+                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
+            )
             rows.append(row)
             next_id += 1
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
@@ -420,15 +427,22 @@ class Collection:
         filters: Filter | None = None,
         nprobe: int | None = None,
         fingerprint: str | None = None,
+        sort: str = "relevance",
+        min_score: float | None = None,
     ) -> Hits:
         """The k nearest images to each query vector (nq, D) or (D,), by cosine similarity (queries are
-        L2-normalised here). `fingerprint`, when given, must be the collection model's."""
+        L2-normalised here). `fingerprint`, when given, must be the collection model's. `sort="date"`: of the
+        images scoring at least `min_score` (default: `queries.default_min_score` of the model), the k newest."""
         if fingerprint is not None:
             self._check_model(fingerprint, "the model that made the query vectors")
         v = self._v  # one snapshot for the whole search, whatever a writer publishes meanwhile
-        return queries.search(
-            v, queries.as_queries(vectors, self.dim), k, filters=filters, nprobe=nprobe, cfg=self.config
-        )
+        q, cfg = queries.as_queries(vectors, self.dim), self.config
+        if sort == "relevance":
+            return queries.search(v, q, k, filters=filters, nprobe=nprobe, cfg=cfg)
+        if sort != "date":
+            raise IndexingError(f"unknown sort {sort!r}; choose 'relevance' or 'date' (newest first)")
+        cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
+        return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
     def search_text(self, texts: str | Sequence[str], k: int = 10, **kwargs) -> Hits:
         """Images matching each text; keyword arguments as in `search_vector`."""
@@ -442,6 +456,12 @@ class Collection:
         opened = [ImageRef("file", str(im)).open() if isinstance(im, str | Path) else im for im in images]
         pixels = torch.stack([self.encoders.preprocess(im.convert("RGB")) for im in opened])
         return self.search_vector(self.encoders.encode_image(pixels).cpu().numpy(), k, **kwargs)
+
+    def duplicates(self, threshold: float | None = None, *, filters: Filter | None = None) -> list:
+        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`), the
+        largest first; see `indexing.duplicates`."""
+        t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
+        return duplicates.find(self._v, t, filters=filters)
 
     # Looking things up.
 

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from indexing.config import DTYPES, EmbedConfig, embed_defaults
 from indexing.errors import IndexingError
+from indexing.photo import PhotoMeta, header_meta, photo_meta
 from indexing.sources import Item
 from vlm.atomic import atomic_open, atomic_write_json
 from vlm.models import Encoders
@@ -83,6 +84,7 @@ class Embedded(NamedTuple):
     size: np.ndarray  # (m,) int64 bytes
     mtime: np.ndarray  # (m,) float64
     bad: list[tuple[int, str]]  # (position, reason) of inputs that could not be used
+    meta: list[PhotoMeta | None]  # (m,) date taken, camera, upright size; None in shards written before they were kept
 
 
 class EmbedStats(NamedTuple):
@@ -159,6 +161,7 @@ class _Sample(NamedTuple):
     sha256: str
     size: int
     mtime: float
+    meta: PhotoMeta | None
 
 
 class _Batch(NamedTuple):
@@ -167,6 +170,7 @@ class _Batch(NamedTuple):
     sha256: list[str]
     size: list[int]
     mtime: list[float]
+    meta: list[PhotoMeta | None]
     bad: list[tuple[int, str]]
 
 
@@ -189,8 +193,11 @@ class ItemDataset(Dataset):
             size, mtime = file_facts(ref)
             image = ref.open(draft=self.draft)
         except ImageError as e:
-            return _Sample(position, None, e.reason, "", 0, 0.0)
-        return _Sample(position, self.transform(image), "", pixel_sha256(image), size, mtime)
+            return _Sample(position, None, e.reason, "", 0, 0.0, None)
+        meta = photo_meta(image)
+        if self.draft and ref.kind == "file" and (full := header_meta(ref.path)) is not None:
+            meta = full  # a JPEG decoded at reduced scale: the stored width and height are the file's, not the draft's
+        return _Sample(position, self.transform(image), "", pixel_sha256(image), size, mtime, meta)
 
 
 def file_facts(ref: ImageRef) -> tuple[int, float]:
@@ -214,6 +221,7 @@ def collate(samples: list[_Sample]) -> _Batch:
         sha256=[s.sha256 for s in good],
         size=[s.size for s in good],
         mtime=[s.mtime for s in good],
+        meta=[s.meta for s in good],
         bad=[(s.position, s.reason) for s in samples if s.pixels is None],
     )
 
@@ -224,9 +232,9 @@ def _no_pixels(image: Image.Image) -> torch.Tensor:
 
 def hash_items(
     items: Sequence[Item], cfg: EmbedConfig, *, device_type: str = "cpu", progress: bool = True
-) -> list[tuple[str, int, float] | str]:
-    """For each item, (pixel SHA-256, bytes, mtime), or the reason it cannot be used: decoding without the model,
-    in DataLoader workers, for a sync to tell moved and touched files from changed ones before embedding."""
+) -> list[tuple[str, int, float, PhotoMeta] | str]:
+    """For each item, (pixel SHA-256, bytes, mtime, metadata), or the reason it cannot be used: decoding without the
+    model, in DataLoader workers, for a sync to tell moved and touched files from changed ones before embedding."""
     if not items:
         return []
     batch_size, workers = embed_defaults(cfg, device_type, available_cores())
@@ -234,11 +242,12 @@ def hash_items(
     loader = DataLoader(
         ItemDataset(items, _no_pixels, draft), batch_size=batch_size, num_workers=workers, collate_fn=collate
     )
-    out: list[tuple[str, int, float] | str] = [""] * len(items)
+    out: list[tuple[str, int, float, PhotoMeta] | str] = [""] * len(items)
     with tqdm(total=len(items), unit="img", desc="hash", disable=not progress) as bar:
         for batch in loader:
-            for position, sha, size, mtime in zip(batch.positions, batch.sha256, batch.size, batch.mtime, strict=True):
-                out[position] = (sha, size, mtime)
+            facts = zip(batch.positions, batch.sha256, batch.size, batch.mtime, batch.meta, strict=True)
+            for position, sha, size, mtime, meta in facts:
+                out[position] = (sha, size, mtime, meta)
             for position, reason in batch.bad:
                 out[position] = reason
             bar.update(len(batch.positions) + len(batch.bad))
@@ -360,6 +369,7 @@ class _ShardParts:
             "sha256": np.array([h for b, _ in self.batches for h in b.sha256], dtype="S64"),
             "size": np.array([s for b, _ in self.batches for s in b.size], dtype=np.int64),
             "mtime": np.array([t for b, _ in self.batches for t in b.mtime], dtype=np.float64),
+            "meta": np.array([json.dumps(m) for b, _ in self.batches for m in b.meta], dtype=str),
             "bad_positions": np.array([p for p, _ in bad], dtype=np.int64),
             "bad_reasons": np.array([r for _, r in bad], dtype=str),
         }
@@ -391,4 +401,13 @@ def collect(staging: Path, job: Job) -> Embedded:
         size=np.concatenate([p["size"] for p in parts]) if parts else np.empty(0, np.int64),
         mtime=np.concatenate([p["mtime"] for p in parts]) if parts else np.empty(0, np.float64),
         bad=[(int(i), str(r)) for p in parts for i, r in zip(p["bad_positions"], p["bad_reasons"], strict=True)],
+        meta=[_meta(m) for p in parts for m in p.get("meta", [None] * len(p["positions"]))],
     )
+
+
+def _meta(stored: str | None) -> PhotoMeta | None:
+    """A shard's JSON metadata of one image; None for shards written before the metadata was kept."""
+    if stored is None:
+        return None
+    value = json.loads(str(stored))
+    return PhotoMeta(*value) if value is not None else None

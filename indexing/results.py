@@ -62,6 +62,7 @@ class SyncResult:
     bad: list[BadRow]  # files that could not be used; an image already in the collection keeps its old vector
     version: int
     embed: EmbedStats | None
+    filled: int = 0  # unchanged records given the date taken, camera and dimensions they were made without
 
     def summary(self) -> str:
         counts = [
@@ -75,6 +76,7 @@ class SyncResult:
             (len(self.duplicates), "duplicate(s) skipped"),
             (len(self.bad), "unusable"),
             (len(self.kept), "kept (folder unreadable)"),
+            (self.filled, "given their date taken and dimensions"),
         ]
         text = ", ".join(f"{n:,} {what}" for n, what in counts if n)
         return f"synced (version {self.version}): {text or 'nothing to do'}"

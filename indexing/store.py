@@ -14,6 +14,16 @@ Table `images`, one row per image in the collection:
     size     INTEGER               bytes of the file (of the member for tar/hf)
     mtime    REAL                  modification time of the file (of the shard/dataset file), seconds since epoch
     added    REAL                  when it joined the collection
+    taken    TEXT                  EXIF DateTimeOriginal, "YYYY-MM-DDTHH:MM:SS" (local wall-clock), or NULL
+    camera   TEXT                  EXIF make and model, or NULL
+    width    INTEGER               upright width in pixels (NULL in stores made before it was kept)
+    height   INTEGER               upright height in pixels (likewise)
+
+The date of an image (`DATE_SQL`, `ImageRecord.date`) is `taken`, else the file's mtime in the local time zone.
+
+Stores made before `taken`/`camera`/`width`/`height` existed still open: reads give NULL for them (dates fall back
+to the mtime; a dimension filter does not match an image whose dimensions are unknown); the first write adds the
+columns to its copy (`copy_to`), and `Collection.sync` fills them for the files it looks at, from their headers.
 """
 
 from __future__ import annotations
@@ -24,11 +34,14 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from indexing.errors import IndexingError
+from indexing.filters import Filter
+from indexing.photo import ISO
 from vlm.readers.images import ImageRef
 
 SCHEMA = """
@@ -41,10 +54,31 @@ CREATE TABLE images (
     sha256 TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
-    added REAL NOT NULL
+    added REAL NOT NULL,
+    taken TEXT,
+    camera TEXT,
+    width INTEGER,
+    height INTEGER
 );
 """
-COLUMNS = ("id", "path", "kind", "ref", "caption", "sha256", "size", "mtime", "added")
+COLUMNS = (
+    "id",
+    "path",
+    "kind",
+    "ref",
+    "caption",
+    "sha256",
+    "size",
+    "mtime",
+    "added",
+    "taken",
+    "camera",
+    "width",
+    "height",
+)
+LATER_COLUMNS = {"taken": "TEXT", "camera": "TEXT", "width": "INTEGER", "height": "INTEGER"}  # added since format 1
+# The date of an image: EXIF DateTimeOriginal, else the file's mtime as local wall-clock time (as `ImageRecord.date`).
+DATE_SQL = "coalesce(taken, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
 _BATCH = 500  # values per IN (...) query, below SQLite's variable limit
 
 
@@ -59,6 +93,15 @@ class ImageRecord:
     size: int
     mtime: float
     added: float
+    taken: str | None = None
+    camera: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def date(self) -> str:
+        """EXIF date taken, else the file's mtime (local time): "YYYY-MM-DDTHH:MM:SS", as `DATE_SQL` computes it."""
+        return self.taken or datetime.fromtimestamp(int(self.mtime)).strftime(ISO)
 
     def image_ref(self, root: Path | None) -> ImageRef:
         """Where to read the image: the stored ref, or the file at `path` (joined to `root` when relative)."""
@@ -72,19 +115,6 @@ def ref_json(ref: ImageRef) -> str | None:
     return None if ref.kind == "file" else json.dumps(dataclasses.asdict(ref), sort_keys=True)
 
 
-@dataclass(frozen=True)
-class Filter:
-    """Search-time restrictions on the metadata; every field set must hold. Matching is case-sensitive for paths
-    and case-insensitive for captions."""
-
-    path_prefix: str | None = None
-    path_contains: str | None = None
-    caption_contains: str | None = None
-
-    def is_empty(self) -> bool:
-        return not (self.path_prefix or self.path_contains or self.caption_contains)
-
-
 class Store:
     """One `meta.sqlite`. Thread-safe: one connection, used under a lock (queries take microseconds)."""
 
@@ -93,6 +123,10 @@ class Store:
         self._conn = conn
         self._lock = threading.Lock()
         self.writable = writable
+        self._has = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
+        # An older store lacks the later columns: a view of the table with NULL in their place.
+        select = ", ".join(c if c in self._has else f"NULL AS {c}" for c in COLUMNS)
+        self._table = "images" if not self.missing_columns else f"(SELECT {select} FROM images)"
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -118,6 +152,8 @@ class Store:
         conn = _connect_writable(path)
         with self._lock:
             self._conn.backup(conn)
+        for column in self.missing_columns:  # an older store: the copy gets the current schema (values NULL)
+            conn.execute(f"ALTER TABLE images ADD COLUMN {column} {LATER_COLUMNS[column]}")
         return Store(path, conn, True)
 
     def close(self) -> None:
@@ -150,7 +186,7 @@ class Store:
     def files(self) -> list[ImageRecord]:
         """Every record of an image file (kind "file"), by id: what a sync compares with the folders on disk."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM images WHERE kind = 'file' ORDER BY id")
+            rows = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {self._table} WHERE kind = 'file' ORDER BY id")
             return [ImageRecord(*row) for row in rows]
 
     def _select(self, column: str, values: list) -> Iterable[ImageRecord]:
@@ -158,26 +194,35 @@ class Store:
         with self._lock:
             for start in range(0, len(values), _BATCH):
                 chunk = values[start : start + _BATCH]
-                sql = f"SELECT {', '.join(COLUMNS)} FROM images WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                sql = (
+                    f"SELECT {', '.join(COLUMNS)} FROM {self._table} WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                )
                 out += [ImageRecord(*row) for row in self._conn.execute(sql, chunk)]
         return out
 
     def filter_ids(self, where: Filter) -> np.ndarray:
         """Sorted int64 ids of the rows matching `where`."""
-        clauses, args = [], []
-        if where.path_prefix:
-            clauses.append("substr(path, 1, ?) = ?")
-            args += [len(where.path_prefix), where.path_prefix]
-        if where.path_contains:
-            clauses.append("instr(path, ?) > 0")
-            args.append(where.path_contains)
-        if where.caption_contains:
-            clauses.append("instr(lower(coalesce(caption, '')), ?) > 0")
-            args.append(where.caption_contains.lower())
-        sql = "SELECT id FROM images" + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY id"
+        clauses, args = where.sql(DATE_SQL)
+        sql = f"SELECT id FROM {self._table}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "") + " ORDER BY id"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def dates(self, ids: Sequence[int]) -> dict[int, str]:
+        """id -> the image's date (`DATE_SQL`) for those of `ids` in the store."""
+        out: dict[int, str] = {}
+        values = [int(i) for i in ids]
+        with self._lock:
+            for start in range(0, len(values), _BATCH):
+                chunk = values[start : start + _BATCH]
+                sql = f"SELECT id, {DATE_SQL} FROM {self._table} WHERE id IN ({', '.join('?' * len(chunk))})"
+                out.update(self._conn.execute(sql, chunk).fetchall())
+        return out
+
+    @property
+    def missing_columns(self) -> list[str]:
+        """Columns of the current schema this (older) store lacks: read as NULL."""
+        return [c for c in LATER_COLUMNS if c not in self._has]
 
     # Writes (only on an unpublished copy).
 

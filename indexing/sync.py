@@ -8,9 +8,11 @@
 
 A file is unchanged when its size and mtime equal the record's. When only the mtime differs, or a new path has the
 size of a vanished one, its pixels are hashed (decoded in DataLoader workers, no model) and compared with the
-record's pixel hash (`indexing.embed.pixel_sha256`): equal means touched or moved, not re-embedded. A listed file
-that cannot be read, and every record under a folder that cannot be listed, keep their record until a later sync
-can read them: a sync removes an image only when its file is shown to be gone.
+record's pixel hash (`indexing.embed.pixel_sha256`): equal means touched or moved, not re-embedded (its date taken,
+camera and dimensions are read again). An unchanged file whose record predates that metadata gets it from the file's
+header (`indexing.photo.header_meta`), so a sync brings an older collection's records up to date without embedding.
+A listed file that cannot be read, and every record under a folder that cannot be listed, keep their record until a
+later sync can read them: a sync removes an image only when its file is shown to be gone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from indexing import embed as embedding
 from indexing.config import EmbedConfig
 from indexing.errors import IndexingError
+from indexing.photo import header_meta
 from indexing.sources import Item, gather
 from indexing.store import ImageRecord, Store
 from vlm.readers.images import ImageError
@@ -38,6 +41,7 @@ class SyncPlan:
     moved: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path)
     touched: int = 0  # same pixels, new size or mtime
     recaptioned: int = 0  # sidecar .txt caption changed
+    filled: int = 0  # unchanged, but made before the store kept date taken, camera and dimensions: filled in
     removed: list[ImageRecord] = field(default_factory=list)  # file gone
     unchanged: int = 0
     kept: list[str] = field(default_factory=list)  # paths kept although not listed: their folder was unreadable
@@ -94,9 +98,15 @@ def plan_sync(
             continue
         if record is not None and (record.size, record.mtime) == (size, mtime):
             plan.unchanged += 1
+            update = record
             if record.caption != item.caption:
-                plan.updates.append(dataclasses.replace(record, caption=item.caption))
+                update = dataclasses.replace(update, caption=item.caption)
                 plan.recaptioned += 1
+            if record.width is None and (meta := header_meta(item.ref.path)) is not None:
+                update = dataclasses.replace(update, **meta._asdict())  # a record made before metadata was kept
+                plan.filled += 1
+            if update is not record:
+                plan.updates.append(update)
         elif (record is not None and record.size == size) or (record is None and size in vanished_sizes):
             to_hash.append(item)  # maybe touched (same pixels) or moved
         else:
@@ -108,15 +118,16 @@ def plan_sync(
         if isinstance(outcome, str):
             plan.bad.append(BadRow(item.ref.describe(), None, item.key, outcome))
             continue
-        sha, size, mtime = outcome
+        sha, size, mtime, meta = outcome
         record = by_path.get(item.key)
+        facts = {"size": size, "mtime": mtime, "caption": item.caption, **meta._asdict()}  # EXIF may have changed
         if record is not None and record.sha256 == sha:
-            plan.updates.append(dataclasses.replace(record, size=size, mtime=mtime, caption=item.caption))
+            plan.updates.append(dataclasses.replace(record, **facts))
             plan.touched += 1
         elif record is None and sha in by_sha:
             old = by_sha.pop(sha)
             del vanished[old.path]
-            plan.updates.append(dataclasses.replace(old, path=item.key, size=size, mtime=mtime, caption=item.caption))
+            plan.updates.append(dataclasses.replace(old, path=item.key, **facts))
             plan.moved.append((old.path, item.key))
         else:
             _embed(plan, item, record)

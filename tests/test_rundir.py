@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vlm import checkpoint
+from vlm import checkpoint, finetune
 from vlm.config import TrainConfig, from_dict
 from vlm.data import read_pairs
 from vlm.errors import DataError
@@ -44,7 +44,9 @@ def test_a_finished_run_leaves_its_config_status_and_outputs(tmp_path, shapes):
     cfg = make_cfg(tmp_path / "run", shapes)
     train(cfg, progress=False)
     run = RunDir(cfg.output_dir)
-    assert run.read_config() == cfg
+    # The config as run: what was left unset filled with the from-scratch recipe (vlm/finetune.py), the rest as given.
+    assert run.read_config() == finetune.resolve(cfg)[0]
+    assert (run.read_config().optim.lr, run.read_config().model.update_norm_stats) == (5e-4, True)
     status = run.read_status()
     # The plan counted by hand: 42 pairs, round(0.1 * 42) = 4 held out, 38 // 8 = 4 batches an epoch, 2 epochs.
     assert (status.state, status.step, status.total, status.train_pairs, status.val_pairs) == ("finished", 8, 8, 38, 4)

@@ -10,28 +10,68 @@ path on the server is ever served.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from indexing.collection import Collection
+from indexing.duplicates import DEFAULT_THRESHOLD
+from indexing.errors import IndexingError
 from indexing.results import Hits
 from indexing.store import Filter
+from ui.collection_views import duplicates_view, render_duplicates
 from ui.errors import shown
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
+from vlm import query
+from vlm.errors import ConfigError
 from vlm.printable import printable
 from vlm.segment import explain
 
 LOG = logging.getLogger(__name__)
 
 
-def _filters(caption: str | None, path: str | None) -> Filter | None:
-    f = Filter(path_contains=(path or "").strip() or None, caption_contains=(caption or "").strip() or None)
+def _filters(caption: str | None, path: str | None, after: str | None = "", before: str | None = "") -> Filter | None:
+    """The filters typed in; `IndexingError` (shown) for a malformed date or an impossible range."""
+    f = Filter(
+        path_contains=(path or "").strip() or None,
+        caption_contains=(caption or "").strip() or None,
+        after=(after or "").strip() or None,
+        before=(before or "").strip() or None,
+    )
     return None if f.is_empty() else f
+
+
+def _sort(order: str | None) -> str:
+    if order not in (None, "", "relevance", "date"):
+        raise ConfigError(f"unknown order {printable(str(order))!r}; choose 'relevance' or 'date'")
+    return order or "relevance"
+
+
+def is_arithmetic(text: str) -> bool:
+    """Whether a search text is query arithmetic (`vlm.query`): terms joined by ' + ' / ' - ', or a weight."""
+    return bool(re.search(r"(^|\s)[+-](\s|$)|\*", text))
+
+
+def query_vector(text: str, encoders, allowed_dirs) -> np.ndarray:
+    """The vector of a query-arithmetic text; image terms must be files inside the folders the app may read (the
+    same message whether a path is missing or outside them, so nothing about other folders is told)."""
+    try:
+        terms = query.parse(text)
+    except query.QueryError as e:
+        missing = str(e).removeprefix("query image not found: ")
+        if missing != str(e):
+            server_path(missing, allowed_dirs, "query image")
+        raise
+    for term in terms:
+        if term.kind == "image":
+            server_path(term.value, allowed_dirs, "query image")
+    return query.combine(encoders, terms)
 
 
 def _check_nonempty(coll: Collection) -> None:
@@ -74,9 +114,16 @@ def build(state: AppState) -> None:
             with gr.Accordion("Filters", open=False):
                 caption_filter = gr.Textbox(label="Caption contains")
                 path_filter = gr.Textbox(label="Path contains")
+                after = gr.Textbox("", label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
+                before = gr.Textbox("", label="Taken before", placeholder="YYYY-MM-DD", elem_id="search-before")
+                order = gr.Radio(
+                    ["relevance", "date"], value="relevance", label="Order (date: newest of the good matches)",
+                    elem_id="search-order",
+                )  # fmt: skip
             with gr.Accordion("Add images", open=False):
                 folder = gr.Textbox(label="Folder on the server", placeholder="/path/to/photos")
                 add_button = gr.Button("Add folder")
+                rescan_button = gr.Button("Rescan folders", elem_id="search-rescan")
                 added = gr.Markdown(elem_id="search-added")
         with gr.Column(scale=3):
             status = gr.Markdown(elem_id="search-status")
@@ -102,8 +149,10 @@ def build(state: AppState) -> None:
                 with gr.Column():
                     why_info = gr.Markdown(elem_id="search-why-info")
                     similar_button = gr.Button("More like this", interactive=False)
+                    remove_button = gr.Button("Remove from collection", interactive=False, elem_id="search-remove")
             with gr.Accordion("Results as data", open=False):
                 table = gr.JSON(label="Results")
+            dup_threshold, dup_button, dup_status, dup_gallery = duplicates_view(DEFAULT_THRESHOLD)
     ids = gr.State([])  # the ids shown, in gallery order
     last_text = gr.State("")  # the text query behind them ("" for an image query)
     # The id clicked: a (hidden) component rather than a State, so that API clients can pass one too.
@@ -111,9 +160,10 @@ def build(state: AppState) -> None:
 
     def respond(coll: Collection, hits: Hits, start: float, text: str):
         gallery_items, rows, line, shown_ids = _render(state.files, coll, hits, time.perf_counter() - start)
-        return gallery_items, rows, line, shown_ids, text, None, "", gr.Button(interactive=False)
+        off = gr.Button(interactive=False)
+        return gallery_items, rows, line, shown_ids, text, None, "", off, off
 
-    outputs = [gallery, table, status, ids, last_text, why, why_info, similar_button]
+    outputs = [gallery, table, status, ids, last_text, why, why_info, similar_button, remove_button]
 
     def _k(k: object) -> int:
         return checked_int(k, "the number of results k", 1, limits.max_k)
@@ -122,30 +172,80 @@ def build(state: AppState) -> None:
         return checked_int(image_id, "the image id", 0, LARGEST_ID)
 
     @shown
-    def search_text(text: str, k: float, caption_contains: str, path_contains: str):
+    def search_text(
+        text: str, k: float, caption_contains: str, path_contains: str, after: str = "", before: str = "",
+        order: str = "relevance",
+    ):  # fmt: skip
+        """Text search; `a + b - 0.5*c` is query arithmetic (vlm/query.py; image terms: files the app may read)."""
         text = checked_text(text, "search text", limits.max_text_chars)
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        hits = coll.search_text(text, k=_k(k), filters=_filters(caption_contains, path_contains))
+        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        if is_arithmetic(text):
+            vector = query_vector(text, state.active.encoders, state.allowed_dirs)
+            hits = coll.search_vector(vector, k=_k(k), filters=where, sort=sort)
+            return respond(coll, hits, start, "")
+        hits = coll.search_text(text, k=_k(k), filters=where, sort=sort)
         return respond(coll, hits, start, text)
 
     @shown
-    def search_image(image: Image.Image | None, k: float, caption_contains: str, path_contains: str):
+    def search_image(
+        image: Image.Image | None, k: float, caption_contains: str, path_contains: str, after: str = "",
+        before: str = "", order: str = "relevance",
+    ):  # fmt: skip
         image = require_image(image, "an example image")
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        hits = coll.search_image(image, k=_k(k), filters=_filters(caption_contains, path_contains))
+        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
         return respond(coll, hits, start, "")
 
     @shown
-    def search_similar(image_id: float, k: float, caption_contains: str, path_contains: str):
+    def search_similar(
+        image_id: float, k: float, caption_contains: str, path_contains: str, after: str = "", before: str = "",
+        order: str = "relevance",
+    ):  # fmt: skip
         coll = state.active.collection
         start = time.perf_counter()
         image = coll.open_image(_id(image_id))  # IndexingError for an id not in the collection
-        hits = coll.search_image(image, k=_k(k), filters=_filters(caption_contains, path_contains))
+        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
         return respond(coll, hits, start, "")
+
+    @shown
+    def remove_result(image_id: float):
+        """Remove image `image_id` from the collection (not from the disk)."""
+        coll = state.active.collection
+        image_id = _id(image_id)
+        record = coll.records([image_id]).get(image_id)
+        if record is None:
+            raise IndexingError(f"no image with id {image_id} in the collection")
+        result = coll.remove(ids=[image_id])
+        note = f"Removed {printable(record.path)} from the collection (the file stays on disk); "
+        return note + f"{coll.stats().count:,} images left (version {result.version}).", gr.Button(interactive=False)
+
+    @shown
+    def rescan(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+        """Sync the collection with its folders: new files added, changed re-embedded, deleted removed."""
+        coll = state.active.collection
+        result, missing = state.library.rescan(coll, progress=True)
+        text = result.summary() + f". The collection now holds {coll.stats().count:,} images."
+        if result.bad:
+            text += " Unusable: " + "; ".join(printable(b) for b in result.bad[:5])
+        if missing:
+            text += " Folders missing, their images kept: " + ", ".join(printable(str(f)) for f in missing)
+        return text
+
+    @shown
+    def find_duplicates(threshold: float):
+        """Groups of near-identical images of the collection (cosine above `threshold`)."""
+        coll = state.active.collection
+        if threshold is None:
+            raise ConfigError("no threshold given: a cosine between 0 and 1, e.g. 0.96")
+        groups = coll.duplicates(float(threshold))
+        return render_duplicates(state.files, coll, groups, float(threshold))
 
     @shown
     def explain_result(image_id: float, text: str):
@@ -156,15 +256,18 @@ def build(state: AppState) -> None:
     @shown
     def select_result(shown_ids: list[int], text: str, evt: gr.SelectData):
         if evt.index is None or not 0 <= int(evt.index) < len(shown_ids):
-            return -1, None, "", gr.Button(interactive=False)
+            return -1, None, "", gr.Button(interactive=False), gr.Button(interactive=False)
         image_id = shown_ids[int(evt.index)]
+        on = gr.Button(interactive=True)
         if not text:
             note = "Why it matched is shown for text queries; this result was found by image similarity."
             coll = state.active.collection
-            picture = state.files.thumbnail(coll, coll.records([image_id])[image_id])
-            return image_id, picture, note, gr.Button(interactive=True)
+            record = coll.records([image_id]).get(image_id)
+            if record is None:
+                return -1, None, "This image is no longer in the collection.", gr.Button(interactive=False), off()
+            return image_id, state.files.thumbnail(coll, record), note, on, on
         picture, info = explain_result(image_id, text)
-        return image_id, picture, info, gr.Button(interactive=True)
+        return image_id, picture, info, on, on
 
     @shown
     def add_folder(folder: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
@@ -183,12 +286,22 @@ def build(state: AppState) -> None:
         stats = state.active.collection.stats()
         return {"folder": stats.path, "images": stats.count, "version": stats.version, "model": stats.model.source}
 
-    inputs = [k, caption_filter, path_filter]
+    def off() -> gr.Button:
+        return gr.Button(interactive=False)
+
+    inputs = [k, caption_filter, path_filter, after, before, order]
     gr.on([text_button.click, query.submit], search_text, [query, *inputs], outputs, api_name="search_text")
     gr.on([image_button.click, example.upload], search_image, [example, *inputs], outputs, api_name="search_image")
     similar_button.click(search_similar, [selected, *inputs], outputs, api_name="search_similar")
-    gallery.select(select_result, [ids, last_text], [selected, why, why_info, similar_button], api_visibility="private")
+    chosen = [selected, why, why_info, similar_button, remove_button]
+    gallery.select(select_result, [ids, last_text], chosen, api_visibility="private")
     add_button.click(add_folder, [folder], [added], api_name="add_folder", concurrency_id="admin", concurrency_limit=1)
+    rescan_button.click(rescan, None, [added], api_name="rescan", concurrency_id="admin", concurrency_limit=1)
+    remove_button.click(
+        remove_result, [selected], [why_info, remove_button], api_name="remove_image", concurrency_id="admin",
+        concurrency_limit=1,
+    )  # fmt: skip
+    dup_button.click(find_duplicates, [dup_threshold], [dup_status, dup_gallery], api_name="find_duplicates")
     # API only: a result's heat map by id (the UI gets it by a click), and the collection's size.
     api_text = gr.Textbox(visible="hidden", label="text")
     api_button = gr.Button(visible="hidden")

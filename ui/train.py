@@ -1,7 +1,12 @@
 """The Train tab: point at pairs (a path on the server or an upload), choose a model, epochs and batch size; the run
 goes on in a background process (`ui.jobs`) with a live loss and recall plot, can be stopped, and its checkpoint
 made the active model (re-embedding the collection) with one click.
-API: `train_start`, `train_status`, `train_stop`, `train_use`."""
+
+A fine-tune (the active model) gets the fine-tune recipe of `vlm.finetune` (lr 1e-5, wd 0.1, frozen BatchNorm
+statistics), shown beside the fields, and is scored on what the model knew (its reference set) beside the user's
+validation: both curves are plotted ("your data", "what it knew"). Where the model names its own training data (the
+demo model's recipe, a checkpoint's train_data), part of each batch replays it unless the box is unticked.
+API: `train_start`, `train_status`, `train_stop`, `train_use`, `train_recipe`."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ui.jobs import TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
 from ui.train_data import PAIR_FILES, check_dataset, unpack_upload
+from vlm import finetune
 from vlm.config import TrainConfig, from_dict
 from vlm.errors import ConfigError, VLMError
 from vlm.rundir import RunDir
@@ -34,13 +40,65 @@ MODELS = {
 POLL_S = 2.0
 MAX_COUNT = 10**9  # epochs, steps, validation interval: bounds on the number only (the server's caps come later)
 MAX_BATCH = 65536
-RECALL_KEYS = ("val/image_retrieval_recall@1", "val/text_retrieval_recall@1", "val/mean_recall")
+# The validation curves: the user's own held-out pairs, and the reference score ("what it knew", vlm/finetune.py).
+RECALL_KEYS = {
+    "val/image_retrieval_recall@1": "your data: image R@1",
+    "val/text_retrieval_recall@1": "your data: text R@1",
+    "val/mean_recall": "your data: mean recall",
+    "ref/score": "what it knew",
+}
+KEEP_FRACTION = 0.5  # replay: half of each batch from the model's own training data (issue 14's probe)
+
+
+def model_source(state: AppState, model: str) -> tuple[str, str | None]:
+    """(model, pretrained) that the Model field names: the active model, a from-scratch architecture, or a path."""
+    try:
+        active = state.active.choice
+    except VLMError:  # still loading (the tab is being built): the model it was started with
+        active = state.choice
+    name = MODELS[model] if model in MODELS else checked_model(model, None, state.allowed_dirs)[0]
+    return (name, None) if name else (active.model, active.pretrained)
+
+
+def recipe(state: AppState, model: str) -> tuple[float, str]:
+    """The learning rate the run will use and a line saying the recipe and why (fine-tune or from scratch)."""
+    name, pretrained = model_source(state, model)
+    cfg = from_dict(TrainConfig, {"model": {"model": name, "pretrained": pretrained}})
+    fine = finetune.starts_from_weights(cfg)
+    r = finetune.FINE_TUNE if fine else finetune.FROM_SCRATCH
+    what = "Fine-tune" if fine else "From scratch"
+    line = (
+        f"**{what} recipe:** learning rate {r.lr:g}, weight decay {r.weight_decay:g}, warm-up "
+        + (f"min({r.warmup_max}, {r.warmup_share:.0%} of the steps)" if r.warmup_share else f"≤ {r.warmup_max} steps")
+        + ", cosine"
+        + (", BatchNorm statistics kept" if fine else "")
+        + f" — {r.why}."
+    )
+    if fine:
+        refs = finetune.default_reference(name)
+        line += (
+            f" Scored on what it knew: {', '.join(Path(s.split(':', 1)[-1]).name for s in refs)}."
+            if refs
+            else " This model brings no reference set, so nothing will show what it forgets."
+        )
+    return r.lr, line
+
+
+def keep_data_for(state: AppState, name: str) -> str | None:
+    """The pairs a fine-tune of `name` replays: its own training data where it names it (the demo model's recipe is
+    rebuilt, smaller, under the runs folder once)."""
+    from vlm import demo
+
+    if demo.is_demo_model(name):
+        return str(demo.replay_set(state.runs_dir / "demo-replay"))
+    return finetune.own_training_data(name)
 
 
 def start(state: AppState, data: str, upload: str | None, model: str, epochs: int, steps: int, batch_size: int,
-          lr: float, val_every: int) -> str:  # fmt: skip
+          lr: float | None, val_every: int, replay: bool = True) -> str:  # fmt: skip
     """Check the request, take the run slot, put an upload into the run's own folder, check the dataset and launch
-    the run from its `TrainConfig`; returns a line for people."""
+    the run from its `TrainConfig`; returns a line for people. `lr` None or 0: the recipe's (fine-tune or from
+    scratch); `replay`: a fine-tune replays the model's own training data where it names it."""
     limits = state.limits
     if batch_size < 2:
         raise ConfigError(f"the batch size must be at least 2 (contrastive training needs negatives), got {batch_size}")
@@ -48,15 +106,14 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
         raise ConfigError("give at least one epoch, or a number of steps")
     if steps > limits.max_train_steps:
         raise ConfigError(_too_many_steps(steps, limits.max_train_steps))
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"the learning rate must be a positive number, got {lr}")
+    if lr is not None and lr != 0 and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"the learning rate must be a positive number (0 or empty: the recipe's), got {lr}")
     if upload and Path(upload).suffix.lower() in PAIR_FILES and not (data or "").strip():
         raise ConfigError(
             "an uploaded pairs file names images on the server: type the folder its image paths are relative to in "
             "the path box, or upload a .zip with the images"
         )
-    active = state.active.choice
-    name = MODELS[model] if model in MODELS else checked_model(model, None, state.allowed_dirs)[0]
+    name, pretrained = model_source(state, model)
     said: list[str] = []
 
     def prepare(run: RunDir) -> TrainConfig:
@@ -72,17 +129,28 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
             "output_dir": str(run.path), "batch_size": batch_size, "epochs": max(1, epochs),
             "steps": steps if steps > 0 else None, "log_every": 1, "tensorboard": False,
             "time_limit_minutes": limits.max_train_minutes,
-            "model": {"model": name or active.model, "pretrained": None if name else active.pretrained},
+            "model": {"model": name, "pretrained": pretrained},
             "data": {"train_data": dataset.source, "data_root": dataset.root, "workers": 1},
-            "optim": {"lr": lr},
+            "optim": {"lr": lr or None},
         })  # fmt: skip
+        cfg, notes = finetune.resolve(cfg)  # the fine-tune or from-scratch recipe for what is unset
+        cfg, reference_notes = finetune.with_reference(cfg)  # the model's own reference set, or a note
+        notes += reference_notes
+        fine = finetune.starts_from_weights(cfg)
+        keep = keep_data_for(state, name) if fine and replay else None
+        if keep:
+            cfg = replace(cfg, data=replace(cfg.data, keep_data=keep, keep_fraction=KEEP_FRACTION))
+            notes.append(f"replaying {KEEP_FRACTION:.0%} of each batch from the model's own training data ({keep})")
         total = planned_steps(cfg, dataset.pairs)
         if total > limits.max_train_steps:
             raise ConfigError(_too_many_steps(total, limits.max_train_steps))
-        said.append(f"Started: {dataset.summary()}; about {total:,} steps. Run folder: `{run.path}`.")
+        told = "".join(f"{n[:1].upper()}{n[1:]}. " for n in notes)
+        said.append(f"Started: {dataset.summary()}; about {total:,} steps. {told}Run folder: `{run.path}`.")
+        r = finetune.FINE_TUNE if fine else finetune.FROM_SCRATCH
+        warmup = finetune.warmup_steps(r, total) if fine else max(1, min(100, total // 10))
         return replace(
             cfg,
-            optim=replace(cfg.optim, warmup_steps=max(1, min(100, total // 10))),
+            optim=replace(cfg.optim, warmup_steps=warmup),  # the app has no warm-up field: always the run's own
             val_every=val_every if val_every > 0 else max(1, total // 5),
             save_every=max(10, total // 4),
         )
@@ -113,6 +181,9 @@ def describe(status: TrainStatus) -> str:
     if last is not None:
         head += f" · loss {last['train/loss']:.3f} · {last.get('train/samples_per_s', 0):.0f} samples/s"
     lines = [head]
+    scores = scores_line(status.metrics)
+    if scores:
+        lines.append(scores)
     if status.bad_rows:
         lines.append(f"{status.bad_rows:,} bad row(s) were skipped (see `{status.run_dir}/bad_rows.jsonl`).")
     if status.train_pairs is not None:
@@ -127,6 +198,18 @@ def describe(status: TrainStatus) -> str:
     return "\n\n".join(lines)
 
 
+def scores_line(metrics: list[dict]) -> str:
+    """ "Your data: mean recall 0.41 · What it knew: 0.83 (0.95 before the first step)", from what was logged."""
+    val = next((m["val/mean_recall"] for m in reversed(metrics) if "val/mean_recall" in m), None)
+    refs = [m["ref/score"] for m in metrics if "ref/score" in m]
+    parts = [f"Your data: mean recall {val:.3f}"] if val is not None else []
+    if refs:
+        parts.append(
+            f"What it knew: {refs[-1]:.3f}" + (f" ({refs[0]:.3f} before the first step)" if len(refs) > 1 else "")
+        )
+    return " · ".join(parts)
+
+
 def curves(status: TrainStatus) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """(step, loss) and (step, value, metric) tables for the two plots; None while a table has no rows (Gradio
     6.31's colour-encoded line plot never draws lines once it has been sent an empty table)."""
@@ -135,7 +218,7 @@ def curves(status: TrainStatus) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
         "step": pd.Series([m["step"] for m in rows], dtype="int64"),
         "loss": pd.Series([m["train/loss"] for m in rows], dtype="float64"),
     })  # fmt: skip
-    points = [(m["step"], m[k], k.removeprefix("val/")) for m in status.metrics for k in RECALL_KEYS if k in m]
+    points = [(m["step"], m[k], label) for m in status.metrics for k, label in RECALL_KEYS.items() if k in m]
     recall = pd.DataFrame({
         "step": pd.Series([p[0] for p in points], dtype="int64"),
         "value": pd.Series([p[1] for p in points], dtype="float64"),
@@ -162,8 +245,11 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
                 steps = gr.Number(value=0, precision=0, minimum=0, label="Steps (0: use epochs)", elem_id="train-steps")
             with gr.Row():
                 batch_size = gr.Number(value=32, precision=0, minimum=2, label="Batch size", elem_id="train-batch")
-                lr = gr.Number(value=5e-4, label="Learning rate")
+                lr = gr.Number(value=recipe(state, next(iter(MODELS)))[0], label="Learning rate", elem_id="train-lr")
                 val_every = gr.Number(value=0, precision=0, minimum=0, label="Validate every (0: 5 times)")
+            replay = gr.Checkbox(value=True, label="Replay what the model learned from (fine-tune)",
+                                 elem_id="train-replay")  # fmt: skip
+            recipe_md = gr.Markdown(recipe(state, next(iter(MODELS)))[1], elem_id="train-recipe")
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary")
                 stop_button = gr.Button("Stop", variant="stop")
@@ -180,7 +266,7 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
                 elem_id="train-loss",
             )
             recall_plot = gr.LinePlot(
-                x="step", y="value", color="metric", y_lim=[0, 1], label="Validation recall", height=220,
+                x="step", y="value", color="metric", y_lim=[0, 1], label="Your data and what it knew", height=220,
                 y_axis_format=".2f", x_axis_format="d", elem_id="train-recall",
             )  # fmt: skip
             used = gr.Markdown(elem_id="train-used")
@@ -188,12 +274,18 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
 
     @shown
     def train_start(data: str, upload: str | None, model: str, epochs: float, steps: float, batch_size: float,
-                    lr: float, val_every: float):  # fmt: skip
+                    lr: float | None, val_every: float, replay: bool = True):  # fmt: skip
         line = start(state, data, upload, model, checked_int(epochs or 0, "epochs", 0, MAX_COUNT),
                      checked_int(steps or 0, "steps", 0, MAX_COUNT), checked_int(batch_size or 0, "the batch size", 0,
-                     MAX_BATCH), checked_float(lr, "the learning rate", 0.0, 1.0),
-                     checked_int(val_every or 0, "validate every", 0, MAX_COUNT))  # fmt: skip
+                     MAX_BATCH), checked_float(lr or 0, "the learning rate", 0.0, 1.0),
+                     checked_int(val_every or 0, "validate every", 0, MAX_COUNT), bool(replay))  # fmt: skip
         return line, gr.Timer(active=True)
+
+    @shown
+    def train_recipe(model: str):
+        """The recipe for the chosen model: its learning rate goes into the field, the line says why."""
+        value, line = recipe(state, model)
+        return value, line
 
     def train_status():
         current = state.trainer.status()
@@ -216,8 +308,10 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
         active = state.switch(ModelChoice(str(current.checkpoint)), progress=True)
         return describe_active(state, active), banner_text(state, active)
 
-    start_button.click(train_start, [data, upload, model, epochs, steps, batch_size, lr, val_every], [used, timer],
-                       api_name="train_start", concurrency_id="train", concurrency_limit=1)  # fmt: skip
+    start_button.click(train_start, [data, upload, model, epochs, steps, batch_size, lr, val_every, replay],
+                       [used, timer], api_name="train_start", concurrency_id="train", concurrency_limit=1)  # fmt: skip
+    model.change(train_recipe, [model], [lr, recipe_md], api_name="train_recipe")
+    page.load(train_recipe, [model], [lr, recipe_md], api_visibility="private", show_progress="hidden")
     polled = [status, loss_plot, recall_plot, timer]
     timer.tick(train_status, None, polled, api_name="train_status", concurrency_limit=None, show_progress="hidden")
     # A reload (or a second visitor) sees the run as it is now, and polls it while it runs: the values above were

@@ -401,6 +401,11 @@ class ModelConfig:
     )
     lock_text: bool = dataclasses.field(default=False, metadata=_help("freeze the text tower"))
     lock_text_unlocked_layers: int = dataclasses.field(default=0, metadata=_help("last N text layers left trainable"))
+    update_norm_stats: bool | None = dataclasses.field(
+        default=None,
+        metadata=_help("re-estimate BatchNorm running statistics on the new data; none = only from scratch (a "
+                       "fine-tune keeps the pretraining statistics, see vlm/finetune.py)"),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -429,24 +434,47 @@ class DataConfig:
     augment: bool = dataclasses.field(
         default=False, metadata=_help("open_clip's random-resized-crop training augmentation")
     )
+    reference: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata={
+            **_help("what the model knew, scored before step 1, at every validation and at the end: labelled data "
+                    "(zero-shot) or caption data (retrieval); 'zeroshot:PATH' or 'retrieval:PATH' to say which; "
+                    "repeatable; none = the model's own reference set if it ships one (the demo model does)"),
+            "repeatable": True,
+        },
+    )  # fmt: skip
+    keep_data: str | None = dataclasses.field(
+        default=None, metadata=_help("pairs to keep knowing (replay): a share of every batch is drawn from them")
+    )
+    keep_fraction: float = dataclasses.field(
+        default=0.5, metadata=_help("share of each batch drawn from keep_data (used only with keep_data)")
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 < self.keep_fraction < 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1), got {self.keep_fraction}")
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = dataclasses.field(default=5e-4, metadata=_help("peak learning rate (AdamW)"))
-    weight_decay: float = dataclasses.field(
-        default=0.2, metadata=_help("decoupled weight decay on matrices only (CLIP: 0.2)")
+    lr: float | None = dataclasses.field(
+        default=None, metadata=_help("peak learning rate (AdamW); none = 5e-4 from scratch, 1e-5 from weights")
     )
+    weight_decay: float | None = dataclasses.field(
+        default=None, metadata=_help("decoupled weight decay on matrices only; none = 0.2 from scratch (CLIP), 0.1 "
+                                     "from weights (FLYP, WiSE-FT)")
+    )  # fmt: skip
     beta1: float = 0.9
     beta2: float = dataclasses.field(default=0.98, metadata=_help("CLIP uses 0.98 for stability with large batches"))
     eps: float = 1e-6
-    warmup_steps: int = dataclasses.field(default=100, metadata=_help("linear warm-up steps before cosine decay"))
+    warmup_steps: int | None = dataclasses.field(
+        default=None, metadata=_help("linear warm-up steps before cosine decay; none = 100 from scratch, "
+                                     "min(500, a 20th of the run) from weights")
+    )  # fmt: skip
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = dataclasses.field(default=0.0, metadata=_help("cosine floor as a fraction of lr"))
     grad_clip: float | None = dataclasses.field(default=1.0, metadata=_help("max global grad norm; none = no clipping"))
@@ -455,11 +483,11 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:  # also refuses NaN
+        if self.lr is not None and not self.lr > 0:  # also refuses NaN
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 

@@ -28,6 +28,88 @@ LOG = logging.getLogger(__name__)
 DEMO_DATA = Path(__file__).parent / "demo_data"
 TWEMOJI = DEMO_DATA / "twemoji"
 DEMO_MODEL = Path(__file__).parent / "demo_model"
+# What the demo model knew, for fine-tunes of it (`vlm train --reference`, the app): held-out single-object scenes
+# labelled with the 48 "colour shape" names (zero-shot) and the Twemoji icons the demo run held out (retrieval by
+# name). Written once by `build_reference`; small enough to ship (about 1 MB).
+REFERENCE_SHAPES = DEMO_DATA / "reference-shapes"
+REFERENCE_ICONS = DEMO_DATA / "reference-icons.csv"
+REFERENCE = (f"zeroshot:{REFERENCE_SHAPES}", f"retrieval:{REFERENCE_ICONS}")
+# The recipe the demo model was trained with (configs/demo.yaml): what `demo_keep_data` rebuilds, smaller, to replay.
+DEMO_RECIPE = {"scenes": 40000, "seed": 0, "image_size": 64, "val_fraction": 0.1}
+REFERENCE_SCENES_SEED = 2_000_000  # single_object_scene's own stream: never one of the training scenes
+
+
+def is_demo_model(model: str | Path) -> bool:
+    """True for 'demo' and for the shipped demo model's folder."""
+    if str(model) == "demo":
+        return True
+    text = str(model).removeprefix("local-dir:")
+    return Path(text).expanduser().resolve() == DEMO_MODEL.resolve()
+
+
+def held_out_icons(
+    scenes: int = DEMO_RECIPE["scenes"],
+    seed: int = DEMO_RECIPE["seed"],
+    val_fraction: float = DEMO_RECIPE["val_fraction"],
+) -> list[str]:
+    """The Twemoji image paths (relative to `TWEMOJI`) that the demo run held out: the trainer's split of the keys
+    of `build_training_data(scenes=, seed=)`, computed from the keys alone (no scene is rendered)."""
+    from vlm.readers.split import split
+
+    width = max(6, len(str(scenes - 1)))
+    with open(TWEMOJI / "pairs.csv", encoding="utf-8", newline="") as f:
+        icons = list(dict.fromkeys(f"twemoji/{r['path']}" for r in csv.DictReader(f)))
+    keys = [f"shapes/images/{i:0{width}d}.png" for i in range(scenes)] + icons
+    _, val = split(keys, val_fraction, seed, key=str)
+    return [k.removeprefix("twemoji/") for k in val if k.startswith("twemoji/")]
+
+
+def replay_set(dest: str | Path, scenes: int = 2000) -> Path:
+    """The demo model's own training recipe (`build_training_data` with `DEMO_RECIPE`'s seed and image size), made
+    smaller (`scenes` of its 40,000 scenes, every icon) for replay in a fine-tune; built once, then reused.
+    Returns `dest/pairs.csv`."""
+    dest = Path(dest)
+    if (dest / "pairs.csv").is_file():
+        return dest / "pairs.csv"
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_training_data(tmp, scenes=scenes, seed=DEMO_RECIPE["seed"], image_size=DEMO_RECIPE["image_size"])
+    tmp.rename(dest)  # complete or absent: a crash half-way leaves only the .tmp folder, rebuilt next time
+    return dest / "pairs.csv"
+
+
+def build_reference(per_label: int = 4, image_size: int = 64) -> tuple[Path, Path]:
+    """Write the demo model's reference set (see `REFERENCE`): `per_label` scenes of each of the 48 labels, and the
+    held-out icons with their names (the caption evaluations use). Deterministic; returns the two paths."""
+    from vlm.synth import LABELS, single_object_scene
+
+    tmp = REFERENCE_SHAPES.with_name(f".{REFERENCE_SHAPES.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    rows = []
+    for t, label in enumerate(LABELS):
+        colour, shape = label.split(" ")
+        for j in range(per_label):
+            i = t * per_label + j
+            image = single_object_scene(shape, colour, image_size=image_size, seed=REFERENCE_SCENES_SEED + i)
+            image.save(tmp / "images" / f"{i:04d}.png", format="PNG", optimize=True)
+            rows.append((f"images/{i:04d}.png", label))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    writer.writerows(rows)
+    atomic_write_text(tmp / "labels.csv", buf.getvalue())
+    shutil.rmtree(REFERENCE_SHAPES, ignore_errors=True)
+    tmp.rename(REFERENCE_SHAPES)
+    held = set(held_out_icons())
+    with open(TWEMOJI / "pairs.csv", encoding="utf-8", newline="") as f:
+        icons = [(f"twemoji/{r['path']}", r["caption"].strip()) for r in csv.DictReader(f) if r["path"] in held]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "caption"])
+    writer.writerows(icons)
+    atomic_write_text(REFERENCE_ICONS, buf.getvalue())
+    return REFERENCE_SHAPES, REFERENCE_ICONS
 
 
 def twemoji_captions(row: dict[str, str]) -> list[str]:

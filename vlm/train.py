@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vlm import checkpoint, distributed, flops, lora, models
+from vlm import checkpoint, distributed, finetune, flops, lora, models
 from vlm.atomic import atomic_write_text
 from vlm.config import TrainConfig
 from vlm.data import Pair, PairDataset, read_pairs, split
@@ -58,7 +58,7 @@ __all__ = [
 ]  # fmt: skip
 
 # Fields that may change between a run and its resume without changing what is being computed.
-RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {"strict", "peak_tflops", "dist_timeout_minutes"}
+RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {"strict", "peak_tflops", "dist_timeout_minutes", "reference"}
 
 
 class Validate(Protocol):
@@ -80,7 +80,13 @@ def planned_steps(cfg: TrainConfig, n_pairs: int) -> int:
             f"{n_pairs:,} usable pair(s) leave {train:,} for training once {held_out:,} are held out for validation: "
             f"too few for a batch of {cfg.batch_size}; lower the batch size or add data"
         )
-    return cfg.steps or cfg.epochs * (train // cfg.batch_size)
+    return cfg.steps or cfg.epochs * (train // new_per_batch(cfg))
+
+
+def new_per_batch(cfg: TrainConfig) -> int:
+    """Rows of each batch that come from the training data (all of them, unless some are replayed from keep_data)."""
+    keep = finetune.keep_count(cfg.batch_size, cfg.data.keep_fraction) if cfg.data.keep_data else 0
+    return cfg.batch_size - keep
 
 
 class ClipForward(nn.Module):
@@ -107,10 +113,22 @@ class ContrastiveTask(Task):
     items = "pairs"
     resume_free = RESUME_FREE_FIELDS
 
-    def __init__(self, cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        progress: bool = True,
+        validate: Validate | None = None,
+        reference: finetune.ReferenceScore | None = None,
+    ):
+        cfg, notes = finetune.resolve(cfg)  # fine-tune or from-scratch defaults for what was left unset
+        for note in notes:
+            LOG.info("%s", note)
         super().__init__(cfg)
         self.progress = progress
         self.validator = validate
+        self.reference_score = reference
+        self.keep_pairs: list[Pair] = []
         self.run_dir = RunDir(cfg.output_dir)
         self.accum_steps = cfg.optim.accum_steps
         self.workers = cfg.data.workers
@@ -162,6 +180,10 @@ class ContrastiveTask(Task):
         # LoRA: adapters put in place on the model (the rest frozen); checkpoints hold the merged weights + adapter/.
         self.lora = lora.apply(self.encoders, self.cfg.lora) if self.cfg.lora.enabled else None
         clip.train()
+        if not mc.update_norm_stats:  # a fine-tune keeps the pretraining data's statistics (vlm/finetune.py)
+            frozen = finetune.freeze_norm_stats(clip)
+            if frozen:
+                LOG.info("%d BatchNorm layers keep their running statistics (update_norm_stats is off)", len(frozen))
         self.forward = ClipForward(clip)
         trainable = sum(p.numel() for p in clip.parameters() if p.requires_grad)
         LOG.info("model %s: %s trainable parameters", self.encoders.source, f"{trainable:,}")
@@ -212,13 +234,28 @@ class ContrastiveTask(Task):
             val_pairs, val_bad = self._read(dc.val_data) if dc.val_data else ([], [])
             train_pairs, held_out = split(pairs, 0.0 if dc.val_data else dc.val_fraction, seed=cfg.seed)
             val_pairs = val_pairs or held_out
-            self._write_bad_rows(bad + val_bad)
-            loaded = (train_pairs, val_pairs)
+            keep_pairs, keep_bad = self._read(dc.keep_data) if dc.keep_data else ([], [])
+            self._write_bad_rows(bad + val_bad + keep_bad)
+            loaded = (train_pairs, val_pairs, keep_pairs)
         else:
             loaded = None
-        self.train_items, self.val_items = distributed.broadcast_object(loaded, self.dist)
+        self.train_items, self.val_items, self.keep_pairs = distributed.broadcast_object(loaded, self.dist)
         transform = self.encoders.preprocess_train if dc.augment else self.encoders.preprocess
-        self.dataset = PairDataset(self.train_items, transform, self.encoders.tokenizer, seed=cfg.seed)
+        pairs = list(self.train_items) + self.keep_pairs  # keep pairs follow: ReplaySampler's indices from len(train)
+        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed)
+
+    def items_per_batch(self) -> int:
+        return new_per_batch(self.cfg)
+
+    def sampler(self, start: int) -> finetune.ReplaySampler | None:
+        if not self.keep_pairs:
+            return None
+        cfg, dist = self.cfg, self.dist
+        keep = cfg.batch_size - new_per_batch(cfg)
+        return finetune.ReplaySampler(
+            len(self.train_items), len(self.keep_pairs), cfg.batch_size, keep, dist.rank, dist.world_size, cfg.seed,
+            start, self.total_steps,
+        )  # fmt: skip
 
     def _write_bad_rows(self, bad: list) -> None:
         if not bad:
@@ -228,6 +265,9 @@ class ContrastiveTask(Task):
         LOG.warning("%d bad rows skipped; see %s", len(bad), self.run_dir.bad_rows)
 
     def build_optimizer(self) -> None:
+        if self.cfg.optim.warmup_steps is None:  # the recipe's warm-up depends on the run's length, known only now
+            warmup = finetune.warmup_steps(finetune.recipe_for(self.cfg), self.total_steps)
+            self.cfg = dataclasses.replace(self.cfg, optim=dataclasses.replace(self.cfg.optim, warmup_steps=warmup))
         oc = self.cfg.optim
         self.optimizer = adamw(self.encoders.model, oc)
         self.scheduler = scheduler(self.optimizer, oc, self.total_steps)
@@ -313,6 +353,15 @@ class ContrastiveTask(Task):
                 self.encoders, self.val_items, batch_size=max(self.micro_batch, 64), workers=self.cfg.data.workers
             )
 
+    @property
+    def has_reference(self) -> bool:
+        return self.reference_score is not None
+
+    def reference(self) -> dict[str, float]:
+        with models.evaluating(self.encoders.model):
+            batch = max(self.micro_batch, 64)
+            return self.reference_score(self.encoders, batch_size=batch, workers=self.cfg.data.workers)
+
     # -- checkpoints ------------------------------------------------------------------------------------------
 
     def is_checkpoint(self, path: Path) -> bool:
@@ -349,10 +398,19 @@ class ContrastiveTask(Task):
         }
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, validate: Validate | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    validate: Validate | None = None,
+    reference: finetune.ReferenceScore | None = None,
+) -> TrainResult:
     """Train (or resume) according to `cfg`; returns where the final checkpoint is and the last metrics.
 
     `validate(encoders, val_pairs, batch_size=, workers=) -> metrics` scores the held-out pairs (the CLI passes
-    `eval.retrieval.evaluate_pairs`); without it the pairs are still held out but not scored.
+    `eval.retrieval.evaluate_pairs`); without it the pairs are still held out but not scored. `reference(encoders,
+    batch_size=, workers=) -> metrics` scores what the model knew (the CLI passes `eval.reference.load(specs)`)
+    before the first step, at every validation and at the end, logged as `ref/<metric>` beside `val/<metric>`.
     """
-    return Loop(ContrastiveTask(cfg, progress=progress, validate=validate), progress=progress).run()
+    task = ContrastiveTask(cfg, progress=progress, validate=validate, reference=reference)
+    return Loop(task, progress=progress).run()

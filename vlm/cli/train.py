@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 
 from vlm import config
 from vlm.cli import is_main_process
@@ -32,11 +33,21 @@ def run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.die_with_parent is not None:
         die_with_parent(args.die_with_parent)
+    from eval import reference
     from eval.retrieval import evaluate_pairs
+    from vlm import finetune
     from vlm.train import train
 
     cfg = config.resolve(config.TrainConfig, args, args.config)
-    result = train(cfg, validate=evaluate_pairs)
+    # Fine-tune or from-scratch defaults for what was left unset, and the model's own reference set; said up front.
+    cfg, notes = finetune.resolve(cfg)
+    cfg, reference_notes = finetune.with_reference(cfg)
+    if is_main_process():
+        for note in notes + reference_notes:
+            print(f"vlm train: {note}", file=sys.stderr)
+    # Every reference set is read now: one that cannot be read stops the run before the model is even built.
+    scorer = reference.load(cfg.data.reference, workers=max(1, cfg.data.workers)) if cfg.data.reference else None
+    result = train(cfg, validate=evaluate_pairs, reference=scorer)
     if is_main_process():
         print(
             json.dumps(

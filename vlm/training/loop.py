@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from vlm import __version__, checkpoint, distributed
@@ -132,6 +132,24 @@ class Task(abc.ABC):
     def load_state(self, path: Path, state: dict[str, Any]) -> None:
         """Load the weights at `path` and the `optimizer_state` part of `state`."""
 
+    def items_per_batch(self) -> int:
+        """Rows of each batch from `train_items` (a task that replays a second set draws the rest from it)."""
+        return self.cfg.batch_size
+
+    def sampler(self, start: int) -> Sampler | None:
+        """The task's own step sampler (e.g. replay, `vlm.finetune.ReplaySampler`); None: `StepSampler`."""
+        return None
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether `reference` scores anything (what the model knew, issue 14)."""
+        return False
+
+    def reference(self) -> dict[str, float]:
+        """Scores of what the model knew, logged as `ref/<name>` before step 1, at every validation and at the end
+        (main process only)."""
+        return {}
+
     def provenance(self) -> dict[str, Any]:
         """Task-specific provenance of a saved model (initial weights, data sizes, ...)."""
         return {}
@@ -207,7 +225,10 @@ class Loop:
             raise DataError(
                 f"only {n} training {task.items} for a batch of {cfg.batch_size}: lower --batch-size or add data"
             )
-        task.steps_per_epoch = n // cfg.batch_size
+        per_batch = task.items_per_batch()
+        if n < per_batch:
+            raise DataError(f"only {n} training {task.items} for {per_batch} of them a batch: add data")
+        task.steps_per_epoch = n // per_batch
         task.total_steps = cfg.steps or cfg.epochs * task.steps_per_epoch
         LOG.info(
             "%d training %s, %d validation %s; %d steps of batch %d (%d per epoch)",
@@ -262,7 +283,7 @@ class Loop:
     # -- the loop ---------------------------------------------------------------------------------------------
     def _loader(self, start: int) -> DataLoader:
         task, dist = self.task, self.dist
-        sampler = StepSampler(
+        sampler = task.sampler(start) or StepSampler(
             len(task.dataset), self.cfg.batch_size, dist.rank, dist.world_size, self.cfg.seed, start, task.total_steps
         )
         return DataLoader(
@@ -281,6 +302,18 @@ class Loop:
         metrics = self.task.validate() if self.dist.is_main else {}
         distributed.barrier(self.dist)
         return metrics
+
+    def _reference(self, log: MetricsLog, step: int) -> dict[str, float]:
+        """What the model knew (the task's reference score), written beside the validation as `ref/...`."""
+        if not self.task.has_reference:
+            return {}
+        scores: dict[str, float] = {}
+        if self.dist.is_main:
+            scores = {f"ref/{k}": v for k, v in self.task.reference().items()}
+            log.write(step, scores)
+            LOG.info("step %d, what the model knew: %s", step, _fmt(scores))
+        distributed.barrier(self.dist)
+        return scores
 
     def run(self) -> TrainResult:
         self._started = time.monotonic()
@@ -316,6 +349,7 @@ class Loop:
         self._plan()
         self._check_stop()
         task.build_optimizer()
+        cfg = self.cfg = task.cfg  # the task may have filled in what depends on the plan (a fine-tune's warm-up)
         start = self.step = self._resume(resume_from)
         if main:
             self.run_dir.write_config(cfg)  # after the resume check, so a refused resume leaves the run's config as is
@@ -325,6 +359,8 @@ class Loop:
         metrics: dict[str, float] = {}
         bar = tqdm(total=task.total_steps, initial=start, desc=task.name, disable=not (main and self.progress))
         step, micro, pending = start, [], []
+        if start == 0:  # what the model knew before the first step: the baseline of the "what it knew" curve
+            metrics = self._reference(log, 0)
         window_start, window_steps = time.perf_counter(), 0
         try:
             for batch in self._loader(start):
@@ -358,6 +394,7 @@ class Loop:
                     if main and metrics:
                         log.write(step, {f"val/{k}": v for k, v in metrics.items()})
                         LOG.info("step %d validation: %s", step, _fmt(metrics))
+                    metrics = {**metrics, **self._reference(log, step)}
                 if cfg.save_every and step % cfg.save_every == 0 and step != task.total_steps:
                     rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)  # every rank joins
                     if main:
@@ -375,10 +412,11 @@ class Loop:
             bar.close()
         metrics = self._validate()
         rng = distributed.all_gather_object(rng_state(self.dist.device), self.dist)
+        if main and metrics:
+            log.write(step, {f"val/{k}": v for k, v in metrics.items()})
+            LOG.info("final validation: %s", _fmt(metrics))
+        metrics = {**metrics, **self._reference(log, step)}  # the final report holds both
         if main:
-            if metrics:
-                log.write(step, {f"val/{k}": v for k, v in metrics.items()})
-                LOG.info("final validation: %s", _fmt(metrics))
             if step > start or checkpoint.latest(self.out, task.is_checkpoint) is None:
                 self._save(step, metrics, rng)
             task.save(self.run_dir.final, provenance=self._provenance(step, metrics), train_state=None)

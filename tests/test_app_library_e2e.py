@@ -1,0 +1,144 @@
+"""The Search tab's photo-library controls in headless Chromium: the date filter, the near-duplicates view, "Remove
+from collection" and "Rescan folders"; each checked against the collection itself (its count, its groups) or the
+dates the test gave the files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from ui.app import build_app, close, create_state, launch  # noqa: E402
+from vlm.synth import generate  # noqa: E402
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+SCENES = 10
+OLD, NEW = 1_580_000_000, 1_720_000_000  # 2020-01-26 and 2024-07-03: the files' mtimes (no EXIF in these PNGs)
+TIMEOUT_MS = 30_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    tmp = tmp_path_factory.mktemp("e2e-lib")
+    generate(tmp / "shapes", SCENES + 2, seed=8, image_size=64, progress=False)
+    photos = tmp / "photos"
+    photos.mkdir()
+    for i in range(SCENES):
+        path = photos / f"{i:02d}.png"
+        shutil.copy(tmp / "shapes" / "images" / f"{i:06d}.png", path)
+        stamp = OLD if i < 4 else NEW
+        os.utime(path, (stamp, stamp))
+    Image.open(photos / "05.png").resize((32, 32)).save(photos / "05_small.png")  # a near-duplicate
+    os.utime(photos / "05_small.png", (NEW, NEW))
+    torch.manual_seed(0)
+    state = create_state("vlm-tiny", images=[photos], cache_dir=tmp / "cache", runs_dir=tmp / "runs",
+                         allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
+    demo = build_app(state)
+    url = launch(demo, state, port=free_port(), block=False, quiet=True)
+    yield url, tmp, state
+    close(demo, state)
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    url, _, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)  # a loaded 2-core machine: a search can take several seconds
+        page.goto(url)
+        expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES + 1} images")
+        page.get_by_role("tab", name="Search", exact=True).click()
+        yield page
+        browser.close()
+
+
+def search(page, text: str) -> None:
+    page.locator("#search-query textarea").fill(text)
+    page.locator("#search-query textarea").press("Enter")
+
+
+def test_date_filter(page, served):
+    page.locator(".label-wrap", has_text="Filters").first.click()
+    page.locator("#search-after input, #search-after textarea").first.fill("2024-01-01")
+    search(page, "a red circle")
+    newer = SCENES - 4 + 1  # files 4..9 and the small copy carry 2024 mtimes
+    expect(page.locator("#search-status")).to_contain_text(f"{newer} result(s) of {SCENES + 1} images")
+    expect(page.locator("#search-gallery img")).to_have_count(newer)
+    page.locator("#search-before input, #search-before textarea").first.fill("2024-01-01")
+    search(page, "a red circle")  # after == before: refused with the reason
+    expect(page.get_by_text("impossible date range")).to_be_visible()
+    page.locator(".toast-close").first.click()
+    page.locator("#search-after input, #search-after textarea").first.fill("")
+    page.locator("#search-before input, #search-before textarea").first.fill("")
+
+
+def test_duplicates_view(page, served):
+    _, _, state = served
+    coll = state.active.collection
+    copy = next(r for r in coll.records(range(100)).values() if r.path.endswith("05_small.png"))
+    hits = coll.search_image(coll.open_image(copy.id), k=2)
+    threshold = round(float(hits.scores[0][1]) - 0.002, 4)  # just below the copy's cosine with its nearest other
+    groups = coll.duplicates(threshold)
+    page.locator("#search-dups .label-wrap").first.click()
+    page.locator("#search-dups-threshold input").fill(str(threshold))
+    page.locator("#search-dups-button").click()
+    expect(page.locator("#search-dups-status")).to_contain_text(f"{len(groups)} group(s) of near-duplicates")
+    expect(page.locator("#search-dups-gallery img")).to_have_count(sum(len(g.records) for g in groups))
+    expect(page.locator("#search-dups-gallery")).to_contain_text("keep")
+
+
+def test_remove_from_collection(page, served):
+    _, _, state = served
+    before = state.active.collection.stats().count
+    search(page, "a blue square")
+    page.locator("#search-gallery img").first.click()
+    page.locator("#search-remove").click()
+    expect(page.locator("#search-why-info")).to_contain_text(f"{before - 1} images left")
+    assert state.active.collection.stats().count == before - 1
+    expect(page.locator("#search-remove")).to_be_disabled()
+
+
+def test_rescan_follows_the_folder(page, served):
+    _, tmp, state = served
+    coll = state.active.collection
+    photos = tmp / "photos"
+    shutil.copy(tmp / "shapes" / "images" / f"{SCENES:06d}.png", photos / "new.png")
+    gone = sorted(p for p in photos.glob("0*.png") if p.stem != "05_small")[0]
+    gone_in_collection = any(r.path.endswith(gone.name) for r in coll.records(range(100)).values())
+    gone.unlink()
+    before = coll.stats().count
+    page.locator(".label-wrap", has_text="Add images").first.click()
+    page.locator("#search-rescan").click()
+    added = page.locator("#search-added")
+    expect(added).to_contain_text("synced")
+    # The image removed in the previous test is still on disk, so a rescan brings it back with the new file.
+    expected = before + 2 - int(gone_in_collection)
+    expect(added).to_contain_text(f"now holds {expected} images")
+    assert coll.stats().count == expected
+    if gone_in_collection:
+        expect(added).to_contain_text("1 removed")

@@ -1,0 +1,227 @@
+"""The demo corpus builder (vlm/demo_corpus.py, vlm/demo_sources.py) on small packages made here: no network.
+
+Each fake package is a real npm-style tarball (package/package.json + the files the real package has, in its real
+layout), so the readers, the pin checks, rasterisation and the writer run exactly as on the real packages.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlm.data import read_pairs
+from vlm.demo_corpus import build_corpus, held_out
+from vlm.demo_sources import LANGUAGES, SOURCES, Source, integrity, refuse_forbidden
+from vlm.errors import DataError
+
+EMOJI = {"1F355": ("pizza", ["cheese", "food"], 4), "1F408": ("cat", ["pet"], 3), "1F680": ("rocket", ["space"], 5)}
+NAMES = {"de": {"1F355": "Pizza", "1F408": "Katze", "1F680": "Rakete"}, "ja": {"1F355": "ピザ", "1F408": "猫"}}
+GROUPS = ["smileys-emotion", "people-body", "component", "animals-nature", "food-drink", "travel-places"]
+
+
+def svg(i: int, fill: str = "none") -> bytes:
+    head = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="{fill}" stroke="currentColor">'
+    return (
+        f'{head}<circle cx="12" cy="12" r="{3 + i % 8}"/><rect x="{i % 10}" y="2" width="4" height="6"/></svg>'.encode()
+    )
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (64, 64), (*colour, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ICONS = [f"icon-{i:02d}" for i in range(12)]
+
+
+def name(label: str, lang: str) -> str:
+    return label if lang == "en" else f"{label} ({lang})"
+
+
+def package_files(kind: str, vendor: str = "twitter") -> dict[str, bytes]:
+    if kind == "emojibase":
+        files = {"en/messages.json": json.dumps({"groups": [{"order": i, "message": g} for i, g in enumerate(GROUPS)]})}
+        for lang in LANGUAGES:
+            rows = [{"label": NAMES.get(lang, {}).get(h, name(lab, lang)), "hexcode": h, "tags": tags, "group": g}
+                    for h, (lab, tags, g) in EMOJI.items()]  # fmt: skip
+            files[f"{lang}/data.json"] = json.dumps(rows, ensure_ascii=False)
+        return {k: v.encode() for k, v in files.items()}
+    if kind == "emoji-datasource":
+        rows = [{"unified": h, "image": f"{h.lower()}.png", "name": lab.upper(), f"has_img_{vendor}": True}
+                for h, (lab, _, _) in EMOJI.items()]  # fmt: skip
+        files = {f"img/{vendor}/64/{r['image']}": png((i * 80, 100, 200)) for i, r in enumerate(rows)}
+        return {"emoji.json": json.dumps(rows).encode(), **files}
+    if kind == "openmoji":
+        header = "emoji,hexcode,group,subgroups,annotation,tags,skintone\n"
+        rows = "".join(f"x,{h},g,s,{lab},,\n" for h, (lab, _, _) in EMOJI.items()) + "x,1F355-1F3FB,g,s,pizza,,1\n"
+        return {"data/openmoji.csv": (header + rows).encode(), **{f"color/svg/{h}.svg": svg(i, "red")
+                                                                  for i, h in enumerate(EMOJI)}}  # fmt: skip
+    if kind == "tabler":
+        meta = {n: {"name": n, "category": "Food", "tags": ["tag", 3]} for n in ICONS}
+        outline = {f"icons/outline/{n}.svg": svg(i) for i, n in enumerate(ICONS)}
+        return {"icons.json": json.dumps(meta).encode(), **outline, "icons/filled/icon-01.svg": svg(1, "black")}
+    if kind == "mdi":
+        meta = [{"name": n, "aliases": ["alias-x"], "tags": ["Food"]} for n in ICONS]
+        return {"meta.json": json.dumps(meta).encode(), **{f"svg/{n}.svg": svg(i) for i, n in enumerate(ICONS)}}
+    if kind == "lucide":
+        return {"tags.json": json.dumps({n: ["a", "b"] for n in ICONS}).encode(),
+                **{f"icons/{n}.svg": svg(i) for i, n in enumerate(ICONS)}}  # fmt: skip
+    if kind == "bootstrap":
+        return {f"icons/{n}.svg": svg(i) for i, n in enumerate(ICONS)}
+    if kind == "phosphor":
+        entry = '  {{\n    name: "{}",\n    tags: [\n      "*new*",\n      "t{}"\n    ],\n  }},\n'
+        mjs = "const n = [\n" + "".join(entry.format(n, i) for i, n in enumerate(ICONS)) + "];\n"
+        return {"dist/index.mjs": mjs.encode(), **{f"assets/regular/{n}.svg": svg(i) for i, n in enumerate(ICONS)},
+                **{f"assets/fill/{n}-fill.svg": svg(i, "black") for i, n in enumerate(ICONS[:3])}}  # fmt: skip
+    raise AssertionError(kind)
+
+
+def write_tarball(path: Path, package: str, version: str, files: dict[str, bytes]) -> None:
+    files = {"package.json": json.dumps({"name": package, "version": version}).encode(), **files}
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def fake_sources(tmp_path_factory) -> tuple[list[Source], Path]:
+    """Every pinned source, made small here, with its integrity computed from the tarball written."""
+    cache = tmp_path_factory.mktemp("cache")
+    sources = []
+    for s in SOURCES:
+        vendor = s.package.rsplit("-", 1)[-1]
+        write_tarball(cache / s.tarball, s.package, s.version, package_files(s.kind, vendor))
+        sources.append(replace(s, integrity=integrity(cache / s.tarball)))
+    return sources, cache
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_builds_are_byte_identical_and_held_out_sets_stay_out_of_training(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    for name in ("a", "b"):
+        build_corpus(tmp_path / name, cache, sources=sources, scenes=3, held_out_fraction=0.3, download=False)
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert a == b
+    art = [p for p in a if p.startswith(("emoji/", "icons/", "heldout/")) and p.endswith(".png")]
+    assert len(art) == 2 * 3 + 3 + (12 + 1) + 12 + 12 + 12 + (12 + 3)  # emoji, openmoji, tabler, mdi, ..., phosphor
+
+    root = tmp_path / "a"
+    train = rows(root / "pairs.csv")
+    paths = {r["path"] for r in train}
+    assert not any("openmoji" in p or p.startswith("heldout/") for p in paths)
+    assert {p.split("/")[0] for p in paths} == {"emoji", "icons", "shapes"}
+    captions = {r["caption"] for r in train if r["path"] == "emoji/twitter/1f408.png"}
+    assert {"cat", "cat emoji", "cat, pet", "pet", "Katze", "猫"} <= captions
+    assert {r["caption"] for r in train if r["path"] == "icons/mdi/icon-03.png"} >= {"icon 03", "alias x"}
+    phosphor = {r["path"] for r in train if r["path"].startswith("icons/phosphor/icon-")}
+    assert phosphor and "icons/phosphor/icon-00-fill.png" in phosphor | {
+        f"icons/phosphor/{r['path']}" for r in rows(root / "heldout/icons/pairs.csv") if r["set"] == "phosphor"
+    }
+    for p in phosphor:  # tags parsed from index.mjs, the "*new*" marker dropped
+        i = int(p.split("icon-")[1][:2])
+        assert {r["caption"] for r in train if r["path"] == p} >= {f"icon {i:02d}", f"t{i}", f"icon {i:02d}, t{i}"}
+    assert "*new*" not in {r["caption"] for r in train}
+    # every training row points at an image the pair reader accepts
+    assert len(read_pairs(root / "pairs.csv", progress=False).pairs) == len(paths)
+
+    held = rows(root / "heldout/icons/pairs.csv")
+    assert held and all((root / "heldout/icons" / r["path"]).is_file() for r in held)
+    for r in held:  # the hash split decides, and an icon's outline and filled forms go together
+        name = Path(r["path"]).stem.removesuffix("-filled").removesuffix("-fill")
+        assert held_out(f"icons/{r['set']}", name, 0, 0.3)
+        assert not any(p.startswith(f"icons/{r['set']}/{name}") for p in paths)
+    om = rows(root / "heldout/openmoji/pairs.csv")
+    assert [r["caption"] for r in om] == ["pizza", "cat", "rocket"]  # no skin-tone variant
+    assert [r["label"] for r in rows(root / "heldout/openmoji/labels.csv")] == ["food-drink", "animals-nature",
+                                                                                 "travel-places"]  # fmt: skip
+    names = {(r["lang"], r["caption"]) for r in rows(root / "heldout/openmoji/names.csv")}
+    assert {("de", "Katze"), ("ja", "猫"), ("fr", "cat (fr)"), ("zh", "rocket (zh)")} <= names
+    with Image.open(root / "heldout/openmoji/images/1f355.png") as im:
+        assert (im.size, im.mode) == ((64, 64), "RGB")
+        assert im.getpixel((32, 32))[0] > 200 and im.getpixel((0, 0)) == (255, 255, 255)  # red disc on white
+    card = json.loads((root / "data_card.json").read_text("utf-8"))
+    by = {s["package"]: s for s in card["sources"]}
+    assert by["openmoji"]["counts"] == {"held-out images": 3} and "CC-BY-SA" in by["openmoji"]["licence"]
+    assert by["emoji-datasource-twitter"]["counts"]["training images"] == 3
+    assert "openmoji" in (root / "DATA_CARD.md").read_text("utf-8")
+
+
+def test_a_missing_package_is_named(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    partial = tmp_path / "cache"
+    partial.mkdir()
+    for s in sources:
+        if s.package != "@phosphor-icons/core":
+            (partial / s.tarball).write_bytes((cache / s.tarball).read_bytes())
+    with pytest.raises(DataError, match=r"@phosphor-icons/core@2\.1\.1: missing from"):
+        build_corpus(tmp_path / "out", partial, sources=sources, scenes=1, download=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tarball_unlike_its_pin_is_refused(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    twitter = next(s for s in sources if s.package == "emoji-datasource-twitter")
+    bad = replace(twitter, integrity="sha512-" + "A" * 86 + "==")
+    with pytest.raises(DataError, match=r"emoji-datasource-twitter@16\.0\.0: .* does not match the pinned sha512"):
+        build_corpus(tmp_path / "out", cache, sources=[*sources[:1], bad], scenes=1, download=False)
+    other = replace(twitter, version="9.9.9", integrity=None)
+    (tmp_path / other.tarball).write_bytes((cache / twitter.tarball).read_bytes())
+    (tmp_path / sources[0].tarball).write_bytes((cache / sources[0].tarball).read_bytes())
+    with pytest.raises(DataError, match=r"holds emoji-datasource-twitter@16\.0\.0"):
+        build_corpus(tmp_path / "out", tmp_path, sources=[*sources[:1], other], scenes=1, download=False)
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["emoji-datasource-google", "emoji-datasource-facebook", "@svgmoji/noto", "@svgmoji/openmoji", "noto-emoji",
+     "fluentui-emoji", "@fluentui/svg-icons"],
+)  # fmt: skip
+def test_forbidden_artwork_is_refused_before_anything_is_read(fake_sources, tmp_path, package):
+    sources, cache = fake_sources
+    with pytest.raises(DataError, match="refused"):
+        refuse_forbidden(package)
+    twitter = next(s for s in sources if s.package == "emoji-datasource-twitter")
+    forbidden = replace(twitter, package=package)  # even dressed as an allowed kind, with a tarball in the cache
+    (cache / forbidden.tarball).write_bytes((cache / twitter.tarball).read_bytes())
+    with pytest.raises(DataError, match=f"{package}: refused"):
+        build_corpus(tmp_path / "out", cache, sources=[*sources, forbidden], scenes=1, download=False)
+    assert not (tmp_path / "out").exists()
+    for allowed in ("emoji-datasource-apple", "openmoji", "@tabler/icons", "@mdi/svg", "lucide-static"):
+        refuse_forbidden(allowed)
+
+
+def test_corpus_figures_read_every_held_out_set(fake_sources, tmp_path, tiny_encoders):
+    from eval.demo import corpus_figures
+
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
+    figures = corpus_figures(tiny_encoders, tmp_path / "c")
+    held = rows(tmp_path / "c/heldout/icons/pairs.csv")
+    assert figures["held-out style (OpenMoji) images"] == 3 and figures["emoji categories"] == 3
+    assert figures["held-out icons"] == len({r["path"] for r in held})
+    assert {k for k in figures if k.endswith("]")} == {f"held-out style text->image R@5 [{lang}]" for lang in LANGUAGES}
+    assert all(0 <= v <= 1 for k, v in figures.items() if "R@" in k or "top-1" in k)
+    (tmp_path / "c/heldout/openmoji/names.csv").unlink()
+    with pytest.raises(DataError, match=r"names\.csv is missing"):
+        corpus_figures(tiny_encoders, tmp_path / "c")

@@ -1,0 +1,58 @@
+"""The Search tab's near-duplicates view: groups found by `Collection.duplicates`, shown as thumbnails, each group's
+keeper first; members that are the same picture re-encoded are marked. The logic is in `indexing.duplicates`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from indexing.collection import Collection
+from indexing.duplicates import DuplicateGroup
+from ui.files import ResultFiles
+from vlm.printable import printable
+
+MAX_GROUPS_SHOWN = 40
+
+
+def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.Markdown, gr.Gallery]:
+    with gr.Accordion("Near-duplicates", open=False, elem_id="search-dups"):
+        with gr.Row():
+            threshold = gr.Number(
+                value=default_threshold,
+                minimum=0.01,
+                maximum=0.999,
+                step=0.01,
+                label="Cosine above which two images are copies (default measured by bench/duplicates.py)",
+                elem_id="search-dups-threshold",
+            )
+            button = gr.Button("Find duplicates", elem_id="search-dups-button")
+        status = gr.Markdown(elem_id="search-dups-status")
+        gallery = gr.Gallery(
+            label="Groups (keeper first)",
+            columns=6,
+            height=420,
+            format="png",
+            object_fit="contain",
+            allow_preview=False,
+            elem_id="search-dups-gallery",
+        )
+    return threshold, button, status, gallery
+
+
+def render_duplicates(
+    files: ResultFiles, coll: Collection, groups: list[DuplicateGroup], threshold: float
+) -> tuple[str, list]:
+    """A status line and gallery items: per group its keeper ("keep"), then the others with their cosine."""
+    items = []
+    for n, group in enumerate(groups[:MAX_GROUPS_SHOWN], 1):
+        for record, score, same in zip(group.records, group.scores, group.same_picture, strict=True):
+            mark = "keep" if record is group.records[0] else ("same picture" if same else f"{score:.3f}")
+            items.append((files.thumbnail(coll, record), f"group {n} · {mark} · {printable(record.path)}"))
+    extra = sum(len(g.records) - 1 for g in groups)
+    status = (
+        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g}); {extra:,} image(s) beside their keeper."
+    )
+    if len(groups) > MAX_GROUPS_SHOWN:
+        status += f" The first {MAX_GROUPS_SHOWN} groups are shown."
+    if not groups:
+        status += " No two images are that close."
+    return status, items
