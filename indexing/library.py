@@ -17,8 +17,13 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
 
 from indexing.collection import Collection
 from indexing.config import EmbedConfig
@@ -37,6 +42,7 @@ SOURCES = "sources.json"
 # Decode in this process: DataLoader workers would fork a process that may run web-server threads.
 EMBED = EmbedConfig(batch_size=64, workers=0)
 
+TIMED_IMAGES = 8  # images decoded, preprocessed and embedded to estimate how long embedding a collection takes
 DEMO_COLLECTION_SCENES = 300
 DEMO_COLLECTION_SEED = 7  # not the training seed (0): the scenes in the demo collection are new to the demo model
 DEMO_COLLECTIONS_KEPT = 3  # collections of other models' fingerprints kept beside the current one's images
@@ -46,6 +52,41 @@ def default_cache_dir() -> Path:
     """`$XDG_CACHE_HOME/vlm` or `~/.cache/vlm`."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vlm"
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What opening a library's collection for a model costs: `images` to embed (0: it has its collection already),
+    at `seconds_per_image` timed on this machine over `timed` images."""
+
+    images: int
+    seconds_per_image: float
+    timed: int
+
+    @property
+    def seconds(self) -> float:
+        return self.images * self.seconds_per_image
+
+    def describe(self) -> str:
+        if self.images == 0:
+            return "this model's collection is ready: nothing to embed"
+        minutes, seconds = divmod(round(self.seconds), 60)
+        took = f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+        return (
+            f"embedding {self.images:,} images with this model takes about {took} here ({self.seconds_per_image:.3f} s "
+            f"per image, timed on {self.timed} images: decoding, preprocessing and the image encoder)"
+        )
+
+
+def seconds_per_image(encoders: Encoders, count: int = TIMED_IMAGES) -> float:
+    """Wall time per image to preprocess and embed `count` 256 x 256 images with `encoders`, after a warm-up image,
+    in one batch as the collection's builder does. Uses the process's threads as they are set."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(count + 1)]
+    encoders.encode_image(encoders.preprocess(images[0])[None])  # warm-up: first-call allocations
+    start = time.perf_counter()
+    encoders.encode_image(torch.stack([encoders.preprocess(im) for im in images[1:]]))
+    return (time.perf_counter() - start) / count
 
 
 @dataclass
@@ -85,6 +126,19 @@ class Library:
             extra = [Path(p) for p in json.loads((self.home / SOURCES).read_text(encoding="utf-8"))]
         return list(dict.fromkeys([*self.images, *extra]))
 
+    def collection_path(self, encoders: Encoders) -> Path:
+        """Where this library keeps (or would keep) the collection embedded by `encoders`."""
+        if self.kind == "existing":
+            return self.home
+        return self.home / f"collection-{encoders.fingerprint[:16]}"
+
+    def embed_plan(self, encoders: Encoders, images: int) -> EmbedPlan:
+        """The cost of `open_for(encoders)` when the library holds `images` images (the active collection's count):
+        nothing if this model's collection exists, else every image, timed on a few (`seconds_per_image`)."""
+        if (self.collection_path(encoders) / CURRENT).exists():
+            return EmbedPlan(0, 0.0, 0)
+        return EmbedPlan(images, seconds_per_image(encoders), TIMED_IMAGES)
+
     def open_for(self, encoders: Encoders, progress: bool = True) -> Collection:
         """This library's collection for `encoders`: reopened if it exists, else built (slow: embeds every image)."""
         if self.kind == "existing":
@@ -92,7 +146,7 @@ class Library:
         elif self.kind == "demo":
             coll = build_demo_collection(self.home, encoders, progress=progress)
         else:
-            path = self.home / f"collection-{encoders.fingerprint[:16]}"
+            path = self.collection_path(encoders)
             root = self.images[0] if self.images else None
             coll = Collection.create(path, encoders, root=root, exist_ok=True)
         sources = self.sources()
@@ -145,7 +199,7 @@ def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool =
         generate(shapes, DEMO_COLLECTION_SCENES, DEMO_COLLECTION_SEED, 128, progress=progress)
     if not (icons / "pairs.csv").is_file():
         demo.copy_twemoji(icons)
-    path = dest / f"collection-{encoders.fingerprint[:16]}"
+    path = dest / f"collection-{encoders.fingerprint[:16]}"  # as Library.collection_path
     try:
         coll = Collection.create(path, encoders, root=dest, exist_ok=True)
     except IndexingError:

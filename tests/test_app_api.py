@@ -491,3 +491,36 @@ def test_an_open_clip_name_offline_gets_the_loaders_advice(app):
     with pytest.raises(Exception, match="cannot be reached"):
         app.client.predict("ViT-B-32", "laion2b_s34b_b79k", api_name="/model_switch")
     assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"  # the active model is unchanged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 15: one record of what the server is doing; no silent random weights.
+
+
+def test_server_status_names_the_model_that_answers_and_its_random_weights(app):
+    status = app.client.predict(api_name="/server_status")
+    enc = app.state.active.encoders
+    assert status["model"]["fingerprint"] == enc.fingerprint
+    assert app.client.predict(api_name="/model_info")["fingerprint"] == enc.fingerprint
+    assert status["model"]["random_weights"] is True  # vlm-tiny built without weights
+    assert status["collection"]["images"] == SCENES
+    assert status["run"]["state"] in ("idle", "finished", "stopped", "failed")
+    assert status["switching_to"] is None
+
+
+def test_an_architecture_without_weights_is_refused_unless_from_scratch_is_chosen(app):
+    with pytest.raises(Exception, match=r"ViT-B-32 has no weights given.*laion2b_s34b_b79k.*train from scratch"):
+        app.client.predict("ViT-B-32", "", api_name="/model_switch")
+    with pytest.raises(Exception, match=r"random weights .* is for an architecture name"):
+        app.client.predict("demo", "random weights (train from scratch)", api_name="/model_switch")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"  # nothing changed
+
+
+def test_loading_a_model_estimates_the_embedding_and_waits_for_a_yes(app):
+    library, active = app.state.library, app.state.active
+    assert library.embed_plan(active.encoders, SCENES).images == 0  # its collection exists: nothing to embed
+    text, *_ = app.client.predict("vlm-small", "random weights (train from scratch)", api_name="/model_plan")
+    assert re.search(rf"embedding {SCENES} images with this model takes about \d+ s here \(\d\.\d{{3}} s per", text)
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"  # nothing switched before a yes
+    assert app.client.predict(api_name="/model_cancel").startswith("Cancelled: nothing was embedded")
+    assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"

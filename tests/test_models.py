@@ -124,7 +124,8 @@ def test_wrong_weights_report_the_keys(tiny_encoders, tmp_path):
 @pytest.mark.parametrize(
     "model, pretrained, message",
     [
-        ("no-such-model", None, "unknown model 'no-such-model'. Available: ["),
+        ("no-such-model", None, "unknown model 'no-such-model'. "),
+        ("ViT-B32", None, "Did you mean ViT-B-32"),
         ("vlm-tiny", "no-such-tag", "unknown pretrained tag 'no-such-tag' for vlm-tiny"),
         ("ViT-B-32", "laion2b_s34b_b7", "laion2b_s34b_b79k"),  # the error lists the valid tags
         ("vlm-tiny", "/nowhere/weights.bin", "pretrained weights file not found: /nowhere/weights.bin"),
@@ -144,6 +145,15 @@ def test_offline_missing_weights_fail_fast_with_instructions(monkeypatch, tmp_pa
         models.load("RN50", "openai", device="cpu", cache_dir=str(tmp_path))
     assert time.perf_counter() - start < 30
     assert "cannot be reached" in str(e.value) and "--pretrained /path/to/" in str(e.value)
+
+
+def test_a_bogus_name_gets_a_short_answer_and_hf_hub_offline_says_offline(monkeypatch, tmp_path):
+    with pytest.raises(ModelError) as e:
+        models.load("no-such-model", device="cpu")
+    assert len(str(e.value)) < 300 and "ViT-B-32" in str(e.value)  # not the ~170 names
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelError, match="cannot be reached"):  # was "model path not found" (the "/" in the id)
+        models.load("hf-hub:timm/no-such-repo-for-tests", device="cpu", cache_dir=str(tmp_path))
 
 
 def test_checkpoint_dir_rejects_pretrained_and_missing_demo(tiny_encoders, tmp_path, monkeypatch):
@@ -199,3 +209,15 @@ def test_pure_bf16_encodes_float32_input_like_the_fp32_model(tiny_encoders):
 def _size(encoders) -> tuple[int, int]:
     size = encoders.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def test_random_weights_are_flagged_and_tags_listed(tiny_encoders, tmp_path):
+    assert tiny_encoders.random_weights and tiny_encoders.describe()["random_weights"]
+    saved = models.save(tiny_encoders, tmp_path / "ckpt")
+    assert not models.load(str(saved), device="cpu").random_weights  # a checkpoint carries weights
+    weights = tmp_path / "ckpt" / checkpoint.WEIGHTS_NAME
+    assert not models.load("vlm-tiny", str(weights), device="cpu").random_weights  # a weights file given
+    assert models.pretrained_tags("ViT-B-32") == open_clip.list_pretrained_tags_by_model("ViT-B-32")
+    assert "laion2b_s34b_b79k" in models.pretrained_tags("ViT-B-32")
+    assert models.pretrained_tags("vlm-tiny") == []  # an architecture with no published weights
+    assert models.pretrained_tags("demo") is None and models.pretrained_tags(str(saved)) is None

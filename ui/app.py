@@ -91,9 +91,9 @@ def build_app(state: AppState, concurrency: int = CONCURRENCY) -> gr.Blocks:
         with gr.Tab("Train", id="train"):
             train.build(state, banner, demo)
         with gr.Tab("Model", id="model") as model_tab:
-            model.build(state, banner, model_tab)
-        # Each page load shows the model active now (another visitor may have switched it).
-        demo.load(lambda: model.banner_text(state), None, banner, api_visibility="private")
+            fields = model.build(state, banner, model_tab)
+        # Each page shows what the server is doing now, on load and on a timer (another visitor may switch models).
+        model.follow(state, demo, banner, fields)
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
     return demo
 

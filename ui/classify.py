@@ -4,6 +4,7 @@ widget and a bar chart; clicking a label shows where it matches (`ui.explain`). 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import gradio as gr
 import pandas as pd
@@ -14,6 +15,7 @@ from ui.errors import shown
 from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import templates as template_sets
+from vlm.calibration import reference_fit
 from vlm.segment import explain
 from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
 
@@ -34,16 +36,37 @@ def classify(
     if len(clf.labels) == 1:
         return _one_label(clf, embed_images(encoders, [image]))
     k = max(1, min(int(k), len(clf.labels)))
-    best = top_k(clf.probs(embed_images(encoders, [image])), clf.labels, k)[0]
+    embedding = embed_images(encoders, [image])
+    best = top_k(clf.probs(embedding), clf.labels, k)[0]
     scores = dict(zip(best.labels, best.probs, strict=True))
     table = pd.DataFrame({"label": list(best.labels), "probability": list(best.probs)})
     notes = [f"{len(clf.labels)} labels × {len(clf.templates)} prompt templates; model {encoders.source}."]
+    notes.append(fit_notes(encoders, clf, embedding, best.labels))
     if clean.duplicates or clean.empty:
         notes.append(f"Dropped {len(clean.duplicates)} duplicate and {clean.empty} empty label(s).")
     if clf.truncated:
         notes.append(f"{len(clf.truncated)} label(s) were too long for the text encoder and were cut.")
     notes.append("Click a label to see where it matches in the image.")
     return scores, table, " ".join(notes)
+
+
+def fit_notes(encoders, clf: ZeroShotClassifier, embedding: torch.Tensor, shown: Sequence[str]) -> str:
+    """The calibrated similarity beside the softmax (`vlm.calibration`): each shown label's cosine and fit, and
+    "none of the labels fits well" when the best label's cosine is below the model's threshold."""
+    cal = reference_fit(encoders)
+    cosines = dict(zip(clf.labels, clf.similarity(embedding)[0].tolist(), strict=True))
+    rows = [f"| {label} | {cosines[label]:.3f} | {cal.fit(cosines[label]):.0%} |" for label in shown]
+    top = max(cosines.values())
+    verdict = (
+        f"**None of the labels fits well**: the best cosine, {top:.3f}, is below this model's threshold "
+        f"{cal.threshold:.3f}; the percentages above only compare these labels with each other."
+        if not cal.fits(top)
+        else f"The best label fits (cosine {top:.3f} ≥ threshold {cal.threshold:.3f})."
+    )
+    return (
+        f"\n\n{verdict}\n\n| label | cosine | fit |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+        f"*Fit*: the share of true matches on the model's reference data with a lower cosine ({cal.how}).\n\n"
+    )
 
 
 def _one_label(clf: ZeroShotClassifier, image_embedding: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame, str]:
@@ -111,3 +134,6 @@ def build(state: AppState) -> None:
         api_name="classify",
     )
     scores.select(explain_label, [image], [why, why_info], api_visibility="private")
+    # A new image: the old answers (and a click on an old label, which would explain the new image) go.
+    image.change(lambda: (None, None, "", None, ""), None, [scores, chart, notes, why, why_info],
+                 api_visibility="private", show_progress="hidden")  # fmt: skip

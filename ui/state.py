@@ -68,6 +68,8 @@ class AppState:
     def __post_init__(self) -> None:
         self._active: Active | None = None
         self._swap = threading.Lock()
+        self.switching: ModelChoice | None = None  # a switch under way (shown to every page until it ends)
+        self._held: tuple[ModelChoice, Encoders] | None = None  # loaded, waiting for people to confirm the switch
         self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
@@ -79,16 +81,30 @@ class AppState:
     def start(self, progress: bool = True) -> Active:
         return self.switch(self.choice, progress=progress)
 
+    def hold(self, choice: ModelChoice, encoders: Encoders) -> None:
+        """Keep `choice`, loaded, until a switch to it is confirmed (`switch` takes it) or `release`d; one at a time."""
+        self._held = (choice, encoders)
+
+    def release(self) -> bool:
+        """Drop a held model; whether there was one."""
+        held, self._held = self._held, None
+        return held is not None
+
     def switch(self, choice: ModelChoice, progress: bool = True) -> Active:
-        """Load `choice` and its collection (embedding the library's images if this model has no collection yet),
-        then make them active. Raises `ModelError` (unknown name, offline download, bad checkpoint) and leaves the
-        active model as it was."""
+        """Load `choice` (or take it from `hold`) and its collection (embedding the library's images if this model
+        has no collection yet), then make them active. Raises `ModelError` (unknown name, offline download, bad
+        checkpoint) and leaves the active model as it was."""
         if not self._swap.acquire(blocking=False):
             raise SwitchInProgress("another model switch is in progress; wait for it to finish")
         try:
+            self.switching = choice
             LOG.info("loading model %s", choice)
-            # ONNX Runtime on a CPU when the model was exported (vlm/onnx_runtime.py), else PyTorch
-            encoders = models.load(choice.model, choice.pretrained, device=self.device, runtime="auto")
+            held, self._held = self._held, None
+            if held is not None and held[0] == choice:
+                encoders = held[1]
+            else:
+                # ONNX Runtime on a CPU when the model was exported (vlm/onnx_runtime.py), else PyTorch
+                encoders = models.load(choice.model, choice.pretrained, device=self.device, runtime="auto")
             previous = self._active
             if previous is not None and previous.encoders.fingerprint == encoders.fingerprint:
                 collection = previous.collection  # same weights: same vectors
@@ -100,6 +116,7 @@ class AppState:
             LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.stats().count)
             return self._active
         finally:
+            self.switching = None
             self._swap.release()
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ checks) are one path from a user's model name to `Encoders`; split, the pieces w
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -58,6 +59,15 @@ def register_model_configs() -> None:
     """Make this project's JSON configs ordinary open_clip model names (idempotent; never run at import)."""
     if not set(p.stem for p in CONFIG_DIR.glob("*.json")) <= set(open_clip.list_models()):
         open_clip.add_model_config(CONFIG_DIR)
+
+
+def pretrained_tags(model: str) -> list[str] | None:
+    """The pretrained tags open_clip knows for architecture `model` (may be empty: this project's own architectures
+    have none); None when `model` is not an architecture name (the demo, a checkpoint folder, an hf-hub: id)."""
+    register_model_configs()
+    if model not in open_clip.list_models():
+        return None
+    return list(open_clip.list_pretrained_tags_by_model(model))
 
 
 def default_device() -> torch.device:
@@ -130,6 +140,7 @@ class Encoders:
     fingerprint: str
     source: str  # how it was loaded, for people: "ViT-B-32 + laion2b_s34b_b79k", "checkpoint runs/x/final", ...
     provenance: dict[str, Any] = field(default_factory=dict)  # a checkpoint's record of how it was made
+    random_weights: bool = False  # an architecture built without weights: it answers at random until trained
     loaded_from: tuple[str, str | None] = ("", None)  # (model, pretrained) as given to `load`: what lies next to it
     # Set by `vlm.onnx_runtime.attach`: an ONNX Runtime backend that computes encode_image/encode_text in place of
     # the torch model (None: PyTorch), and a sentence saying which runtime embeds and why.
@@ -221,6 +232,7 @@ class Encoders:
             "runtime": self.runtime,
             "runtime_note": self.runtime_note,
             "provenance": self.provenance,
+            "random_weights": self.random_weights,
         }
 
 
@@ -279,7 +291,11 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
                 f"or pass --model NAME --pretrained TAG"
             )
         model = str(DEMO_CHECKPOINT)
-    if model.startswith("local-dir:"):
+    if model.startswith("hf-hub:"):
+        if pretrained:
+            raise ModelError(f"an hf-hub: model carries its own weights; drop --pretrained ({pretrained!r})")
+        return model, None, model
+    if model.startswith("local-dir:"):  # (an hf-hub: id holds a "/" too, so it is told apart first)
         model = model[len("local-dir:") :]
     path = Path(model).expanduser()
     if path.is_dir() or os.sep in model or model.startswith("."):
@@ -299,13 +315,15 @@ def _resolve_source(model: str, pretrained: str | None) -> tuple[str, str | None
             except CheckpointError as e:
                 raise ModelError(str(e)) from e
         return f"local-dir:{path.resolve()}", None, f"checkpoint {path}"
-    if model.startswith("hf-hub:"):
-        if pretrained:
-            raise ModelError(f"an hf-hub: model carries its own weights; drop --pretrained ({pretrained!r})")
-        return model, None, model
     register_model_configs()
     if model not in open_clip.list_models():
-        raise ModelError(f"unknown model {model!r}. Available: {open_clip.list_models()}")
+        names = open_clip.list_models()
+        close = difflib.get_close_matches(model, names, n=5, cutoff=0.5)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelError(
+            f"unknown model {model!r}. {hint}{len(names)} architectures are known, e.g. ViT-B-32, ViT-B-16, RN50; "
+            f"open_clip.list_models() lists them all"
+        )
     if pretrained:
         if Path(pretrained).expanduser().is_dir() and checkpoint.is_checkpoint_dir(pretrained):
             pretrained = str(Path(pretrained).expanduser() / checkpoint.WEIGHTS_NAME)
@@ -422,6 +440,7 @@ def load(
         fingerprint=fingerprint,
         source=source,
         provenance=provenance,
+        random_weights=weights is None and not name.startswith(("local-dir:", "hf-hub:")),
         loaded_from=(model, pretrained),
     )
     if runtime == "torch" and onnx is None:
