@@ -444,7 +444,7 @@ class DataConfig:
         },
     )  # fmt: skip
     keep_data: str | None = dataclasses.field(
-        default=None, metadata=_help("pairs to keep knowing (replay): a share of every batch is drawn from them")
+        default=None, metadata=_help("pairs to keep knowing (replay; own columns and root): a share of each batch")
     )
     keep_fraction: float = dataclasses.field(
         default=0.5, metadata=_help("share of each batch drawn from keep_data (used only with keep_data)")

@@ -208,14 +208,16 @@ class ContrastiveTask(Task):
             self.peak / 1e12,
         )
 
-    def _read(self, source: str) -> tuple[list[Pair], list]:
+    def _read(self, source: str, *, own_layout: bool = True) -> tuple[list[Pair], list]:
+        """Read pairs; with `own_layout` False (keep_data, a set of another layout) its format, columns and root
+        are found from the file itself, not taken from the training data's flags."""
         dc = self.cfg.data
         table = read_pairs(
             source,
-            format=dc.data_format,
-            image_key=dc.image_key,
-            caption_key=dc.caption_key,
-            root=dc.data_root,
+            format=dc.data_format if own_layout else "auto",
+            image_key=dc.image_key if own_layout else None,
+            caption_key=dc.caption_key if own_layout else None,
+            root=dc.data_root if own_layout else None,
             strict=dc.strict,
             verify_images=dc.verify_images,
             workers=max(1, dc.workers),
@@ -234,7 +236,7 @@ class ContrastiveTask(Task):
             val_pairs, val_bad = self._read(dc.val_data) if dc.val_data else ([], [])
             train_pairs, held_out = split(pairs, 0.0 if dc.val_data else dc.val_fraction, seed=cfg.seed)
             val_pairs = val_pairs or held_out
-            keep_pairs, keep_bad = self._read(dc.keep_data) if dc.keep_data else ([], [])
+            keep_pairs, keep_bad = self._read(dc.keep_data, own_layout=False) if dc.keep_data else ([], [])
             self._write_bad_rows(bad + val_bad + keep_bad)
             loaded = (train_pairs, val_pairs, keep_pairs)
         else:
