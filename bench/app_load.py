@@ -23,6 +23,9 @@ segment) with the demo's own images:
 Claimed: the ratios (served/direct, load p50 / sequential p50, p95 with / without hostile clients), the absence of
 errors and of memory growth, and that every hostile request was refused; milliseconds are printed for context (they
 depend on the machine and on what else runs).
+
+Size (~450 lines, over the ~400 guide): one benchmark, one run, four phases that share the server process,
+the clients and the peer; a benchmark reads best top to bottom in one file.
 """
 
 from __future__ import annotations

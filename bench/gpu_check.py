@@ -18,6 +18,9 @@ Checks, each recorded as ok / failed (with the error) / skipped (with why), so o
 
 Figures go to DIR/gpu_check.json and a table to DIR/gpu_check.md. On the CPU (--dry) CUDA-only cases are replaced where
 they can be (fp16 autocast by bf16) and say so.
+
+Size (~480 lines, over the ~400 guide): one script for a GPU machine reached once, through one call: every
+check must be in the file that is carried and run, each a short function with its own row.
 """
 
 from __future__ import annotations

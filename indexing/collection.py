@@ -10,6 +10,11 @@ Every write publishes a new version of the whole (index, metadata, manifest) and
 so readers never see half a change and a crash loses at most the change in progress (`indexing.versions` has the
 layout; indexing/README.md says why). Searches take one version as a snapshot, so they are thread-safe and need no
 lock, while writers (one at a time, across processes) publish new versions.
+
+Size (~540 lines, over the ~400 guide): `Collection` is the one public face of a collection, and its methods
+are short delegations to the modules that own each concern (`versions` layout, `commit` writes and compaction,
+`build` the distributed build, `sync`, `store` metadata, `faiss_index`/`rerank`/`batch` search, `duplicates`,
+`filters`); what remains here is the API itself, its locking and its snapshots.
 """
 
 from __future__ import annotations

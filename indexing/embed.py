@@ -15,6 +15,9 @@ and a digest of the inputs), so shards are never mixed between jobs.
 Under torchrun each rank embeds the shards s with s % world_size == rank, into the same folder; rank 0 `collect`s
 them after a barrier. Batches never straddle a shard, so a shard's vectors do not depend on which run (or rank)
 computed it.
+
+Size (~410 lines, over the ~400 guide): the shard format, the job identity and the DataLoader pipeline that
+writes them are one contract (a shard is valid only for its job); splitting them would put one format in two files.
 """
 
 from __future__ import annotations

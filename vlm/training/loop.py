@@ -8,6 +8,9 @@ A task owns what is specific to it: its model, data, optimizer step, validation 
 
 Phases, in order: `setup` (processes, device) -> `build_model` -> `build_data` (the loop plans the steps) ->
 `build_optimizer` -> resume (`load_state`) -> `start_training` -> steps -> final validation, checkpoint and model.
+
+Size (~430 lines, over the ~400 guide): the phases above read and write one state (step, sampler, optimizer,
+run folder); the parts that stand alone are already modules (`schedule`, `sampler`, `state`, `metrics`).
 """
 
 from __future__ import annotations
