@@ -30,6 +30,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench.search import qps
 from indexing import faiss_index
 from indexing.faiss_index import IndexConfig
 
@@ -98,16 +99,6 @@ def exact(vectors: np.ndarray, queries: np.ndarray, k: int = 10, block: int = 20
     return best_s, best_i
 
 
-def timed_qps(search, queries: np.ndarray, single: int) -> tuple[float, float]:
-    start = time.perf_counter()
-    search(queries)
-    batch = len(queries) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for i in range(single):
-        search(queries[i : i + 1])
-    return batch, single / (time.perf_counter() - start)
-
-
 def row(name: str, build_s: float, rss: int, open_ms: float, recall: float, qps: tuple[float, float], **extra):
     return {
         "peer": name,
@@ -158,15 +149,15 @@ def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) 
         return faiss_index.search(mapped, info, q, 10, fetch=fetch)
 
     recall = faiss_index.recall_at_k(search(queries)[1], truth)
-    speeds = [timed_qps(search, queries, args.single) for _ in range(args.repeats)]
-    qps = tuple(float(np.median([s[i] for s in speeds])) for i in (0, 1))
+    speeds = [qps(search, queries, args.single) for _ in range(args.repeats)]
+    median = tuple(float(np.median([s[i] for s in speeds])) for i in (0, 1))
     extra = {
         "index": info.factory,
         "nprobe": info.nprobe,
         "k_factor": info.rerank,
         "ram_mb_planned": round(chosen.ram_bytes / 2**20),
     }
-    return row("auto (this project)", build_s, mem.peak, open_ms, recall, qps, **extra)
+    return row("auto (this project)", build_s, mem.peak, open_ms, recall, median, **extra)
 
 
 AUTOFAISS_SCRIPT = r"""
