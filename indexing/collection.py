@@ -296,25 +296,9 @@ class Collection:
         remove_ids = np.array(sorted(r.id for r in [*plan.removed, *replaced]), dtype=np.int64)
         gone = set(remove_ids.tolist())
         kept_hashes = {sha: r.path for sha, r in self._v.store.by_hashes(done.sha256).items() if r.id not in gone}
-        next_id = self._v.manifest["next_id"]
-        records, rows, duplicates = [], [], []
-        added = changed = 0
-        now = time.time()
-        for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
-            item = items[position]
-            if sha in kept_hashes:
-                duplicates.append((item.key, kept_hashes[sha]))
-                continue
-            kept_hashes[sha] = item.key
-            size, mtime = int(done.size[row]), float(done.mtime[row])
-            ref = ref_json(item.ref)
-            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
-            records.append(
-                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
-            )
-            rows.append(row)
-            next_id += 1
-            changed, added = (changed + 1, added) if item.key in plan.replaces else (changed, added + 1)
+        records, rows, duplicates = self._new_records(items, done, kept_hashes)
+        changed = sum(r.path in plan.replaces for r in records)
+        added = len(records) - changed
         if records or len(remove_ids) or plan.updates:
             vectors = done.vectors[rows] if records else None
             self._commit(records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates)
@@ -334,6 +318,33 @@ class Collection:
             filled=plan.filled,
         )
 
+    def _new_records(
+        self, items: list[Item], done: embedding.Embedded, known: dict[str, str]
+    ) -> tuple[list[ImageRecord], list[int], list[tuple[str, str]]]:
+        """(records with fresh ids, their rows in `done`, (key, twin) pixel duplicates) for the embedded `items`.
+
+        `known` maps the SHA-256 of pixels already in the collection to their stored path; it grows as new images are
+        taken, so a second copy within the same batch is a duplicate too (the store keeps one image per pixels)."""
+        next_id = self._v.manifest["next_id"]
+        records, rows, duplicates = [], [], []
+        now = time.time()
+        for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
+            item = items[position]
+            if sha in known:
+                duplicates.append((item.key, known[sha]))
+                continue
+            known[sha] = item.key
+            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
+            size, mtime = int(done.size[row]), float(done.mtime[row])
+            records.append(
+                ImageRecord(
+                    next_id, item.key, item.ref.kind, ref_json(item.ref), item.caption, sha, size, mtime, now, *meta
+                )
+            )
+            rows.append(row)
+            next_id += 1
+        return records, rows, duplicates
+
     @property
     def dtype(self) -> str:
         return self._v.manifest["dtype"]
@@ -349,26 +360,8 @@ class Collection:
     def commit_staged(self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats) -> AddResult:
         """Publish the staged embeddings of `todo` (pixel duplicates skipped): the second half of an add."""
         done = embedding.collect(self.root / STAGING, job)
-        in_store = self._v.store.by_hashes(done.sha256)
-        first_seen: dict[str, str] = {}
-        next_id = self._v.manifest["next_id"]
-        records, rows, duplicates = [], [], []
-        now = time.time()
-        for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
-            item = todo[position]
-            twin = in_store[sha].path if sha in in_store else first_seen.get(sha)
-            if twin is not None:
-                duplicates.append((item.key, twin))
-                continue
-            first_seen[sha] = item.key
-            size, mtime = int(done.size[row]), float(done.mtime[row])
-            ref = ref_json(item.ref)
-            meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
-            records.append(
-                ImageRecord(next_id, item.key, item.ref.kind, ref, item.caption, sha, size, mtime, now, *meta)
-            )
-            rows.append(row)
-            next_id += 1
+        known = {sha: r.path for sha, r in self._v.store.by_hashes(done.sha256).items()}
+        records, rows, duplicates = self._new_records(todo, done, known)
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
         ids = np.array([r.id for r in records], dtype=np.int64)
         if records:
