@@ -83,17 +83,22 @@ def read_set(spec: str, *, workers: int = 2) -> ReferenceSet:
     raise DataError(f"cannot read reference set {printable(spec)}: " + "; ".join(errors))
 
 
-def set_metrics(s: ReferenceSet, encoders: Encoders, *, batch_size: int = 256, workers: int = 0) -> dict[str, float]:
-    """All metrics of one reference set (zero-shot top-1/top-5, or recall@1/@5 both ways)."""
+def set_metrics(
+    s: ReferenceSet, encoders: Encoders, *, batch_size: int = 256, workers: int = 0, templates=TEMPLATES
+) -> dict[str, float]:
+    """All metrics of one reference set (zero-shot top-1/top-5 with `templates`, or recall@1/@5 both ways)."""
     if s.task == "zeroshot":
-        result = evaluate_zeroshot(encoders, s.data, TEMPLATES, batch_size=batch_size, workers=workers)
+        result = evaluate_zeroshot(encoders, s.data, templates, batch_size=batch_size, workers=workers)
         return {"acc1": result.metrics["acc1"], "acc5": result.metrics["acc5"]}
     return evaluate_pairs(encoders, s.data, ks=(1, 5), batch_size=batch_size, workers=workers)
 
 
-def headline(s: ReferenceSet, encoders: Encoders, *, batch_size: int = 256, workers: int = 0) -> float:
+def headline(
+    s: ReferenceSet, encoders: Encoders, *, batch_size: int = 256, workers: int = 0, templates=TEMPLATES
+) -> float:
     """The one number of a set: zero-shot top-1, or text->image recall@5."""
-    return float(set_metrics(s, encoders, batch_size=batch_size, workers=workers)[HEADLINE[s.task]])
+    values = set_metrics(s, encoders, batch_size=batch_size, workers=workers, templates=templates)
+    return float(values[HEADLINE[s.task]])
 
 
 class Reference:
