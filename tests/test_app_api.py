@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import struct
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
+from app_harness import free_port  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ui.app import build_app, close, create_state, launch  # noqa: E402
@@ -35,12 +35,6 @@ from vlm.synth import generate  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
 
 SCENES = 23  # a collection size that is not a multiple of anything the app batches by
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(state, **kwargs) -> SimpleNamespace:

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from app_harness import browser_page, need_chromium, serving  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
-from ui.app import build_app, close, create_state, launch  # noqa: E402
+from ui.app import create_state  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
 pytestmark = [
@@ -24,47 +24,29 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"),
 ]
 
-CHROMIUM = Path("/usr/bin/chromium")
-# From ../shared/DESIGN.md: without the background-networking flags Chromium floods a closed network with requests.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 SCENES = 21
 TIMEOUT_MS = 30_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    need_chromium()
     tmp = tmp_path_factory.mktemp("e2e")
     generate(tmp / "shapes", SCENES, seed=4, image_size=64, progress=False)
     generate(tmp / "train", 40, seed=6, image_size=32, progress=False)
     torch.manual_seed(0)
     state = create_state("vlm-tiny", images=[tmp / "shapes" / "images"], cache_dir=tmp / "cache",
                          runs_dir=tmp / "runs", allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
-    demo = build_app(state)
-    url = launch(demo, state, port=free_port(), block=False, quiet=True)
-    yield url, tmp
-    close(demo, state)
+    with serving(state) as url:
+        yield url, tmp
 
 
 @pytest.fixture(scope="module")
 def page(served):
     url, _ = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
+    with browser_page(url, timeout_ms=TIMEOUT_MS) as page:
         expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images")
         yield page
-        browser.close()
 
 
 @pytest.fixture(scope="module")

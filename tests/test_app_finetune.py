@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 gradio_client = pytest.importorskip("gradio_client")
+from app_harness import free_port  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
 from ui.app import build_app, close, create_state, launch  # noqa: E402
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignor
 
 FINE = "the active model (fine-tune)"
 TINY = "vlm-tiny (from scratch, 32 px)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,14 @@ learning rate (never the from-scratch one) and says why, and a short fine-tune s
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
 
 playwright = pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from app_harness import browser_page, need_chromium, serving  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
-from ui.app import build_app, close, create_state, launch  # noqa: E402
+from ui.app import create_state  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
 pytestmark = [
@@ -21,40 +19,24 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"),
 ]
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 60_000  # a busy 2-core machine: the start and the first poll can take many seconds
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    need_chromium()
     tmp = tmp_path_factory.mktemp("e2e-finetune")
     generate(tmp / "shapes", 24, seed=4, image_size=64, progress=False)
     torch.manual_seed(0)
     state = create_state("demo", images=[tmp / "shapes" / "images"], cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                          allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
-    app = build_app(state)
-    url = launch(app, state, port=free_port(), block=False, quiet=True)
-    yield url, tmp
-    close(app, state)
+    with serving(state) as url:
+        yield url, tmp
 
 
 def test_fine_tune_shows_the_recipe_and_both_scores(served):
     url, tmp = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(url)
+    with browser_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
         expect(page.locator("#train-recipe")).to_contain_text("Fine-tune recipe", timeout=WAIT_MS)
         expect(page.locator("#train-lr input")).to_have_value("0.00001", timeout=WAIT_MS)
@@ -70,4 +52,3 @@ def test_fine_tune_shows_the_recipe_and_both_scores(served):
         expect(status).to_contain_text("before the first step")
         expect(status).to_contain_text("What it knew")
         expect(page.locator("#train-recall")).to_be_visible()
-        browser.close()

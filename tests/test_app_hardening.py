@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,18 +17,13 @@ import pytest
 import torch
 
 gradio_client = pytest.importorskip("gradio_client")
+from app_harness import free_port  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ui.app import build_app, close, create_state, launch  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

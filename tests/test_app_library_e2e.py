@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from app_harness import browser_page, need_chromium, serving  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
-from ui.app import build_app, close, create_state, launch  # noqa: E402
+from ui.app import create_state  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
 pytestmark = [
@@ -24,24 +23,14 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated"),
 ]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 SCENES = 10
 OLD, NEW = 1_580_000_000, 1_720_000_000  # 2020-01-26 and 2024-07-03: the files' mtimes (no EXIF in these PNGs)
 TIMEOUT_MS = 30_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    need_chromium()
     tmp = tmp_path_factory.mktemp("e2e-lib")
     generate(tmp / "shapes", SCENES + 2, seed=8, image_size=64, progress=False)
     photos = tmp / "photos"
@@ -56,25 +45,18 @@ def served(tmp_path_factory):
     torch.manual_seed(0)
     state = create_state("vlm-tiny", images=[photos], cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                          allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
-    demo = build_app(state)
-    url = launch(demo, state, port=free_port(), block=False, quiet=True)
-    yield url, tmp, state
-    close(demo, state)
+    with serving(state) as url:
+        yield url, tmp, state
 
 
 @pytest.fixture(scope="module")
 def page(served):
     url, _, _ = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)  # a loaded 2-core machine: a search can take several seconds
-        page.goto(url)
+    expect.set_options(timeout=TIMEOUT_MS)  # a loaded 2-core machine: a search can take several seconds
+    with browser_page(url, height=1200, timeout_ms=TIMEOUT_MS) as page:
         expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES + 1} images")
         page.get_by_role("tab", name="Search", exact=True).click()
         yield page
-        browser.close()
 
 
 def search(page, text: str) -> None:

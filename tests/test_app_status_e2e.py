@@ -12,12 +12,13 @@ import pytest
 import torch
 
 playwright = pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+from app_harness import browser_page, need_chromium, serving  # noqa: E402
 from gradio_client import Client  # noqa: E402
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from test_app_e2e import CHROMIUM, CHROMIUM_ARGS, free_port, open_tab, upload  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
+from test_app_e2e import open_tab, upload  # noqa: E402
 
 from bench.common import SHARED_DATA  # noqa: E402
-from ui.app import build_app, close, create_state, launch  # noqa: E402
+from ui.app import create_state  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")]
@@ -27,29 +28,21 @@ SCENES = 6
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium")
+    need_chromium()
     tmp = tmp_path_factory.mktemp("status")
     generate(tmp / "shapes", SCENES, seed=3, image_size=64, progress=False)
     torch.manual_seed(0)
     state = create_state("vlm-tiny", images=[tmp / "shapes" / "images"], cache_dir=tmp / "cache",
                          runs_dir=tmp / "runs", allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
-    demo = build_app(state)
-    url = launch(demo, state, port=free_port(), block=False, quiet=True)
-    yield url, state
-    close(demo, state)
+    with serving(state) as url:
+        yield url, state
 
 
 @pytest.fixture(scope="module")
 def page(served):
     url, _ = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(url)
+    with browser_page(url) as page:
         yield page
-        browser.close()
 
 
 def choose(page, elem_id: str, value: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import torch
 
 gradio_client = pytest.importorskip("gradio_client")
+from app_harness import free_port  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ui.app import build_app, close, create_state, launch  # noqa: E402
@@ -35,12 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = "vlm-tiny (from scratch, 32 px)"
 CAP = 400  # --max-train-steps of the app under test
 LIMITS = Limits(max_upload_mb=1.0, max_train_steps=CAP, max_train_minutes=5.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_zip(data: Path, out: Path) -> Path:
