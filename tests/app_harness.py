@@ -1,7 +1,7 @@
 """What the app tests share: a free port, an app served for a module, and for browser tests Chromium and a page.
 
-    with serving(state) as url, browser_page(url) as page:
-        ...
+with serving(state) as url, browser_page(url) as page:
+    ...
 """
 
 from __future__ import annotations
