@@ -412,6 +412,15 @@ class Collection:
         return int(self._v.manifest["model"]["embed_dim"])
 
     @property
+    def count(self) -> int:
+        """Images in the current version (from its manifest: no file is read, unlike `stats`)."""
+        return int(self._v.manifest["count"])
+
+    @property
+    def version(self) -> int:
+        return self._v.number
+
+    @property
     def config(self) -> IndexConfig:
         return IndexConfig(**self._v.manifest["config"])
 
@@ -487,8 +496,8 @@ class Collection:
         names += [self.root / CHUNKS / c["name"] for c in v.manifest["chunks"]]
         return Stats(
             path=str(self.root),
-            version=v.number,
-            count=v.manifest["count"],
+            version=self.version,
+            count=self.count,
             dim=self.dim,
             dtype=self.dtype,
             root=v.manifest["root"],

@@ -59,7 +59,7 @@ def describe_active(state: AppState, active: Active | None = None) -> str:
             if enc.random_weights
             else []
         ),
-        f"- collection: {active.collection.stats().count:,} images in `{active.collection.root}`",
+        f"- collection: {active.collection.count:,} images in `{active.collection.root}`",
     ]
     if prov:
         lines.append(
@@ -188,7 +188,7 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> list[gr.componen
         progress(0, desc=f"loading {choice}")
         encoders = models.load(choice.model, choice.pretrained, device=state.device, runtime="auto")
         current = state.active
-        estimate = state.library.embed_plan(encoders, current.collection.stats().count)
+        estimate = state.library.embed_plan(encoders, current.collection.count)
         state.hold(choice, encoders)
         if estimate.images == 0 or encoders.fingerprint == current.encoders.fingerprint:
             active = state.switch(choice)

@@ -75,7 +75,7 @@ def query_vector(text: str, encoders, allowed_dirs) -> np.ndarray:
 
 
 def _check_nonempty(coll: Collection) -> None:
-    if coll.stats().count == 0:
+    if coll.count == 0:
         raise gr.Error(
             "The collection is empty: add a folder of images below (Add images), or start the app with --images DIR.",
             print_exception=False,
@@ -92,7 +92,7 @@ def _render(
         gallery.append((files.thumbnail(coll, record), f"{score:.3f} · {caption or printable(record.path)}"))
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
-    status = f"{len(ids)} result(s) of {coll.stats().count:,} images in {elapsed * 1000:.0f} ms."
+    status = f"{len(ids)} result(s) of {coll.count:,} images in {elapsed * 1000:.0f} ms."
     if ids:
         status += " Click a result to see why it matched, or to search for more like it."
     else:
@@ -224,14 +224,14 @@ def build(state: AppState) -> None:
             raise IndexingError(f"no image with id {image_id} in the collection")
         result = coll.remove(ids=[image_id])
         note = f"Removed {printable(record.path)} from the collection (the file stays on disk); "
-        return note + f"{coll.stats().count:,} images left (version {result.version}).", gr.Button(interactive=False)
+        return note + f"{coll.count:,} images left (version {result.version}).", gr.Button(interactive=False)
 
     @shown
     def rescan(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         """Sync the collection with its folders: new files added, changed re-embedded, deleted removed."""
         coll = state.active.collection
         result, missing = state.library.rescan(coll, progress=True)
-        text = result.summary() + f". The collection now holds {coll.stats().count:,} images."
+        text = result.summary() + f". The collection now holds {coll.count:,} images."
         if result.bad:
             text += " Unusable: " + "; ".join(printable(b) for b in result.bad[:5])
         if missing:
@@ -276,7 +276,7 @@ def build(state: AppState) -> None:
             raise gr.Error(f"{printable(path)} is not a folder; give a folder of images", print_exception=False)
         active = state.active
         result = state.library.add_folder(active.collection, path, progress=True)
-        text = result.summary() + f". The collection now holds {active.collection.stats().count:,} images."
+        text = result.summary() + f". The collection now holds {active.collection.count:,} images."
         if result.bad:
             text += " Unusable: " + "; ".join(printable(b) for b in result.bad[:5])
         return text

@@ -113,7 +113,7 @@ class AppState:
             self._active = Active(choice, encoders, collection)
             if previous is not None and previous.collection is not collection:
                 previous.collection.close()  # releases its write lock; requests still holding it can search on
-            LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.stats().count)
+            LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.count)
             return self._active
         finally:
             self.switching = None

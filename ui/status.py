@@ -22,7 +22,7 @@ def server_status(state: AppState, active: Active | None = None) -> dict[str, An
     """A JSON-ready record of the active model, a switch under way, the collection and the training run."""
     active = active or state.active  # one snapshot: model and collection belong together
     enc = active.encoders
-    stats = active.collection.stats()
+    collection = active.collection
     run = state.trainer.status()
     switching = state.switching
     return {
@@ -36,7 +36,7 @@ def server_status(state: AppState, active: Active | None = None) -> dict[str, An
             "demo": active.is_demo,
         },
         "switching_to": str(switching) if switching is not None else None,
-        "collection": {"folder": stats.path, "images": stats.count, "version": stats.version},
+        "collection": {"folder": str(collection.root), "images": collection.count, "version": collection.version},
         "run": {
             "state": run.state,
             "step": run.step,
