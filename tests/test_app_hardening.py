@@ -144,6 +144,20 @@ def test_model_fields_take_names_ids_or_allowed_folders_only(app):
 APP_IMAGE = object()  # stands for the app fixture's image in the parametrisation below
 
 
+def test_a_duplicate_search_over_merely_similar_images_is_refused(app):
+    # A low threshold would keep ~N^2 pairs in memory (indexing/duplicates.py): the web allows 0.8 and above.
+    message = refusal(app.client, 0.01, api_name="/find_duplicates")
+    assert re.search("duplicate threshold must be (a finite number )?between|Value .* is less than", message), message
+
+
+def test_search_filters_from_the_web_are_bounded(app):
+    long = "2024-01-01" + " " * 10 + "x" * 5000
+    for args in [("a red circle", 5, "", "", long, ""), ("a red circle", 5, "x" * 5000, "", "", "")]:
+        message = refusal(app.client, *args, api_name="/search_text")
+        assert "characters long; keep it under" in message, message
+    assert app.client.predict(api_name="/collection_info")["images"] == 9
+
+
 @pytest.mark.parametrize(
     ("api_name", "make_args", "what"),
     [
@@ -152,6 +166,7 @@ APP_IMAGE = object()  # stands for the app fixture's image in the parametrisatio
         ("/search_text", lambda v: ("a red circle", v, "", ""), "the number of results k"),
         ("/classify", lambda v: (APP_IMAGE, "a, b", "generic", v), "top k"),
         ("/segment", lambda v: (APP_IMAGE, "a", "training-free (dense)", "", v), "the mask threshold"),
+        ("/find_duplicates", lambda v: (v,), "duplicate threshold"),
     ],
 )
 @pytest.mark.parametrize("value", [10**30, -1, 2.5e300, 2**63])

@@ -11,6 +11,10 @@ from ui.files import ResultFiles
 from vlm.printable import printable
 
 MAX_GROUPS_SHOWN = 40
+# The lowest threshold a visitor may ask for: below it "duplicates" are merely similar images, and the pairs kept
+# grow towards N^2 (indexing/duplicates.py holds every pair above the threshold).
+MIN_THRESHOLD = 0.8
+MAX_THRESHOLD = 0.9999
 
 
 def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.Markdown, gr.Gallery]:
@@ -18,8 +22,8 @@ def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.
         with gr.Row():
             threshold = gr.Number(
                 value=default_threshold,
-                minimum=0.01,
-                maximum=0.999,
+                minimum=MIN_THRESHOLD,
+                maximum=MAX_THRESHOLD,
                 step=0.01,
                 label="Cosine above which two images are copies (default measured by bench/duplicates.py)",
                 elem_id="search-dups-threshold",

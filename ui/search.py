@@ -23,10 +23,10 @@ from indexing.duplicates import DEFAULT_THRESHOLD
 from indexing.errors import IndexingError
 from indexing.results import Hits
 from indexing.store import Filter
-from ui.collection_views import duplicates_view, render_duplicates
+from ui.collection_views import MAX_THRESHOLD, MIN_THRESHOLD, duplicates_view, render_duplicates
 from ui.errors import shown
 from ui.files import ResultFiles
-from ui.inputs import LARGEST_ID, checked_int, checked_text, image_input, require_image, server_path
+from ui.inputs import LARGEST_ID, checked_float, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
 from vlm import query
 from vlm.errors import ConfigError
@@ -36,13 +36,23 @@ from vlm.segment import explain
 LOG = logging.getLogger(__name__)
 
 
-def _filters(caption: str | None, path: str | None, after: str | None = "", before: str | None = "") -> Filter | None:
-    """The filters typed in; `IndexingError` (shown) for a malformed date or an impossible range."""
+def _filters(
+    caption: str | None, path: str | None, after: str | None, before: str | None, max_chars: int
+) -> Filter | None:
+    """The filters typed in (each bounded like any web text); `IndexingError` (shown) for a malformed date or an
+    impossible range."""
+
+    def optional(text: str | None, what: str) -> str | None:
+        if not (text or "").strip():
+            return None
+        checked_text(text, what, max_chars)  # the shared length bound; a filter keeps its own spacing
+        return text.strip()
+
     f = Filter(
-        path_contains=(path or "").strip() or None,
-        caption_contains=(caption or "").strip() or None,
-        after=(after or "").strip() or None,
-        before=(before or "").strip() or None,
+        path_contains=optional(path, "path filter"),
+        caption_contains=optional(caption, "caption filter"),
+        after=optional(after, "'after' date"),
+        before=optional(before, "'before' date"),
     )
     return None if f.is_empty() else f
 
@@ -181,7 +191,7 @@ def build(state: AppState) -> None:
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
         if is_arithmetic(text):
             vector = query_vector(text, state.active.encoders, state.allowed_dirs)
             hits = coll.search_vector(vector, k=_k(k), filters=where, sort=sort)
@@ -198,7 +208,7 @@ def build(state: AppState) -> None:
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
         hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
         return respond(coll, hits, start, "")
 
@@ -210,7 +220,7 @@ def build(state: AppState) -> None:
         coll = state.active.collection
         start = time.perf_counter()
         image = coll.open_image(_id(image_id))  # IndexingError for an id not in the collection
-        where, sort = _filters(caption_contains, path_contains, after, before), _sort(order)
+        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
         hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
         return respond(coll, hits, start, "")
 
@@ -242,10 +252,9 @@ def build(state: AppState) -> None:
     def find_duplicates(threshold: float):
         """Groups of near-identical images of the collection (cosine above `threshold`)."""
         coll = state.active.collection
-        if threshold is None:
-            raise ConfigError("no threshold given: a cosine between 0 and 1, e.g. 0.96")
-        groups = coll.duplicates(float(threshold))
-        return render_duplicates(state.files, coll, groups, float(threshold))
+        threshold = checked_float(threshold, "duplicate threshold", MIN_THRESHOLD, MAX_THRESHOLD)
+        groups = coll.duplicates(threshold)
+        return render_duplicates(state.files, coll, groups, threshold)
 
     @shown
     def explain_result(image_id: float, text: str):
