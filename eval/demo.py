@@ -186,16 +186,21 @@ def margins(query_emb: torch.Tensor, item_emb: torch.Tensor, owner: torch.Tensor
 
 
 def pick(names: Sequence[str], margin: torch.Tensor, n: int, groups: Sequence[str] | None = None,
-         max_words: int = 2) -> list[str]:  # fmt: skip
-    """Up to `n` of `names` with a positive `margin`, largest first: short ones (at most `max_words` words, so
-    they read as typed queries), no name twice and, given `groups`, one per group."""
+         max_words: int = 2, max_chars: int = 16) -> list[str]:  # fmt: skip
+    """Up to `n` of `names` with a positive `margin`, largest first: short ones (at most `max_words` words and
+    `max_chars` characters, so they read as typed queries), no name twice and, given `groups`, one per group."""
     out: list[str] = []
     seen: set[str] = set()
     for i in sorted(range(len(names)), key=lambda i: (-float(margin[i]), names[i])):
         name, group = names[i], groups[i] if groups is not None else str(i)
         if float(margin[i]) <= 0 or len(out) == n:
             break
-        if len(name.split()) > max_words or name.lower() in {o.lower() for o in out} or (group and group in seen):
+        if (
+            len(name.split()) > max_words
+            or len(name) > max_chars
+            or name.lower() in {o.lower() for o in out}
+            or (group and group in seen)
+        ):
             continue
         out.append(name)
         seen.add(group)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from vlm.data import read_pairs
-from vlm.demo_corpus import build_corpus, build_demo_icons, held_out
+from vlm.demo_corpus import build_corpus, build_demo_icons, held_out, read_card
 from vlm.demo_sources import LANGUAGES, SOURCES, Source, integrity, refuse_forbidden
 from vlm.errors import ConfigError, DataError
 
@@ -254,6 +254,12 @@ def test_exclude_leaves_a_training_source_out_and_the_cards_say_so(fake_sources,
     for wrong in ("openmoji", "emojibase-data", "no-such-package"):  # the held-out style and names stay
         with pytest.raises(ConfigError, match=f"cannot exclude {wrong}: only training sources .*@tabler/icons"):
             build_corpus(tmp_path / "x", cache, sources=sources, exclude=[wrong], scenes=1, download=False)
+    old = json.loads((tmp_path / "all/data_card.json").read_text("utf-8"))  # a card from before restrictions
+    for source in old["sources"]:
+        del source["restriction"]
+    (tmp_path / "all/data_card.json").write_text(json.dumps(old), "utf-8")
+    filled = {s["package"]: s["restriction"] for s in read_card(tmp_path / "all")["sources"]}
+    assert "commercial" in filled["emoji-datasource-apple"] and filled["@tabler/icons"] == ""
     args = build_parser().parse_args(["demo", "corpus", "out", "--exclude", "a", "--exclude", "b"])
     assert args.exclude == ["a", "b"]
 
@@ -295,7 +301,6 @@ def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_source
     from eval.demo import SHAPES_FIGURE, card_figures
     from vlm import checkpoint, models
     from vlm.demo import export
-    from vlm.demo_corpus import read_card
 
     sources, cache = fake_sources
     build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
@@ -309,6 +314,7 @@ def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_source
         assert (f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |") in card
     assert "vlm demo corpus runs/demo-corpus" in card and "| `openmoji` | 17.0.0 | held-out |" in card
     assert "not licensed for commercial use" in card and "--exclude emoji-datasource-apple" in card
+    assert "This model was trained on that artwork" in card
     record = checkpoint.read_config(path)
     assert record["provenance"]["demo_data_card"]["sources"][1]["package"] == "emoji-datasource-apple"
     assert record["provenance"]["demo_showcase"] == showcase and "## What to try" in card
@@ -350,6 +356,10 @@ def test_describe_says_what_the_figures_say():
     assert "names in zh (R@5 5%)" in about.weak and "photos" in about.weak and "40% right of 10" in about.weak
     figures["emoji category zero-shot top-1"] = 0.5
     assert "categories" not in describe({"demo_figures": figures, "demo_showcase": show}).weak
+    # below KNOWN nothing counts as known, whatever the ratio to English
+    low = {k: v / 10 for k, v in figures.items()}
+    weak = describe({"demo_figures": low, "demo_showcase": show})
+    assert weak.knows == "little yet" and "names in de, zh" in weak.weak and "top 5 for 6% of names" in weak.weak
     assert describe({}).labels == FIRST_RECIPE_LABELS  # a card without a showcase: the first recipe's defaults
     from ui.status import banner
 

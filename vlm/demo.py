@@ -40,7 +40,8 @@ DEMO_MODEL = Path(__file__).parent / "demo_model"
 REFERENCE_SHAPES = DEMO_DATA / "reference-shapes"
 REFERENCE_ICONS = DEMO_DATA / "reference-icons.csv"
 REFERENCE = (f"zeroshot:{REFERENCE_SHAPES}", f"retrieval:{REFERENCE_ICONS}")
-# The recipe the demo model was trained with (configs/demo.yaml): what `demo_keep_data` rebuilds, smaller, to replay.
+# The first demo model's recipe (configs/demo-first.yaml): what `replay_set` rebuilds, smaller, to replay. The corpus
+# recipe (configs/demo.yaml) needs npm packages; its shapes and Twemoji are in this one too.
 DEMO_RECIPE = {"scenes": 40000, "seed": 0, "image_size": 64, "val_fraction": 0.1}
 REFERENCE_SCENES_SEED = 2_000_000  # single_object_scene's own stream: never one of the training scenes
 
@@ -161,10 +162,10 @@ def build_training_data(out_dir: str | Path, *, scenes: int = 40000, seed: int =
 
 # `make demo`: how the shipped model is made (the Makefile runs these; the model card quotes them).
 RECIPES = {
-    "corpus": ("vlm demo corpus runs/demo-corpus", "vlm train --config configs/demo.yaml",
-               "vlm demo export runs/demo/final"),
-    "shapes+twemoji": ("vlm demo data runs/demo-data", "vlm train --config configs/demo.yaml",
-                       "vlm demo export runs/demo/final"),
+    "corpus": ("vlm demo corpus runs/demo-corpus", "vlm demo collection runs/demo-corpus",
+               "vlm train --config configs/demo.yaml", "vlm demo export runs/demo/final"),
+    "shapes+twemoji": ("vlm demo data runs/demo-data", "vlm train --config configs/demo-first.yaml",
+                       "vlm demo export runs/demo-first/final"),
 }  # fmt: skip
 
 
@@ -204,32 +205,47 @@ class DemoDescription:
     weak: str
 
 
+KNOWN = 0.25  # a held-out figure (R@5, top-1) at or above this counts as "knows" (R@5 by chance: 0.003-0.005)
+
+
 def describe(provenance: dict[str, Any]) -> DemoDescription:
     """The `DemoDescription` of a demo model from its provenance (`encoders.provenance`: `demo_figures`,
-    `demo_showcase`). Languages count as known when their held-out R@5 is at least half of English's."""
+    `demo_showcase`). A skill counts as known when its held-out figure is at least `KNOWN` (and, for a language,
+    at least half of English's); the others are said not to be known, with their figure."""
     figures, show = provenance.get("demo_figures", {}), provenance.get("demo_showcase")
     if not show:
         knew = "colours and shapes well, Twemoji names only a little"
         return DemoDescription(FIRST_RECIPE_LABELS, ("a red circle", "grinning face"), knew, "photos, other styles")
+    knows: list[str] = []
+    lacks: list[str] = []
+
+    def sort(ok: bool, good: str, bad: str) -> None:
+        (knows if ok else lacks).append(good if ok else bad)
+
     en = figures.get("held-out style text->image R@5", 0.0)
-    langs = {k[-3:-1]: v for k, v in figures.items() if k.startswith("held-out style text->image R@5 [")}
-    strong = [lang for lang, v in langs.items() if lang != "en" and v >= en / 2]
-    weak = [lang for lang, v in langs.items() if lang != "en" and v < en / 2]
-    knows = (
-        f"emoji and icons by name, also drawn in styles it never saw (a held-out emoji style: the right image in the "
-        f"top 5 for {en:.0%} of names; held-out icons: {figures.get('held-out icons text->image R@5', 0.0):.0%})"
-    )
-    if strong:
-        knows += f", names in {', '.join(strong)} as well as English"
-    knows += f", colours and shapes ({figures.get(SHAPES_FIGURE, 0.0):.0%} zero-shot)"
-    lacks = ["photos (it has never seen one)"]
-    if weak:
-        lacks.append(f"names in {', '.join(weak)} (R@5 " + ", ".join(f"{langs[lang]:.0%}" for lang in weak) + ")")
+    sort(en >= KNOWN, f"emoji by name, also drawn in a style it never saw (the right one in the top 5 for {en:.0%} "
+         "of names)", f"emoji drawn in styles it never saw (top 5 for {en:.0%} of names)")  # fmt: skip
+    icons = figures.get("held-out icons text->image R@5", 0.0)
+    sort(icons >= KNOWN, f"icons by name ({icons:.0%} in the top 5 on icons it never saw)",
+         f"icons it never saw ({icons:.0%} in the top 5)")  # fmt: skip
+    langs = {k[-3:-1]: v for k, v in figures.items() if k.startswith("held-out style text->image R@5 [") and
+             k[-3:-1] != "en"}  # fmt: skip
+    good = [lang for lang, v in langs.items() if v >= KNOWN and v >= en / 2]
+    if good:
+        knows.append(f"names in {', '.join(good)} as well as English")
+    bad = [lang for lang in langs if lang not in good]
+    if bad:
+        lacks.append(f"names in {', '.join(bad)} (R@5 " + ", ".join(f"{langs[lang]:.0%}" for lang in bad) + ")")
+    shapes = figures.get(SHAPES_FIGURE, 0.0)
+    sort(shapes >= 0.5, f"colours and shapes ({shapes:.0%} zero-shot)", f"shapes ({shapes:.0%} zero-shot)")
     category = figures.get("emoji category zero-shot top-1")
-    if category is not None and category < 0.5:
-        lacks.append(f"emoji categories such as 'food & drink' ({category:.0%} right of 10)")
+    if category is not None:
+        sort(category >= 0.5, f"emoji categories such as 'food & drink' ({category:.0%} of 10-way)",
+             f"emoji categories such as 'food & drink' ({category:.0%} right of 10)")  # fmt: skip
+    lacks.append("photos (it has never seen one)")
     examples = [*show.get("queries", ()), *show.get("queries_by_language", {}).values()]
-    return DemoDescription(tuple(show.get("labels", ())), tuple(examples), knows, ", ".join(lacks))
+    return DemoDescription(tuple(show.get("labels", ())), tuple(examples), ", ".join(knows) or "little yet",
+                           ", ".join(lacks))  # fmt: skip
 
 
 def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[str, Any] | None = None,
@@ -259,7 +275,7 @@ def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[
         "## How it was made",
         "",
         "```",
-        "make demo    # = the three commands below",
+        f"make demo    # = the {len(recipe)} commands below" if data_card is not None else "# the first recipe:",
         *recipe,
         "```",
         "",
@@ -304,7 +320,7 @@ def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[
         lines += ["| package | version | role | licence |", "| --- | --- | --- | --- |"]
         lines += [f"| `{s['package']}` | {s['version']} | {s['role']} | {s['licence']} |" for s in data_card["sources"]]
         lines += ["", "Shapes: generated by `vlm.synth`. The corpus's data card (`DATA_CARD.md`) has the counts.", ""]
-        lines += restrictions(data_card)
+        lines += restrictions(data_card, "This model was")
     else:
         lines += [
             "Twemoji images: Copyright Twitter, Inc. and other contributors, CC-BY 4.0 "

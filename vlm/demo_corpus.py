@@ -56,11 +56,16 @@ def is_corpus(path: str | Path) -> bool:
 
 
 def read_card(path: str | Path) -> dict:
-    """The data card (`data_card.json`) of a corpus folder."""
+    """The data card (`data_card.json`) of a corpus folder. A card written before restrictions were recorded gets
+    them from the pins (`SOURCES`) of the same package and version."""
     try:
-        return json.loads((Path(path) / "data_card.json").read_text("utf-8"))
+        card = json.loads((Path(path) / "data_card.json").read_text("utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: no readable data_card.json ({e}); is it a `vlm demo corpus` folder?") from e
+    pins = {(s.package, s.version): s.restriction for s in SOURCES}
+    for s in card.get("sources", []):
+        s.setdefault("restriction", pins.get((s["package"], s["version"]), ""))
+    return card
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -253,15 +258,15 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def restrictions(card: dict) -> list[str]:
+def restrictions(card: dict, who: str = "Whatever is trained on this corpus is") -> list[str]:
     """The "Restrictions" section of a data or model card: what a source's licence forbids, and how to rebuild
-    without it; or that the build left such sources out."""
+    without it; or that the build left such sources out. `who`: what is trained on the artwork."""
     limited = [s for s in card["sources"] if s.get("restriction")]
     excluded = card["build"].get("exclude") or []
     lines = ["## Restrictions", ""]
     for s in limited:
-        lines += [f"- **`{s['package']}`: {s['restriction']}.** Whatever is trained on this corpus is trained on "
-                  "that artwork; for commercial use rebuild without it: "
+        lines += [f"- **`{s['package']}`: {s['restriction']}.** {who} trained on that artwork; for commercial "
+                  "use rebuild without it: "
                   f"`vlm demo corpus OUT --exclude {s['package']}`, then train again.", ""]  # fmt: skip
     if excluded:
         lines += [f"Left out of this build (`--exclude`): {', '.join(f'`{p}`' for p in excluded)}.", ""]
