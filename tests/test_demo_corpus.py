@@ -264,12 +264,19 @@ def test_exclude_leaves_a_training_source_out_and_the_cards_say_so(fake_sources,
     assert args.exclude == ["a", "b"]
 
 
-def test_demo_icons_are_the_held_out_icons_with_each_sets_licence(fake_sources, tmp_path):
+def test_demo_icons_are_the_held_out_icons_with_each_sets_licence(fake_sources, tmp_path, capsys):
     sources, cache = fake_sources
     build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
     counts = build_demo_icons(tmp_path / "c", cache, tmp_path / "icons", sources=sources)
     build_demo_icons(tmp_path / "c", cache, tmp_path / "again", sources=sources)
     assert tree(tmp_path / "icons") == tree(tmp_path / "again")
+    # the command checks the tarballs against the real pins: these local fakes are refused, by name, and nothing is
+    # written
+    from vlm.cli import main
+
+    argv = ["demo", "collection", str(tmp_path / "c"), "--cache", str(cache), "--dest", str(tmp_path / "cli")]
+    assert main(argv) == 2 and not (tmp_path / "cli").exists()
+    assert "does not match the pinned sha512" in capsys.readouterr().err
     held = rows(tmp_path / "c/heldout/icons/pairs.csv")
     out = rows(tmp_path / "icons/pairs.csv")
     assert sorted((f"images/{r['path']}", r["caption"]) for r in held) == sorted((r["path"], r["caption"]) for r in out)
