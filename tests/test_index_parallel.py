@@ -114,7 +114,7 @@ if __name__ == "__main__":  # the spawned shard workers import this file too: no
                     mtime=0.0, added=0.0)
         for i in range(300, len(vectors))
     ]  # as records() in the test
-    coll._commit(records=records, vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    coll.commit(records=records, vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
     print("committed", flush=True)
 """
 
@@ -135,7 +135,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
     cfg = IndexConfig(exact_threshold=1000, nlist=16, tune_queries=150, build_workers=2)
     path = tmp_path / "c"
     writer = Collection.create(path, tiny_encoders, index=cfg)
-    writer._commit(records=records(0, 300), vectors=vectors[:300], remove_ids=np.empty(0, np.int64))
+    writer.commit(records=records(0, 300), vectors=vectors[:300], remove_ids=np.empty(0, np.int64))
     writer.close()  # 300 images: exact
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
@@ -157,7 +157,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
 
     writer = Collection.open(path, read_only=False, encoders=tiny_encoders)  # clears the dead writer's folder
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp-v")]
-    writer._commit(records=records(300, n), vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    writer.commit(records=records(300, n), vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
     assert reader.refresh() and reader.count == n
     reader.verify()
     info = reader.stats().index
