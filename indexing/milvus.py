@@ -243,7 +243,18 @@ class MilvusCollection(ImageCollection):
             _check_lengths(rows)
             for start in range(0, len(rows), self.config.insert_batch):
                 self._client.insert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
+        if len(records) >= self.config.flush_rows:
+            self.flush()
         self._write_manifest(writes=self.version + 1)
+
+    @property
+    def client(self):
+        """The `pymilvus.MilvusClient`, for what this API does not cover (the Milvus collection is `name`)."""
+        return self._client
+
+    def flush(self) -> None:
+        """Seal what was inserted so that Milvus indexes it (`MilvusConfig.flush_rows`; `export` flushes at its end)."""
+        self._client.flush(self.name, timeout=self.config.flush_timeout_s)
 
     def reserve(self, next_id: int) -> None:
         """Never give ids below `next_id` to new images."""

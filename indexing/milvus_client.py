@@ -35,6 +35,10 @@ class MilvusConfig:
     nprobe: int = 32  # IVF_FLAT lists searched per query
     timeout_s: float = 10.0  # per call, and to connect
     insert_batch: int = 1000  # rows per insert call
+    # A write inserting at least this many rows flushes them: Milvus indexes sealed segments only and searches the
+    # growing one by brute force (on Milvus Lite 3.2, 50 queries over 20k unflushed vectors: 4.5 s; flushed: 0.7 s).
+    flush_rows: int = 10_000
+    flush_timeout_s: float = 600.0  # a flush builds the index of what it seals
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:

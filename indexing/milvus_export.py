@@ -77,6 +77,7 @@ def export(
         target = MilvusCollection.create_empty(uri, name, spec, root=root, token=token, config=cfg)
     with target:
         copied, skipped, renumbered = _copy(source, target, batch)
+        target.flush()  # sealed and indexed: searches no longer scan the copied rows one by one
         count = target.count
     result = ExportResult(str(uri), name, copied, skipped, renumbered, count)
     LOG.info("%s", result.summary())
