@@ -36,3 +36,22 @@ def embed_defaults(cfg: EmbedConfig, device_type: str, cores: int) -> tuple[int,
     batch = cfg.batch_size if cfg.batch_size is not None else (256 if gpu else 64)
     workers = cfg.workers if cfg.workers is not None else (max(1, min(8, cores - 1)) if gpu else 2)
     return batch, workers
+
+
+@dataclass
+class WatchConfig:
+    debounce: float = field(
+        default=2.0,
+        metadata={
+            "help": "--watch: seconds without a file event before a burst of events is synced (copying 500 photos "
+            "in is one sync, not 500)",
+            "metavar": "SECONDS",
+        },
+    )
+    max_delay: float = field(
+        default=60.0,
+        metadata={
+            "help": "--watch: a burst that never pauses is still synced this many seconds after its first event",
+            "metavar": "SECONDS",
+        },
+    )

@@ -4,11 +4,13 @@ vlm index build runs/photos.coll photos/ --model demo       create (or continue)
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
+vlm index sync runs/photos.coll photos/ --watch             ... and again after every burst of changes (Ctrl-C stops)
 vlm index remove runs/photos.coll --path a.jpg --id 17
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
 vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
+vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from vlm import config
@@ -25,7 +28,7 @@ from vlm.printable import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from indexing.config import DTYPES, EmbedConfig
+    from indexing.config import DTYPES, EmbedConfig, WatchConfig
     from indexing.faiss_index import IndexConfig
 
     p = sub.add_parser("index", help="build, change and search image collections (FAISS + SQLite)", description=__doc__)
@@ -60,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(y, exclude=("model", "pretrained", "precision"))
     config.add_arguments(y, EmbedConfig)
     add_runtime_options(y)
+    y.add_argument(
+        "--watch", action="store_true", help="keep running: sync again after each burst of file changes (watchdog)"
+    )
+    config.add_arguments(y, WatchConfig)
     y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
@@ -112,6 +119,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
     i.set_defaults(run=run_info)
+
+    m = actions.add_parser(
+        "export-milvus",
+        help="copy a collection's vectors and metadata into a Milvus collection (server, cluster or Milvus Lite file)",
+    )
+    m.add_argument("collection")
+    m.add_argument("uri", help="http://HOST:19530 (a server or cluster) or FILE.db (Milvus Lite, embedded)")
+    m.add_argument("--name", help="the Milvus collection (default: from the collection folder's name)")
+    m.add_argument("--token-env", default="MILVUS_TOKEN", help="environment variable holding the token (user:password)")
+    m.add_argument("--index-type", default="HNSW", choices=["HNSW", "IVF_FLAT", "FLAT"], help="for a new collection")
+    m.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each Milvus call (and to connect)")
+    m.set_defaults(run=run_export_milvus)
 
 
 def _runtime(args: argparse.Namespace) -> dict:
@@ -171,11 +190,42 @@ def run_add(args: argparse.Namespace) -> None:
 
 def run_sync(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
-    from indexing.config import EmbedConfig
+    from indexing.config import EmbedConfig, WatchConfig
 
-    opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
+    opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
     with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
+        if args.watch:
+            _watch(coll, args.folders, embed_cfg, watch_cfg)
+            return
         result = coll.sync(args.folders, embed=embed_cfg)
+    _print_sync(result)
+
+
+def _watch(coll, folders: list[str], embed_cfg, watch_cfg) -> None:
+    import time
+
+    from indexing.watch import Watcher
+
+    def stamp() -> str:
+        return time.strftime("%H:%M:%S")
+
+    def on_error(e: Exception) -> None:
+        print(printable(f"{stamp()} sync failed (the collection is unchanged; still watching): {e}"), flush=True)
+
+    def on_sync(result) -> None:
+        print(f"{stamp()} ", end="")
+        _print_sync(result)
+
+    watcher = Watcher(coll, folders, embed=embed_cfg, config=watch_cfg, on_sync=on_sync, on_error=on_error)
+    print(printable(f"watching {', '.join(folders)} (Ctrl-C stops)"), flush=True)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        done = f"{watcher.syncs} sync(s), {watcher.errors} failed"
+        print(f"{stamp()} stopped after {done}; the collection is at version {coll.version}")
+
+
+def _print_sync(result) -> None:
     print(printable(result.summary()))
     lines = [f"  moved: {old} -> {new}" for old, new in result.moved]
     lines += [f"  removed: {path}" for path in result.removed]
@@ -186,6 +236,7 @@ def run_sync(args: argparse.Namespace) -> None:
         print(printable(line))
     if len(lines) > 40:
         print(f"  ... and {len(lines) - 40:,} more")
+    sys.stdout.flush()
 
 
 def _print_add(result) -> None:
@@ -295,3 +346,16 @@ def run_info(args: argparse.Namespace) -> None:
     stats = dataclasses.asdict(coll.stats())
     stats["verified"] = bool(args.verify)
     print(json.dumps(stats, indent=2, default=str))
+
+
+def run_export_milvus(args: argparse.Namespace) -> None:
+    import os
+
+    from indexing.collection import Collection
+    from indexing.milvus_client import MilvusConfig
+    from indexing.milvus_export import export
+
+    config = MilvusConfig(index_type=args.index_type, timeout_s=args.timeout)
+    source = Collection.open(args.collection)
+    result = export(source, args.uri, args.name, token=os.environ.get(args.token_env, ""), config=config)
+    print(result.summary())
