@@ -13,11 +13,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
 from indexing import faiss_index as fi
 from indexing import parallel
 from indexing import vectors as vectors_module
 from indexing.collection import Collection
+from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
 from indexing.store import ImageRecord
 
@@ -87,6 +89,27 @@ def test_two_process_build_equals_the_one_process_build(tmp_path):
     writable = fi.read(str(folder / "index.faiss"))  # as the next writer reads it: the lists copied into memory
     writable.remove_ids(fi.selector_for(ids[:100]))
     assert writable.ntotal == n - 100 and reopened.ntotal == n  # the file's lists are untouched
+
+
+def test_a_failing_worker_is_reported_with_its_error_and_leaves_no_shards(tmp_path):
+    n, d = 2000, 16
+    vectors = clustered(n, d, seed=7)
+    (tmp_path / "chunks").mkdir()
+    vectors_module.write_chunk(tmp_path, "a.npy", np.arange(n), vectors, "float32")
+    stored = vectors_module.Vectors(tmp_path / "chunks", ["a.npy"], d)  # mapped here, so this process can train
+    (tmp_path / "chunks" / "a.npy").unlink()  # but the workers, which open the chunk by name, cannot read it
+    folder = tmp_path / "v"
+    folder.mkdir()
+    cfg = IndexConfig(exact_threshold=100, nlist=16, build_workers=2)
+    with pytest.raises(IndexingError, match=r"(?s)index shard worker 0 exited with status 1:.*a\.npy"):
+        parallel.build(stored, np.arange(n), cfg, folder)
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5])
+def test_a_worker_count_below_one_is_refused(workers):
+    with pytest.raises(IndexingError, match="build_workers must be a whole number of processes, 1 or more"):
+        IndexConfig(build_workers=workers)
 
 
 KILL_SCRIPT = """
