@@ -81,9 +81,14 @@ def connect(uri: str, *, token: str = "", timeout_s: float = 10.0):
         return MilvusClient(uri=uri, token=token, timeout=timeout_s)
     except Exception as e:  # pymilvus raises MilvusException, grpc errors or ConnectionError depending on the failure
         raise MilvusUnavailableError(
-            f"Milvus at {uri} did not answer within {timeout_s:g} s: {e}. Check that the server runs and that the "
-            f"URI names its gRPC port (default http://HOST:19530), or give a local .db file for Milvus Lite"
+            f"Milvus at {shown(uri)} did not answer within {timeout_s:g} s: {e}. Check that the server runs and that "
+            f"the URI names its gRPC port (default http://HOST:19530), or give a local .db file for Milvus Lite"
         ) from e
+
+
+def shown(uri: str) -> str:
+    """`uri` for messages: a password in it (https://user:password@host) is masked."""
+    return re.sub(r"://[^/@]*@", "://***@", str(uri))
 
 
 class MilvusRecords:
