@@ -113,12 +113,12 @@ def test_a_uri_that_does_not_answer_is_a_clear_error_within_the_timeout(source, 
     assert "s3cret" not in str(e.value) and f"http://***@127.0.0.1:{closed}" in str(e.value)
 
 
-def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, tiny_encoders, capsys):
+def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, db, tiny_encoders, capsys):
     data = tmp_path / "data"
     generate(data, scenes=12, seed=6, image_size=48, progress=False)
     photos = data / "images"
     model = models.save(tiny_encoders, tmp_path / "model")
-    db, milvus = str(tmp_path / "cli.db"), ["--milvus", "shapes"]
+    db, milvus = str(db), ["--milvus", "shapes"]  # the module's Milvus Lite file: its server is running
     build = ["index", "build", db, str(photos), "--model", str(model), *milvus, "--index-type", "IVF_FLAT"]
     assert main([*build, "--batch-size", "4", "--workers", "0"]) == 0
     assert "added 12 image(s)" in capsys.readouterr().out
