@@ -11,7 +11,7 @@ so readers never see half a change and a crash loses at most the change in progr
 layout; indexing/README.md says why). Searches take one version as a snapshot, so they are thread-safe and need no
 lock, while writers (one at a time, across processes) publish new versions.
 
-Size (~540 lines, over the ~400 guide): `Collection` is the one public face of a collection, and its methods
+Size (~590 lines, over the ~400 guide): `Collection` is the one public face of a collection, and its methods
 are short delegations to the modules that own each concern (`versions` layout, `commit` writes and compaction,
 `build` the distributed build, `sync`, `store` metadata, `faiss_index`/`rerank`/`batch` search, `duplicates`,
 `filters`); what remains here is the API itself, its locking and its snapshots.
@@ -38,7 +38,7 @@ from indexing import embed as embedding
 from indexing.commit import publish_next
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.faiss_index import IndexConfig
-from indexing.results import AddResult, Hits, ModelSpec, RemoveResult, Stats, SyncResult
+from indexing.results import AddResult, Excluded, Hits, ModelSpec, RemoveResult, Stats, SyncResult
 from indexing.sources import Gathered, Item, gather
 from indexing.store import Filter, ImageRecord, ref_json
 from indexing.sync import SyncPlan, plan_sync
@@ -296,12 +296,16 @@ class Collection:
         remove_ids = np.array(sorted(r.id for r in [*plan.removed, *replaced]), dtype=np.int64)
         gone = set(remove_ids.tolist())
         kept_hashes = {sha: r.path for sha, r in self._v.store.by_hashes(done.sha256).items() if r.id not in gone}
-        records, rows, duplicates = self._new_records(items, done, kept_hashes)
+        excluded = self._v.store.excluded()
+        records, rows, duplicates, copies = self._new_records(items, done, kept_hashes, excluded)
         changed = sum(r.path in plan.replaces for r in records)
         added = len(records) - changed
-        if records or len(remove_ids) or plan.updates:
+        if records or len(remove_ids) or plan.updates or copies:
             vectors = done.vectors[rows] if records else None
-            self._commit(records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates)
+            self._commit(
+                records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates,
+                exclude=[(key, excluded[twin][0]) for key, twin in copies],
+            )  # fmt: skip
         return SyncResult(
             added=added,
             changed=changed,
@@ -316,20 +320,29 @@ class Collection:
             version=self._v.number,
             embed=stats,
             filled=plan.filled,
+            excluded=plan.excluded,
+            excluded_copies=copies,
         )
 
     def _new_records(
-        self, items: list[Item], done: embedding.Embedded, known: dict[str, str]
-    ) -> tuple[list[ImageRecord], list[int], list[tuple[str, str]]]:
-        """(records with fresh ids, their rows in `done`, (key, twin) pixel duplicates) for the embedded `items`.
+        self, items: list[Item], done: embedding.Embedded, known: dict[str, str], excluded: dict[str, tuple]
+    ) -> tuple[list[ImageRecord], list[int], list[tuple[str, str]], list[tuple[str, str]]]:
+        """(records with fresh ids, their rows in `done`, (key, twin) pixel duplicates, (key, excluded path)
+        copies of excluded images) for the embedded `items`.
 
         `known` maps the SHA-256 of pixels already in the collection to their stored path; it grows as new images are
-        taken, so a second copy within the same batch is a duplicate too (the store keeps one image per pixels)."""
+        taken, so a second copy within the same batch is a duplicate too (the store keeps one image per pixels).
+        `excluded` is `Store.excluded()`: an image with the pixels of an excluded one is left out (and its path is
+        to be excluded too, so that it is not embedded again)."""
         next_id = self._v.manifest["next_id"]
-        records, rows, duplicates = [], [], []
+        records, rows, duplicates, copies = [], [], [], []
+        excluded_shas = {sha: path for path, (sha, _) in excluded.items()}
         now = time.time()
         for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
             item = items[position]
+            if sha in excluded_shas:
+                copies.append((item.key, excluded_shas[sha]))
+                continue
             if sha in known:
                 duplicates.append((item.key, known[sha]))
                 continue
@@ -343,33 +356,43 @@ class Collection:
             )
             rows.append(row)
             next_id += 1
-        return records, rows, duplicates
+        return records, rows, duplicates, copies
 
     @property
     def dtype(self) -> str:
         return self._v.manifest["dtype"]
 
     def plan_add(self, inputs) -> tuple[list[Item], Gathered, int]:
-        """(the inputs not in the collection yet, everything gathered, how many were present): the first half of an
-        add, shared with `indexing.build.add_distributed`."""
+        """(the inputs not in the collection yet nor excluded, everything gathered, how many were present): the first
+        half of an add, shared with `indexing.build.add_distributed`."""
         gathered = gather(inputs, root=self.root_dir)
         present = self._v.store.by_paths([item.key for item in gathered.items])
-        todo = [item for item in gathered.items if item.key not in present]
+        excluded = self._v.store.excluded()
+        todo = [item for item in gathered.items if item.key not in present and item.key not in excluded]
         return todo, gathered, len(present)
 
     def commit_staged(self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats) -> AddResult:
         """Publish the staged embeddings of `todo` (pixel duplicates skipped): the second half of an add."""
         done = embedding.collect(self.root / STAGING, job)
         known = {sha: r.path for sha, r in self._v.store.by_hashes(done.sha256).items()}
-        records, rows, duplicates = self._new_records(todo, done, known)
+        excluded = self._v.store.excluded()
+        records, rows, duplicates, copies = self._new_records(todo, done, known, excluded)
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
         ids = np.array([r.id for r in records], dtype=np.int64)
-        if records:
-            self._commit(records=records, vectors=done.vectors[rows], remove_ids=np.empty(0, np.int64))
-        return AddResult(len(records), ids, present, duplicates, bad, self._v.number, stats)
+        if records or copies:
+            self._commit(
+                records=records, vectors=done.vectors[rows] if records else None, remove_ids=np.empty(0, np.int64),
+                exclude=[(key, excluded[twin][0]) for key, twin in copies],
+            )  # fmt: skip
+        left_out = [item.key for item in gathered.items if item.key in excluded]
+        return AddResult(len(records), ids, present, duplicates, bad, self._v.number, stats, left_out, copies)
 
-    def remove(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = ()) -> RemoveResult:
-        """Remove images by id and/or by path (as stored, or a file path that resolves to a stored one)."""
+    def remove(
+        self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), *, exclude: bool = False
+    ) -> RemoveResult:
+        """Remove images by id and/or by path (as stored, or a file path that resolves to a stored one). With
+        `exclude`, they stay out: later syncs and adds leave their paths, and files with their pixels, out (the
+        collection's exclusion list, versioned with it) until `unexclude`."""
         with self._writing():
             store = self._v.store
             found = store.get([int(i) for i in ids])
@@ -383,9 +406,28 @@ class Collection:
                 else:
                     found[record.id] = record
             removed = np.array(sorted(found), dtype=np.int64)
+            excluded = [(found[i].path, found[i].sha256) for i in removed.tolist()] if exclude else []
             if len(removed):
-                self._commit(records=[], vectors=None, remove_ids=removed)
-        return RemoveResult(removed, not_found, self._v.number)
+                self._commit(records=[], vectors=None, remove_ids=removed, exclude=excluded)
+        return RemoveResult(removed, not_found, self._v.number, [path for path, _ in excluded])
+
+    def excluded(self) -> list[Excluded]:
+        """The images removed with `exclude=True` (and copies of them found later), by path."""
+        return [Excluded(path, sha, since) for path, (sha, since) in self._v.store.excluded().items()]
+
+    def unexclude(self, paths: Sequence[str | Path] = (), *, everything: bool = False) -> tuple[list[str], list[str]]:
+        """Take paths (as stored, or file paths) off the exclusion list, or all of them with `everything`: the next
+        sync or add of their folder brings them back. Returns (taken off, not on the list)."""
+        with self._writing():
+            listed = self._v.store.excluded()
+            found, missing = (list(listed), []) if everything else ([], [])
+            for p in () if everything else paths:
+                key = str(p) if str(p) in listed else _stored_key(p, self.root_dir)
+                found.append(key) if key in listed else missing.append(str(p))
+            found = list(dict.fromkeys(found))
+            if found:
+                self._commit(records=[], vectors=None, remove_ids=np.empty(0, np.int64), unexclude=found)
+        return found, missing
 
     @contextlib.contextmanager
     def _writing(self):
@@ -401,11 +443,15 @@ class Collection:
         vectors: np.ndarray | None,
         remove_ids: np.ndarray,
         updates: Sequence[ImageRecord] = (),
+        exclude: Sequence[tuple[str, str]] = (),
+        unexclude: Sequence[str] = (),
     ) -> None:
-        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten."""
+        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten,
+        (path, pixel hash) pairs `exclude`d, paths `unexclude`d."""
         self._v = publish_next(
-            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates
-        )
+            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates,
+            exclude=exclude, unexclude=unexclude,
+        )  # fmt: skip
 
     @property
     def dim(self) -> int:

@@ -11,6 +11,7 @@ size of a vanished one, its pixels are hashed (decoded in DataLoader workers, no
 record's pixel hash (`indexing.embed.pixel_sha256`): equal means touched or moved, not re-embedded (its date taken,
 camera and dimensions are read again). An unchanged file whose record predates that metadata gets it from the file's
 header (`indexing.photo.header_meta`), so a sync brings an older collection's records up to date without embedding.
+A listed file whose path was removed with `exclude=True` is left out (`Store.excluded`).
 A listed file that cannot be read, and every record under a folder that cannot be listed, keep their record until a
 later sync can read them: a sync removes an image only when its file is shown to be gone.
 """
@@ -46,6 +47,7 @@ class SyncPlan:
     unchanged: int = 0
     kept: list[str] = field(default_factory=list)  # paths kept although not listed: their folder was unreadable
     bad: list[BadRow] = field(default_factory=list)  # listed but unusable; any record of theirs is kept
+    excluded: list[str] = field(default_factory=list)  # listed, but removed with exclude=True: left out
 
 
 def plan_sync(
@@ -89,7 +91,11 @@ def plan_sync(
     vanished_sizes = {r.size for r in vanished.values()}
 
     to_hash: list[Item] = []
+    excluded = store.excluded()
     for item in gathered.items:
+        if item.key in excluded:
+            plan.excluded.append(item.key)
+            continue
         record = by_path.get(item.key)
         try:
             size, mtime = embedding.file_facts(item.ref)
