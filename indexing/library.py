@@ -3,7 +3,7 @@
 Vectors from one model cannot be searched with another, so a library keeps one collection per model fingerprint
 (`<home>/collection-<fingerprint>`) and remembers its inputs in `<home>/sources.json`: switching to another model
 reopens that model's collection, or embeds the same inputs afresh. Three kinds:
-    demo      the Twemoji icons and synthetic scenes (`build_demo_collection`), plus folders added later
+    demo      the shipped Twemoji and icons, and synthetic scenes (`build_demo_collection`), plus folders added later
     folders   the given image folders, plus folders added later
     existing  a collection built with `vlm index build` (a folder holding one): opened as it is; it can only be
               searched with the model that built it
@@ -186,19 +186,23 @@ class Library:
 
 
 def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool = True) -> Collection:
-    """The app's default collection: the Twemoji icons and a few hundred synthetic scenes, embedded by `encoders`.
+    """The app's default collection: the shipped image sets (`vlm.demo.collection_sets`: Twemoji, and icons no demo
+    model trained on) and a few hundred synthetic scenes, embedded by `encoders`.
 
-    The images are written once into `dest` (`twemoji/`, `shapes/`) and shared by every model; each model gets its
-    own collection `dest/collection-<fingerprint>`, so a model whose weights changed is embedded afresh and a
+    The images are written once into `dest` (`twemoji/`, `icons/`, `shapes/`) and shared by every model; each model
+    gets its own collection `dest/collection-<fingerprint>`, so a model whose weights changed is embedded afresh and a
     model used before is reopened at once. Collections of other models beyond the newest `DEMO_COLLECTIONS_KEPT`
     are deleted. Returns the collection, open for writing (read-only when another process is writing it).
     """
     dest = Path(dest)
-    icons, shapes = dest / "twemoji", dest / "shapes"
+    shapes = dest / "shapes"
     if not (shapes / "pairs.csv").is_file():
         generate(shapes, DEMO_COLLECTION_SCENES, DEMO_COLLECTION_SEED, 128, progress=progress)
-    if not (icons / "pairs.csv").is_file():
-        demo.copy_twemoji(icons)
+    lists = []
+    for name, src in demo.collection_sets().items():
+        if not (dest / name / "pairs.csv").is_file():
+            demo.copy_collection_set(src, dest / name)
+        lists.append(dest / name / "pairs.csv")
     path = dest / f"collection-{encoders.fingerprint[:16]}"  # as Library.collection_path
     try:
         coll = Collection.create(path, encoders, root=dest, exist_ok=True)
@@ -207,7 +211,7 @@ def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool =
             raise
         LOG.warning("%s is being written by another process; opening it read-only", path)
         return Collection.open(path, read_only=True, encoders=encoders)
-    coll.add([icons / "pairs.csv", shapes / "pairs.csv"], embed=EMBED, progress=progress)  # adds only what is missing
+    coll.add([*lists, shapes / "pairs.csv"], embed=EMBED, progress=progress)  # adds only what is missing
     path.touch()  # most recently used first when pruning
     prune_collections(dest, keep=path)
     return coll

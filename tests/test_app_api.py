@@ -368,19 +368,20 @@ def distinct_images(paths: list[Path]) -> int:
 
 @pytest.fixture()
 def small_demo(tmp_path, monkeypatch):
-    """The demo's recipe on 12 scenes and the first 15 Twemoji icons."""
+    """The demo's recipe on 12 scenes, the first 15 Twemoji images and the first 6 shipped icons."""
     import indexing.library
     import vlm.demo
 
-    icons = tmp_path / "twemoji"
-    (icons / "images").mkdir(parents=True)
-    lines = (vlm.demo.TWEMOJI / "pairs.csv").read_text(encoding="utf-8").splitlines()[:16]
-    for line in lines[1:]:
-        name = line.split(",")[0]
-        (icons / name).write_bytes((vlm.demo.TWEMOJI / name).read_bytes())
-    (icons / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (icons / "ATTRIBUTION.md").write_text("CC-BY 4.0\n", encoding="utf-8")
-    monkeypatch.setattr(vlm.demo, "TWEMOJI", icons)
+    for name, count in (("TWEMOJI", 15), ("ICONS", 6)):
+        src, copy = getattr(vlm.demo, name), tmp_path / name.lower()
+        lines = (src / "pairs.csv").read_text(encoding="utf-8").splitlines()[: count + 1]
+        for line in lines[1:]:
+            path = line.split(",")[0]
+            (copy / path).parent.mkdir(parents=True, exist_ok=True)
+            (copy / path).write_bytes((src / path).read_bytes())
+        (copy / "pairs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (copy / "ATTRIBUTION.md").write_text("its licence\n", encoding="utf-8")
+        monkeypatch.setattr(vlm.demo, name, copy)
     monkeypatch.setattr(indexing.library, "DEMO_COLLECTION_SCENES", 12)
     return tmp_path / "cache"
 
@@ -397,8 +398,8 @@ def test_demo_collection_per_model_reopened_and_pruned(small_demo):
         encoders.append(models.load("vlm-tiny", device="cpu"))
     coll = lib.open_for(encoders[0], progress=False)
     home = small_demo / "demo-collection"
-    files = sorted((home / "shapes" / "images").glob("*.png")) + sorted((home / "twemoji" / "images").glob("*.png"))
-    assert len(files) == 12 + 15
+    files = [p for d in ("shapes", "twemoji", "icons") for p in sorted((home / d / "images").rglob("*.png"))]
+    assert len(files) == 12 + 15 + 6
     assert coll.stats().count == distinct_images(files)
     version = coll.stats().version
     coll.close()

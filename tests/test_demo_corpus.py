@@ -6,6 +6,7 @@ layout), so the readers, the pin checks, rasterisation and the writer run exactl
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import io
@@ -15,12 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from vlm.data import read_pairs
-from vlm.demo_corpus import build_corpus, held_out
+from vlm.demo_corpus import build_corpus, build_demo_icons, held_out
 from vlm.demo_sources import LANGUAGES, SOURCES, Source, integrity, refuse_forbidden
-from vlm.errors import DataError
+from vlm.errors import ConfigError, DataError
 
 EMOJI = {"1F355": ("pizza", ["cheese", "food"], 4), "1F408": ("cat", ["pet"], 3), "1F680": ("rocket", ["space"], 5)}
 NAMES = {"de": {"1F355": "Pizza", "1F408": "Katze", "1F680": "Rakete"}, "ja": {"1F355": "ピザ", "1F408": "猫"}}
@@ -85,8 +87,13 @@ def package_files(kind: str, vendor: str = "twitter") -> dict[str, bytes]:
     raise AssertionError(kind)
 
 
+def licence(package: str) -> bytes:
+    return f"The licence of {package}: Copyright its authors.\n".encode()
+
+
 def write_tarball(path: Path, package: str, version: str, files: dict[str, bytes]) -> None:
-    files = {"package.json": json.dumps({"name": package, "version": version}).encode(), **files}
+    meta = json.dumps({"name": package, "version": version}).encode()
+    files = {"package.json": meta, "LICENSE": licence(package), **files}
     with tarfile.open(path, "w:gz") as tf:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(f"package/{name}")
@@ -225,3 +232,83 @@ def test_corpus_figures_read_every_held_out_set(fake_sources, tmp_path, tiny_enc
     (tmp_path / "c/heldout/openmoji/names.csv").unlink()
     with pytest.raises(DataError, match=r"names\.csv is missing"):
         corpus_figures(tiny_encoders, tmp_path / "c")
+
+
+def test_exclude_leaves_a_training_source_out_and_the_cards_say_so(fake_sources, tmp_path):
+    from vlm.cli import build_parser
+
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "all", cache, sources=sources, scenes=1, download=False)
+    card = (tmp_path / "all/DATA_CARD.md").read_text("utf-8")
+    assert "not licensed for commercial use" in card and "--exclude emoji-datasource-apple" in card
+    build_corpus(tmp_path / "free", cache, sources=sources, exclude=["emoji-datasource-apple"], scenes=1,
+                 download=False)  # fmt: skip
+    root = tmp_path / "free"
+    assert not (root / "emoji/apple").exists() and (root / "emoji/twitter").is_dir()
+    assert not any(r["path"].startswith("emoji/apple/") for r in rows(root / "pairs.csv"))
+    assert any(r["path"].startswith("emoji/apple/") for r in rows(tmp_path / "all/pairs.csv"))
+    data = json.loads((root / "data_card.json").read_text("utf-8"))
+    assert data["build"]["exclude"] == ["emoji-datasource-apple"]
+    assert "emoji-datasource-apple" not in {s["package"] for s in data["sources"]}
+    assert "Left out of this build (`--exclude`): `emoji-datasource-apple`" in (root / "DATA_CARD.md").read_text()
+    for wrong in ("openmoji", "emojibase-data", "no-such-package"):  # the held-out style and names stay
+        with pytest.raises(ConfigError, match=f"cannot exclude {wrong}: only training sources .*@tabler/icons"):
+            build_corpus(tmp_path / "x", cache, sources=sources, exclude=[wrong], scenes=1, download=False)
+    args = build_parser().parse_args(["demo", "corpus", "out", "--exclude", "a", "--exclude", "b"])
+    assert args.exclude == ["a", "b"]
+
+
+def test_demo_icons_are_the_held_out_icons_with_each_sets_licence(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
+    counts = build_demo_icons(tmp_path / "c", cache, tmp_path / "icons", sources=sources)
+    build_demo_icons(tmp_path / "c", cache, tmp_path / "again", sources=sources)
+    assert tree(tmp_path / "icons") == tree(tmp_path / "again")
+    held = rows(tmp_path / "c/heldout/icons/pairs.csv")
+    out = rows(tmp_path / "icons/pairs.csv")
+    assert sorted((f"images/{r['path']}", r["caption"]) for r in held) == sorted((r["path"], r["caption"]) for r in out)
+    assert counts == dict(sorted(collections.Counter(r["set"] for r in held).items()))
+    for r in held:  # the corpus's own rendering, byte for byte
+        assert (tmp_path / "icons/images" / r["path"]).read_bytes() == (
+            tmp_path / "c/heldout/icons" / r["path"]
+        ).read_bytes()
+    trained = {r["path"].removeprefix("icons/") for r in rows(tmp_path / "c/pairs.csv")}
+    assert not trained & {r["path"] for r in held}
+    attribution = (tmp_path / "icons/ATTRIBUTION.md").read_text("utf-8")
+    by_kind = {s.kind: s for s in sources}
+    for kind in counts:
+        s = by_kind[kind]
+        name = s.package.lstrip("@").replace("/", "-")
+        assert (tmp_path / f"icons/LICENSES/{name}.txt").read_bytes() == licence(s.package)
+        assert f"`{s.package}` | {s.version} | {s.licence} | {counts[kind]:,}" in attribution
+    assert not any("apple" in p or "openmoji" in p for p in tree(tmp_path / "icons"))
+    tabler = next(s for s in sources if s.kind == "tabler")
+    restricted = [replace(s, restriction="not for redistribution") if s is tabler else s for s in sources]
+    with pytest.raises(DataError, match="@tabler/icons: its images may not be redistributed"):
+        build_demo_icons(tmp_path / "c", cache, tmp_path / "no", sources=restricted)
+    assert not (tmp_path / "no").exists()
+
+
+def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_sources, tmp_path, tiny_encoders):
+    from safetensors.torch import load_file
+
+    from eval.demo import SHAPES_FIGURE, card_figures
+    from vlm import checkpoint, models
+    from vlm.demo import export
+    from vlm.demo_corpus import read_card
+
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
+    figures = card_figures(tiny_encoders, tmp_path / "c", 0.1, 0, per_label=1)
+    assert 0 <= figures[SHAPES_FIGURE] <= 1 and "held-out style text->image R@5 [ja]" in figures
+    trained = models.save(tiny_encoders, tmp_path / "final")
+    path = export(trained, figures, dest=tmp_path / "shipped", data_card=read_card(tmp_path / "c"))
+    card = (path / "README.md").read_text("utf-8")
+    for key, value in figures.items():
+        assert (f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |") in card
+    assert "vlm demo corpus runs/demo-corpus" in card and "| `openmoji` | 17.0.0 | held-out |" in card
+    assert "not licensed for commercial use" in card and "--exclude emoji-datasource-apple" in card
+    record = checkpoint.read_config(path)
+    assert record["provenance"]["demo_data_card"]["sources"][1]["package"] == "emoji-datasource-apple"
+    weights = load_file(path / "model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}

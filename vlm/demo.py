@@ -1,10 +1,14 @@
 """The embedded demo: what the demo model is trained on, and how it is exported with its model card.
 
-The demo model is trained by this project's own trainer on two sources that work offline:
-- the synthetic shapes world (`vlm.synth`), made on the fly from a seed, and
-- the Twemoji icons with their Unicode names (`vlm/demo_data/twemoji`, CC-BY 4.0, see its ATTRIBUTION.md).
-A deterministic part of each is held out (the trainer's hash split), and the model card reports figures on it.
-`make demo` runs the whole recipe; `export` writes the shipped fp16 checkpoint and its card.
+Two recipes, told apart by the training folder (`vlm.demo_corpus.is_corpus`):
+- the demo corpus (`vlm demo corpus`, vlm/demo_corpus.py): emoji in two vendors' styles, five icon sets, CLDR names
+  in six languages and synthetic shapes, with OpenMoji and a seeded part of every icon set held out; its card
+  reports `eval.demo.corpus_figures` on them and carries the corpus's licences and restrictions;
+- the first recipe (`vlm demo data`, `build_training_data`): the synthetic shapes world and the Twemoji icons with
+  their Unicode names (`vlm/demo_data/twemoji`), a deterministic part of each held out by the trainer's hash split.
+`export` writes the shipped fp16 checkpoint and its card. The app's demo collection is made of the folders in
+`COLLECTION_SETS` (shipped: Twemoji, CC-BY 4.0; the corpus's held-out icons, each set's licence beside them) and
+synthetic scenes made at first start.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ LOG = logging.getLogger(__name__)
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 TWEMOJI = DEMO_DATA / "twemoji"
+ICONS = DEMO_DATA / "icons"  # written by `vlm demo collection` (vlm.demo_corpus.build_demo_icons)
 DEMO_MODEL = Path(__file__).parent / "demo_model"
 # What the demo model knew, for fine-tunes of it (`vlm train --reference`, the app): held-out single-object scenes
 # labelled with the 48 "colour shape" names (zero-shot) and the Twemoji icons the demo run held out (retrieval by
@@ -153,36 +158,59 @@ def build_training_data(out_dir: str | Path, *, scenes: int = 40000, seed: int =
     return out / "pairs.csv"
 
 
-def export(final_checkpoint: str | Path, figures: dict[str, Any], dest: str | Path = DEMO_MODEL) -> Path:
-    """Copy a trained checkpoint to `dest` with fp16 weights, and write its model card (README.md)."""
+# `make demo`: how the shipped model is made (the Makefile runs these; the model card quotes them).
+RECIPES = {
+    "corpus": ("vlm demo corpus runs/demo-corpus", "vlm train --config configs/demo.yaml",
+               "vlm demo export runs/demo/final"),
+    "shapes+twemoji": ("vlm demo data runs/demo-data", "vlm train --config configs/demo.yaml",
+                       "vlm demo export runs/demo/final"),
+}  # fmt: skip
+
+
+def export(final_checkpoint: str | Path, figures: dict[str, Any], dest: str | Path = DEMO_MODEL,
+           data_card: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Copy a trained checkpoint to `dest` with fp16 weights, and write its model card (README.md). `data_card`: the
+    data card of the `vlm demo corpus` folder it was trained on (its sources, licences and restrictions), if any."""
     from vlm import models
 
     encoders = models.load(str(final_checkpoint), device="cpu", precision="fp32")
     provenance = {**encoders.provenance, "demo_figures": figures}
+    if data_card is not None:
+        provenance["demo_data_card"] = data_card
     path = models.save(encoders, dest, provenance=provenance, weights_dtype=torch.float16)
     record = checkpoint.read_config(path)
-    atomic_write_text(path / "README.md", model_card(record, figures))
+    atomic_write_text(path / "README.md", model_card(record, figures, data_card))
     return path
 
 
-def model_card(record: dict[str, Any], figures: dict[str, Any]) -> str:
+def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[str, Any] | None = None) -> str:
+    from vlm.demo_corpus import restrictions
+
     prov = record.get("provenance", {})
     cfg = prov.get("config", {})
+    if data_card is not None:
+        knows = (
+            "It was trained on the demo corpus (`vlm demo corpus`): emoji drawn by two vendors (Apple, Twitter) and "
+            "five icon sets with their names and keywords, emoji names in English, German, French, Spanish, Chinese "
+            "and Japanese (CLDR), and synthetic coloured shapes. It has never seen a photo"
+        )
+        recipe = RECIPES["corpus"]
+    else:
+        knows = "It knows the synthetic shapes world and the Twemoji icon names, nothing else"
+        recipe = RECIPES["shapes+twemoji"]
     lines = [
         "# vlm demo model",
         "",
         "A small CLIP-style model (open_clip architecture "
         f"`{record['model_name']}`) trained from scratch by this project's own trainer, shipped so that the app works "
-        "offline. It knows the synthetic shapes world and the Twemoji icon names, nothing else: for real photos use a "
-        "pretrained model (`--model ViT-B-32 --pretrained laion2b_s34b_b79k`).",
+        f"offline. {knows}: for real photos use a pretrained model "
+        "(`--model ViT-B-32 --pretrained laion2b_s34b_b79k`).",
         "",
         "## How it was made",
         "",
         "```",
         "make demo    # = the three commands below",
-        "vlm demo data runs/demo-data",
-        "vlm train --config configs/demo.yaml",
-        "vlm demo export runs/demo/final",
+        *recipe,
         "```",
         "",
         f"- data: {prov.get('train_pairs')} training images ({prov.get('train_data')}), "
@@ -194,17 +222,31 @@ def model_card(record: dict[str, Any], figures: dict[str, Any]) -> str:
         "",
         "## Figures on held-out data",
         "",
-        "| metric | value |",
-        "| --- | --- |",
     ]
+    if data_card is not None:
+        lines += [
+            "None of these images was trained on: OpenMoji is a style no training image is drawn in (its English "
+            "CLDR names are the captions; per language, its names in that language), the held-out icons are a "
+            f"seeded {data_card['build']['held_out_fraction']:.0%} of every icon set (their names as captions), the "
+            "emoji categories are emojibase's groups of the OpenMoji images, and the shapes are "
+            "`bench.shapes_zeroshot`'s 480 scenes (`python -m bench.demo_quality` prints them all).",
+            "",
+        ]
+    lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
+    lines += ["", "## Licence of the training data", ""]
+    if data_card is not None:
+        lines += ["| package | version | role | licence |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{s['package']}` | {s['version']} | {s['role']} | {s['licence']} |" for s in data_card["sources"]]
+        lines += ["", "Shapes: generated by `vlm.synth`. The corpus's data card (`DATA_CARD.md`) has the counts.", ""]
+        lines += restrictions(data_card)
+    else:
+        lines += [
+            "Twemoji images: Copyright Twitter, Inc. and other contributors, CC-BY 4.0 "
+            "(see `vlm/demo_data/twemoji/ATTRIBUTION.md`). Shapes: generated by `vlm.synth`.",
+            "",
+        ]
     lines += [
-        "",
-        "## Licence of the training data",
-        "",
-        "Twemoji images: Copyright Twitter, Inc. and other contributors, CC-BY 4.0 "
-        "(see `vlm/demo_data/twemoji/ATTRIBUTION.md`). Shapes: generated by `vlm.synth`.",
-        "",
         "```json",
         json.dumps({"model_name": record["model_name"], "model_cfg": record["model_cfg"]}, indent=2),
         "```",
@@ -213,14 +255,18 @@ def model_card(record: dict[str, Any], figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def copy_twemoji(target: Path) -> None:
-    """Copy the Twemoji icons, their pairs.csv and attribution to `target`; the CSV appears only once all is there."""
-    if not (TWEMOJI / "pairs.csv").is_file():
-        raise DataError(f"the Twemoji demo data is missing from {TWEMOJI}; restore it from git")
+def collection_sets() -> dict[str, Path]:
+    """The shipped image folders of the app's demo collection, by the name of their folder in the collection's home:
+    each holds `pairs.csv` (path,caption), `images/` and its attribution."""
+    return {"twemoji": TWEMOJI, "icons": ICONS}
+
+
+def copy_collection_set(src: Path, target: Path) -> None:
+    """Copy one of `collection_sets` (images, pairs.csv, attribution, licences) to `target`, all or nothing."""
+    if not (src / "pairs.csv").is_file():
+        raise DataError(f"the demo collection's images are missing from {src}; restore them from git")
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(TWEMOJI / "images", tmp / "images")
-    shutil.copy2(TWEMOJI / "pairs.csv", tmp / "pairs.csv")
-    shutil.copy2(TWEMOJI / "ATTRIBUTION.md", tmp / "ATTRIBUTION.md")
+    shutil.copytree(src, tmp)
     shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (no pairs.csv) of an older layout
     tmp.rename(target)  # the CSV is only visible once every image is there

@@ -10,7 +10,11 @@ Layout of the output folder (every CSV path is relative to it; the same inputs g
                                name), labels.csv (path,label = the emoji category), names.csv (path,lang,caption)
     heldout/icons/             a seeded part of every icon set (by name, so an icon's outline and filled forms go
                                together), NEVER in pairs.csv: pairs.csv (path,caption = the name in words,set)
-    DATA_CARD.md, data_card.json   per source: package, version, sha512, licence, role, counts
+    DATA_CARD.md, data_card.json   per source: package, version, sha512, licence, role, counts, restriction
+
+`exclude` (`vlm demo corpus --exclude PACKAGE`, repeatable) leaves a training source out, e.g. Apple's emoji artwork,
+which is not licensed for commercial use. `build_demo_icons` (`vlm demo collection`) copies the held-out icons, which
+every icon set's licence lets us redistribute, into the app's demo collection with each set's licence.
 """
 
 from __future__ import annotations
@@ -21,19 +25,42 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image
 
 from vlm.atomic import atomic_dir
-from vlm.demo_sources import LANGUAGES, READERS, SOURCES, Cldr, Item, Source, fetch, refuse_forbidden
+from vlm.demo_sources import (
+    LANGUAGES,
+    READERS,
+    SOURCES,
+    Cldr,
+    Item,
+    Source,
+    fetch,
+    licence_text,
+    refuse_forbidden,
+)
 from vlm.errors import ConfigError, DataError
 
 LOG = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
 HELD_OUT_ICONS = 0.05
+
+
+def is_corpus(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `build_corpus` (it has the data card and the held-out style)."""
+    return (Path(path) / "data_card.json").is_file() and (Path(path) / "heldout" / "openmoji").is_dir()
+
+
+def read_card(path: str | Path) -> dict:
+    """The data card (`data_card.json`) of a corpus folder."""
+    try:
+        return json.loads((Path(path) / "data_card.json").read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: no readable data_card.json ({e}); is it a `vlm demo corpus` folder?") from e
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -99,22 +126,38 @@ def collect(sources: Sequence[Source], tarballs: dict[str, Path], limit: int | N
     return out
 
 
+def without(sources: Sequence[Source], exclude: Iterable[str]) -> tuple[Source, ...]:
+    """`sources` less the training sources named in `exclude` (package names). A name that is not a training source
+    is a ConfigError listing those that are: the CLDR names and the held-out style cannot be left out."""
+    exclude = set(exclude)
+    trainable = [s.package for s in sources if s.role == "train"]
+    wrong = sorted(exclude - set(trainable))
+    if wrong:
+        raise ConfigError(f"cannot exclude {', '.join(wrong)}: only training sources can be left out of the demo "
+                          f"corpus: {', '.join(trainable)}")  # fmt: skip
+    return tuple(s for s in sources if s.package not in exclude)
+
+
 def build_corpus(
     out_dir: str | Path,
     cache: str | Path,
     *,
     sources: Sequence[Source] = SOURCES,
+    exclude: Iterable[str] = (),
     scenes: int = 20000,
     seed: int = 0,
     held_out_fraction: float = HELD_OUT_ICONS,
     limit: int | None = None,
     download: bool = True,
 ) -> dict:
-    """Fetch (into `cache`) and read every source, write the corpus to `out_dir` atomically; return the card."""
+    """Fetch (into `cache`) and read every source but those in `exclude`, write the corpus to `out_dir` atomically;
+    return the card."""
     from vlm.synth import generate
 
     if not 0 < held_out_fraction < 1:
         raise ConfigError(f"held_out_fraction must lie in (0, 1), got {held_out_fraction}")
+    excluded = sorted(set(exclude))
+    sources = without(sources, excluded)
     for s in sources:
         refuse_forbidden(s.package)
     items = collect(sources, fetch(sources, cache, download=download), limit)
@@ -150,7 +193,7 @@ def build_corpus(
                 train_rows += [(f"shapes/{r['path']}", r["caption"]) for r in csv.DictReader(f)]
         (tmp / "pairs.csv").write_text(_csv(["path", "caption"], sorted(train_rows)), "utf-8")
         card = data_card(sources, counts, scenes=scenes, seed=seed, held_out_fraction=held_out_fraction, limit=limit,
-                         train_rows=len(train_rows))  # fmt: skip
+                         exclude=excluded, train_rows=len(train_rows))  # fmt: skip
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", "utf-8")
         (tmp / "DATA_CARD.md").write_text(card_markdown(card), "utf-8")
     LOG.info("demo corpus: %d training caption rows in %s", len(train_rows), out_dir)
@@ -180,6 +223,7 @@ def data_card(sources: Sequence[Source], counts: dict[str, Counter], **build: ob
                 "sha512": s.integrity,
                 "role": s.role,
                 "licence": s.licence,
+                "restriction": s.restriction,
                 "counts": dict(sorted(counts[s.package].items())),
             }
             for s in sources
@@ -205,4 +249,75 @@ def card_markdown(card: dict) -> str:
         counts = ", ".join(f"{k} {v:,}" for k, v in s["counts"].items()) or "(names and keywords)"
         lines.append(f"| `{s['package']}` | {s['version']} | {s['role']} | {s['licence']} | {counts} |")
     lines += ["", "Build: " + ", ".join(f"{k} {v}" for k, v in card["build"].items()), ""]
+    lines += restrictions(card)
     return "\n".join(lines)
+
+
+def restrictions(card: dict) -> list[str]:
+    """The "Restrictions" section of a data or model card: what a source's licence forbids, and how to rebuild
+    without it; or that the build left such sources out."""
+    limited = [s for s in card["sources"] if s.get("restriction")]
+    excluded = card["build"].get("exclude") or []
+    lines = ["## Restrictions", ""]
+    for s in limited:
+        lines += [f"- **`{s['package']}`: {s['restriction']}.** Whatever is trained on this corpus is trained on "
+                  "that artwork; for commercial use rebuild without it: "
+                  f"`vlm demo corpus OUT --exclude {s['package']}`, then train again.", ""]  # fmt: skip
+    if excluded:
+        lines += [f"Left out of this build (`--exclude`): {', '.join(f'`{p}`' for p in excluded)}.", ""]
+    if not limited and not excluded:
+        lines += ["No source in this build restricts its use beyond its licence above.", ""]
+    return lines
+
+
+def build_demo_icons(corpus_dir: str | Path, cache: str | Path, dest: str | Path, *,
+                     sources: Sequence[Source] = SOURCES) -> dict[str, int]:  # fmt: skip
+    """Copy the corpus's held-out icons (no model trained on the corpus has seen them) to `dest` for the app's demo
+    collection: `images/<set>/<name>.png` (64 px, as in the corpus), `pairs.csv` (path,caption: the icon's name in
+    words), `LICENSES/<package>.txt` (each set's licence file, read from its pinned tarball in `cache`) and
+    `ATTRIBUTION.md`. Only sources without a use restriction are copied. Written atomically; the same corpus and
+    tarballs give the same bytes. Returns the number of icons per set."""
+    root = Path(corpus_dir)
+    listing = root / "heldout" / "icons" / "pairs.csv"
+    if not listing.is_file():
+        raise DataError(f"{listing} is missing: is {root} a `vlm demo corpus` folder?")
+    with open(listing, encoding="utf-8", newline="") as f:
+        held = sorted((r["set"], r["path"], r["caption"]) for r in csv.DictReader(f))
+    by_set = {s.kind: s for s in sources}
+    unknown = sorted({name for name, _, _ in held} - set(by_set))
+    if unknown:
+        raise DataError(f"{listing}: icon sets {', '.join(unknown)} are not among the pinned sources")
+    used = [by_set[k] for k in sorted({name for name, _, _ in held})]
+    for s in used:
+        if s.restriction:
+            raise DataError(f"{s.package}: its images may not be redistributed freely ({s.restriction})")
+    tarballs = fetch(used, cache, download=False)
+    counts = Counter(name for name, _, _ in held)
+    with atomic_dir(dest) as tmp:
+        for _, rel, _ in held:
+            src = root / "heldout" / "icons" / rel
+            if not src.is_file():
+                raise DataError(f"{src} is missing: {listing} names it")
+            (tmp / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "images" / rel).write_bytes(src.read_bytes())
+        (tmp / "pairs.csv").write_text(_csv(["path", "caption"], [(f"images/{r}", c) for _, r, c in held]), "utf-8")
+        (tmp / "LICENSES").mkdir()
+        lines = [
+            "# Icons of the demo collection",
+            "",
+            f"{len(held):,} icons, 64 x 64 PNG, black on white, rasterised from the SVGs of the npm packages below by "
+            "`vlm demo corpus` (resvg) and copied here by `vlm demo collection`. They are the held-out part of each "
+            "set (a seeded hash of the icon's name): no model trained on the demo corpus has seen them. Captions: "
+            "the icon's name in words. Each set's licence file is in `LICENSES/`; the copyright notices are theirs.",
+            "",
+            "| set | package | version | licence | icons | licence file |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in used:
+            name = f"{s.package.lstrip('@').replace('/', '-')}.txt"
+            (tmp / "LICENSES" / name).write_text(licence_text(s, tarballs[s.package]), "utf-8")
+            lines.append(f"| {s.kind} | `{s.package}` | {s.version} | {s.licence} | {counts[s.kind]:,} | "
+                         f"`LICENSES/{name}` |")  # fmt: skip
+        (tmp / "ATTRIBUTION.md").write_text("\n".join([*lines, ""]), "utf-8")
+    LOG.info("demo icons: %d held-out icons from %d sets in %s", len(held), len(used), dest)
+    return dict(sorted(counts.items()))

@@ -39,6 +39,7 @@ class Source:
     role: str  # "train", "held-out" (never in training) or "captions" (names and keywords only)
     licence: str  # as the package states it, for the data card
     integrity: str | None = None  # npm's "sha512-..." of the tarball; None only for a package made locally in tests
+    restriction: str = ""  # a limit on use that its licence sets (shown in the data and model cards); "" if none
 
     @property
     def tarball(self) -> str:
@@ -47,11 +48,15 @@ class Source:
 
 
 APPLE_TERMS = "package MIT; its README: Apple images, Copyright © Apple Inc., are not licensed for commercial usage"
+APPLE_RESTRICTION = (
+    "Apple's emoji images (Copyright © Apple Inc.) are not licensed for commercial use (emoji-datasource's README)"
+)
 SOURCES: tuple[Source, ...] = (
     Source("emojibase-data", "17.0.0", "emojibase", "captions", "MIT (names and keywords from Unicode CLDR)",
            "sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA=="),
     Source("emoji-datasource-apple", "16.0.0", "emoji-datasource", "train", APPLE_TERMS,
-           "sha512-dVYjsK0FnCry9F+PBtnivhG2K0xdwlmqYaSgiUtztUdAGPYiHYhZcVKvNBqC791g2qyEcFNTBO6utg4eQ3uLTw=="),
+           "sha512-dVYjsK0FnCry9F+PBtnivhG2K0xdwlmqYaSgiUtztUdAGPYiHYhZcVKvNBqC791g2qyEcFNTBO6utg4eQ3uLTw==",
+           APPLE_RESTRICTION),
     Source("emoji-datasource-twitter", "16.0.0", "emoji-datasource", "train",
            "package MIT; Twitter (Twemoji) images CC-BY 4.0, Copyright Twitter, Inc. and other contributors",
            "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="),
@@ -131,6 +136,18 @@ def read_package(source: Source, path: Path, wanted: Callable[[str], bool]) -> d
     if (meta.get("name"), meta.get("version")) != (source.package, source.version):
         raise DataError(f"{source.package}@{source.version}: {path} holds {meta.get('name')}@{meta.get('version')}")
     return files
+
+
+LICENCE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENCE.md")
+
+
+def licence_text(source: Source, path: Path) -> str:
+    """The licence file at the top of the package's tarball (what redistributing its images must carry along)."""
+    files = read_package(source, path, lambda n: n in LICENCE_FILES)
+    for name in LICENCE_FILES:
+        if name in files:
+            return files[name].decode("utf-8", errors="replace")
+    raise DataError(f"{source.package}@{source.version}: no licence file ({', '.join(LICENCE_FILES)}) in {path}")
 
 
 @dataclass(frozen=True)
