@@ -6,7 +6,9 @@ The demo's data and export live in `vlm.demo`; the figures need the evaluations,
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -14,9 +16,10 @@ import torch
 from eval.datasets import read_labelled
 from eval.images import ArrayImages, LabelledData
 from eval.metrics import retrieval_recall
-from eval.retrieval import embed_pairs, evaluate_pairs
-from eval.zeroshot import evaluate_zeroshot
+from eval.retrieval import PairEmbeddings, embed_pairs, evaluate_pairs
+from eval.zeroshot import ZeroShotResult, evaluate_zeroshot
 from vlm.data import Pair, read_pairs, split
+from vlm.demo import SHAPES_FIGURE
 from vlm.demo_corpus import is_corpus
 from vlm.errors import DataError
 from vlm.models import Encoders
@@ -26,7 +29,6 @@ from vlm.synth import LABELS, single_object_scene
 # their own random stream, 48 bare "colour shape" labels, in templates unlike every training caption's phrasing.
 SHAPES_TEMPLATES = ("a photo of a {c}.", "a rendering of a {c}.", "a {c} icon.", "this is a {c}.", "{c}")
 SHAPES_FIRST_SEED = 1_000_000
-SHAPES_FIGURE = "shapes zero-shot top-1 (48-way)"
 
 
 def shape_scenes(per_label: int, seed: int = SHAPES_FIRST_SEED, image_size: int = 128,
@@ -47,13 +49,22 @@ def shapes_zeroshot(encoders: Encoders, per_label: int = 10) -> float:
     return float(evaluate_zeroshot(encoders, shape_scenes(per_label), SHAPES_TEMPLATES).metrics["acc1"])
 
 
+class Card(NamedTuple):
+    figures: dict[str, float]  # the model card's table
+    showcase: dict[str, Any] | None  # the app's examples (`showcase`); None for the first recipe
+
+
 def card_figures(encoders: Encoders, data_dir: str | Path, val_fraction: float, seed: int,
-                 per_label: int = 10) -> dict[str, float]:  # fmt: skip
+                 per_label: int = 10) -> Card:  # fmt: skip
     """The model card's figures for a demo model trained on `data_dir`: a `vlm demo corpus` folder gets
-    `corpus_figures` and `shapes_zeroshot`; the older recipe's folder (`vlm demo data`) gets `held_out_figures`."""
-    if is_corpus(data_dir):
-        return {**corpus_figures(encoders, data_dir), SHAPES_FIGURE: shapes_zeroshot(encoders, per_label)}
-    return held_out_figures(encoders, data_dir, val_fraction, seed)
+    `corpus_figures`, the shapes zero-shot figure and the app's `showcase`; the first recipe's folder (`vlm demo
+    data`) gets `held_out_figures`."""
+    if not is_corpus(data_dir):
+        return Card(held_out_figures(encoders, data_dir, val_fraction, seed), None)
+    held = held_out(encoders, data_dir)
+    shapes = evaluate_zeroshot(encoders, shape_scenes(per_label), SHAPES_TEMPLATES)
+    figures = {**held.figures, SHAPES_FIGURE: float(shapes.metrics["acc1"])}
+    return Card(figures, showcase(held, shapes))
 
 
 def held_out_figures(encoders: Encoders, data_dir: str | Path, val_fraction: float, seed: int) -> dict[str, float]:
@@ -88,6 +99,18 @@ def held_out_figures(encoders: Encoders, data_dir: str | Path, val_fraction: flo
 CATEGORY_TEMPLATES = ("{c}", "an emoji from the group {c}", "{c} emoji")
 
 
+class HeldOut(NamedTuple):
+    """What `held_out` measured on a corpus's held-out parts: the figures, and the embeddings they came from."""
+
+    figures: dict[str, float]
+    emoji: list[Pair]  # OpenMoji, its English name as the one caption
+    emoji_emb: PairEmbeddings
+    categories: dict[str, str]  # OpenMoji image key -> its emoji category
+    names: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]]  # lang -> (names, (N, D) embeddings, image index)
+    icons: list[Pair]
+    icons_emb: PairEmbeddings
+
+
 def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Issue 18's figures on the held-out parts of a `vlm demo corpus` folder (none of it is ever trained on).
 
@@ -96,6 +119,11 @@ def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ..
     - the held-out icons (a seeded part of every icon set), their names as captions: text->image R@k;
     - OpenMoji with its names in each language (`heldout/openmoji/names.csv`): text->image R@5 per language.
     """
+    return held_out(encoders, corpus_dir, ks).figures
+
+
+def held_out(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ...] = (1, 5)) -> HeldOut:
+    """`corpus_figures`, with the embeddings behind them (for `showcase`)."""
     root = Path(corpus_dir).resolve()
     om = root / "heldout" / "openmoji"
     for need in (om / "pairs.csv", om / "labels.csv", om / "names.csv", root / "heldout" / "icons" / "pairs.csv"):
@@ -108,12 +136,18 @@ def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ..
     m = retrieval_recall(emb.image_emb, emb.text_emb, emb.text_to_image, ks=ks)
     for k in ks:
         figures[f"held-out style text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
-    zs = evaluate_zeroshot(encoders, read_labelled(om / "labels.csv"), CATEGORY_TEMPLATES)
+    labelled = read_labelled(om / "labels.csv")
+    zs = evaluate_zeroshot(encoders, labelled, CATEGORY_TEMPLATES)
     figures["emoji categories"] = len(zs.classes)
     figures["emoji category zero-shot top-1"] = zs.metrics["acc1"]
+    categories = {
+        str(Path(ref.path).resolve()): labelled.classes[t]
+        for ref, t in zip(labelled.images.refs, labelled.targets, strict=True)
+    }
     icons = read_pairs(root / "heldout" / "icons" / "pairs.csv", progress=False).pairs
     figures["held-out icons"] = len(icons)
-    m = evaluate_pairs(encoders, icons, ks=ks)
+    icons_emb = embed_pairs(encoders, icons)
+    m = retrieval_recall(icons_emb.image_emb, icons_emb.text_emb, icons_emb.text_to_image, ks=ks)
     for k in ks:
         figures[f"held-out icons text->image R@{k}"] = m[f"image_retrieval_recall@{k}"]
     # per language: each language's names against the same images (text->image recall of a caption depends on
@@ -126,6 +160,7 @@ def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ..
                 captions, owners = texts.setdefault(row["lang"], ([], []))
                 captions.append(row["caption"])
                 owners.append(index[row["path"]])
+    names = {}
     for lang, (captions, owners) in texts.items():
         with torch.no_grad():
             text_emb = torch.cat(
@@ -133,4 +168,78 @@ def corpus_figures(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ..
             )
         m = retrieval_recall(emb.image_emb, text_emb, torch.tensor(owners), ks=(5,))
         figures[f"held-out style text->image R@5 [{lang}]"] = m["image_retrieval_recall@5"]
-    return figures
+        names[lang] = (captions, text_emb, torch.tensor(owners))
+    cats = {p.key: categories.get(str(Path(p.image.path).resolve()), "") for p in emoji}
+    return HeldOut(figures, emoji, emb, cats, names, icons, icons_emb)
+
+
+def margins(query_emb: torch.Tensor, item_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """(N_query,) for each query: its own item's score minus the best other item's score. Positive exactly when
+    its item ranks first with no tie (ties lose, so a pick never rests on an arbitrary tie order).
+
+    query_emb : (N_query, D), item_emb : (N_item, D), both L2-normalised; owner : (N_query,) int64 item index."""
+    scores = query_emb.float() @ item_emb.float().T  # (N_query, N_item)
+    rows = torch.arange(scores.shape[0])
+    own = scores[rows, owner].clone()
+    scores[rows, owner] = -torch.inf
+    return own - scores.max(dim=1).values
+
+
+def pick(names: Sequence[str], margin: torch.Tensor, n: int, groups: Sequence[str] | None = None,
+         max_words: int = 2) -> list[str]:  # fmt: skip
+    """Up to `n` of `names` with a positive `margin`, largest first: short ones (at most `max_words` words, so
+    they read as typed queries), no name twice and, given `groups`, one per group."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i in sorted(range(len(names)), key=lambda i: (-float(margin[i]), names[i])):
+        name, group = names[i], groups[i] if groups is not None else str(i)
+        if float(margin[i]) <= 0 or len(out) == n:
+            break
+        if len(name.split()) > max_words or name.lower() in {o.lower() for o in out} or (group and group in seen):
+            continue
+        out.append(name)
+        seen.add(group)
+    return out
+
+
+def showcase(held: HeldOut, shapes: ZeroShotResult | None = None, n: int = 4) -> dict[str, Any]:
+    """Examples for the app, picked from measured held-out results (`vlm.demo.describe` reads them back):
+
+    - `queries`: English names of held-out OpenMoji images (a style it never saw) that find their image first among
+      all of them, by the largest margin, one per emoji category; then two held-out icon names found first;
+    - `queries_by_language`: per language, the name that finds its image first by the largest margin;
+    - `labels`: names whose held-out OpenMoji image picks its own name first among all the names (image->text, as
+      the Classify tab works), one per category; then the three best-recalled shape labels of `shapes`.
+    """
+    emoji_names = [p.captions[0] for p in held.emoji]
+    groups = [held.categories.get(p.key, "") for p in held.emoji]
+    e = held.emoji_emb
+    t2i = margins(e.text_emb, e.image_emb, e.text_to_image)
+    queries = pick([emoji_names[i] for i in e.text_to_image.tolist()], t2i, n,
+                   [groups[i] for i in e.text_to_image.tolist()])  # fmt: skip
+    ic = held.icons_emb
+    icon_names = [c for p in held.icons for c in p.captions]
+    queries += pick(icon_names, margins(ic.text_emb, ic.image_emb, ic.text_to_image), 2)
+    by_language = {}
+    for lang, (names, emb, owners) in held.names.items():
+        if lang != "en":
+            best = pick(names, margins(emb, e.image_emb, owners), 1, max_words=3)
+            if best:
+                by_language[lang] = best[0]
+    # image -> text: each image's own (first) caption against every name
+    first = {}
+    for j, i in enumerate(e.text_to_image.tolist()):
+        first.setdefault(i, j)
+    own = torch.tensor([first[i] for i in range(len(held.emoji))])
+    labels = pick(emoji_names, margins(e.image_emb, e.text_emb[own], torch.arange(len(own))), n, groups)
+    if shapes is not None:
+        order = sorted(range(len(shapes.classes)), key=lambda c: (-np.nan_to_num(shapes.class_recall[c]), c))
+        colours: set[str] = set()
+        kinds: set[str] = set()
+        for c in order:
+            colour, shape = shapes.classes[c].split(" ")
+            if colour not in colours and shape not in kinds and len(colours) < 3:
+                labels.append(shapes.classes[c])
+                colours.add(colour)
+                kinds.add(shape)
+    return {"queries": queries, "queries_by_language": by_language, "labels": labels}

@@ -17,10 +17,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexing import faiss_index, versions
+from indexing import faiss_index, parallel, versions
 from indexing.faiss_index import IndexConfig, IndexInfo
 from indexing.store import ImageRecord
-from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Vectors, Version
+from indexing.vectors import Vectors, write_chunk
+from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Version
 from vlm.atomic import atomic_write_json
 
 LOG = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def publish_next(
     ids = np.array([r.id for r in records], dtype=np.int64)
     chunks = list(old.manifest["chunks"])
     if len(ids):
-        chunks.append(versions.write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
+        chunks.append(write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
     built: list = []
 
     def write(folder: Path) -> None:
@@ -62,8 +63,10 @@ def publish_next(
         live = store.ids()
         store.close()
         kept = _compact(root, chunks, live, number, dim, dtype)
-        index, info = _next_index(old, Vectors(root / CHUNKS, [c["name"] for c in kept], dim), live, dim, cfg)
-        faiss_index.write(index, str(folder / INDEX))
+        vectors = Vectors(root / CHUNKS, [c["name"] for c in kept], dim)
+        index, info = _next_index(old, vectors, live, dim, cfg, folder)
+        if not (folder / INDEX).exists():  # a parallel build wrote its own (and the lists' file beside it)
+            faiss_index.write(index, str(folder / INDEX))
         manifest = {
             **old.manifest,
             "version": number,
@@ -92,15 +95,17 @@ def _compact(
         return chunks
     vectors = Vectors(root / CHUNKS, [c["name"] for c in chunks], dim).get(live)
     LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
-    return [versions.write_chunk(root, f"c{number:06d}_1.npy", live, vectors, dtype)] if len(live) else []
+    return [write_chunk(root, f"c{number:06d}_1.npy", live, vectors, dtype)] if len(live) else []
 
 
 def _next_index(
-    old: Version, vectors: Vectors, live: np.ndarray, dim: int, cfg: IndexConfig
+    old: Version, vectors: Vectors, live: np.ndarray, dim: int, cfg: IndexConfig, folder: Path
 ) -> tuple[faiss.Index, IndexInfo]:
     if faiss_index.rebuild_needed(old.info, len(live), dim, cfg):
         if not len(live):
             return faiss_index.empty_index(dim)
+        if cfg.build_workers > 1 and faiss_index.plan(len(live), dim, cfg).kind == "ivf":
+            return parallel.build(vectors, live, cfg, folder)  # writes folder's index files itself
         return faiss_index.build(vectors.get(live), live, cfg)
     index = faiss_index.read(str(old.folder / INDEX))  # into memory: a reader's memory-mapped index is read-only
     old_ids = faiss_index.index_ids(old.index)

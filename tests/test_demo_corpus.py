@@ -299,10 +299,11 @@ def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_source
 
     sources, cache = fake_sources
     build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
-    figures = card_figures(tiny_encoders, tmp_path / "c", 0.1, 0, per_label=1)
+    figures, showcase = card_figures(tiny_encoders, tmp_path / "c", 0.1, 0, per_label=1)
     assert 0 <= figures[SHAPES_FIGURE] <= 1 and "held-out style text->image R@5 [ja]" in figures
+    assert set(showcase) == {"queries", "queries_by_language", "labels"}
     trained = models.save(tiny_encoders, tmp_path / "final")
-    path = export(trained, figures, dest=tmp_path / "shipped", data_card=read_card(tmp_path / "c"))
+    path = export(trained, figures, dest=tmp_path / "shipped", data_card=read_card(tmp_path / "c"), showcase=showcase)
     card = (path / "README.md").read_text("utf-8")
     for key, value in figures.items():
         assert (f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |") in card
@@ -310,5 +311,48 @@ def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_source
     assert "not licensed for commercial use" in card and "--exclude emoji-datasource-apple" in card
     record = checkpoint.read_config(path)
     assert record["provenance"]["demo_data_card"]["sources"][1]["package"] == "emoji-datasource-apple"
+    assert record["provenance"]["demo_showcase"] == showcase and "## What to try" in card
     weights = load_file(path / "model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+
+
+def test_margins_and_picks_follow_the_measured_ranks():
+    from eval.demo import margins, pick
+
+    gen = torch.Generator().manual_seed(0)
+    items = torch.nn.functional.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(11, 5, generator=gen), dim=1)
+    owner = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3])
+    got = margins(queries, items, owner)
+    scores = (queries @ items.T).numpy()
+    for q in range(11):  # brute force: own score minus the best other
+        others = [scores[q, j] for j in range(7) if j != owner[q]]
+        assert abs(float(got[q]) - (scores[q, owner[q]] - max(others))) < 1e-6
+        assert (float(got[q]) > 0) == (int(scores[q].argmax()) == int(owner[q]))
+    tie = margins(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0]))
+    assert float(tie[0]) == 0  # a tie is not a hit
+    names = ["pizza", "a slice of cheese pizza", "cat", "rocket", "dog", "Pizza"]
+    margin = torch.tensor([0.5, 0.9, 0.4, -0.1, 0.3, 0.45])
+    assert pick(names, margin, 3) == ["pizza", "cat", "dog"]  # too long, duplicate (case), negative: skipped
+    assert pick(names, margin, 3, groups=["food", "food", "animal", "travel", "animal", "food"]) == ["pizza", "cat"]
+
+
+def test_describe_says_what_the_figures_say():
+    from vlm.demo import FIRST_RECIPE_LABELS, SHAPES_FIGURE, describe
+
+    figures = {"held-out style text->image R@5": 0.6, "held-out icons text->image R@5": 0.3, SHAPES_FIGURE: 0.95,
+               "emoji category zero-shot top-1": 0.4, "held-out style text->image R@5 [en]": 0.6,
+               "held-out style text->image R@5 [de]": 0.35, "held-out style text->image R@5 [zh]": 0.05}  # fmt: skip
+    show = {"queries": ["pizza", "rocket"], "queries_by_language": {"de": "Katze"}, "labels": ["pizza", "red circle"]}
+    about = describe({"demo_figures": figures, "demo_showcase": show})
+    assert about.labels == ("pizza", "red circle") and about.queries == ("pizza", "rocket", "Katze")
+    assert "60%" in about.knows and "30%" in about.knows and "95%" in about.knows and "names in de" in about.knows
+    assert "names in zh (R@5 5%)" in about.weak and "photos" in about.weak and "40% right of 10" in about.weak
+    figures["emoji category zero-shot top-1"] = 0.5
+    assert "categories" not in describe({"demo_figures": figures, "demo_showcase": show}).weak
+    assert describe({}).labels == FIRST_RECIPE_LABELS  # a card without a showcase: the first recipe's defaults
+    from ui.status import banner
+
+    model = {"demo": True, "random_weights": False, "about": {"knows": about.knows, "weak": about.weak}}
+    text = banner({"model": model, "collection": {"images": 3284}, "switching_to": None, "run": {"state": "idle"}})
+    assert f"It knows {about.knows}. It does not know {about.weak}." in text and "3,284 demo images" in text

@@ -14,6 +14,7 @@ from PIL import Image
 from ui.errors import shown
 from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
+from vlm import demo
 from vlm import templates as template_sets
 from vlm.calibration import reference_fit
 from vlm.segment import explain
@@ -22,6 +23,14 @@ from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top
 LOG = logging.getLogger(__name__)
 
 EXAMPLE_LABELS = "red circle, blue square, green triangle, yellow star, grinning face, cat face, pizza"
+
+
+def example_labels(state: AppState) -> str:
+    """The labels the tab starts with: for the demo model, those its card measured it gets right
+    (`vlm.demo.describe`); otherwise `EXAMPLE_LABELS`."""
+    active = state.active
+    labels = demo.describe(active.encoders.provenance).labels if active.is_demo else ()
+    return ", ".join(labels) or EXAMPLE_LABELS
 
 
 def classify(
@@ -88,7 +97,7 @@ def build(state: AppState) -> None:
             image = image_input(state.limits.max_pixels, label="Image", elem_id="classify-image")
             labels = gr.Textbox(
                 label="Labels (comma or newline separated)",
-                value=EXAMPLE_LABELS,
+                value=example_labels(state),
                 lines=3,
                 max_lines=12,
                 elem_id="classify-labels",

@@ -28,7 +28,7 @@ from ui.errors import shown
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_float, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
-from vlm import query
+from vlm import demo, query
 from vlm.errors import ConfigError
 from vlm.printable import printable
 from vlm.segment import explain
@@ -114,7 +114,13 @@ def build(state: AppState) -> None:
     limits = state.limits
     with gr.Row():
         with gr.Column(scale=1):
-            query = gr.Textbox(label="Search by text", placeholder="a red circle", elem_id="search-query")
+            tries = demo.describe(state.active.encoders.provenance).queries if state.active.is_demo else ()
+            query = gr.Textbox(
+                label="Search by text",
+                placeholder=tries[0] if tries else "a red circle",
+                info="Try: " + ", ".join(tries) if tries else None,  # held-out hits of the demo model's card
+                elem_id="search-query",
+            )
             text_button = gr.Button("Search", variant="primary")
             example = image_input(
                 limits.max_pixels, label="…or by an example image", height=200, elem_id="search-example"

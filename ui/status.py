@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ui.state import Active, AppState
+from vlm import demo
 
 POLL_S = 5.0  # how often an open page asks again
 
@@ -34,6 +35,8 @@ def server_status(state: AppState, active: Active | None = None) -> dict[str, An
             "fingerprint": enc.fingerprint,
             "random_weights": enc.random_weights,
             "demo": active.is_demo,
+            # what the demo model knows and does not, from its card's held-out figures (`vlm.demo.describe`)
+            "about": demo_about(active),
         },
         "switching_to": str(switching) if switching is not None else None,
         "collection": {"folder": str(collection.root), "images": collection.count, "version": collection.version},
@@ -47,14 +50,23 @@ def server_status(state: AppState, active: Active | None = None) -> dict[str, An
     }
 
 
+def demo_about(active: Active) -> dict[str, str] | None:
+    """For the demo model: what it knows and what it does not (`vlm.demo.describe`); None for any other model."""
+    if not active.is_demo:
+        return None
+    about = demo.describe(active.encoders.provenance)
+    return {"knows": about.knows, "weak": about.weak}
+
+
 def banner(status: dict[str, Any]) -> str:
     """The line at the top of every page: which model answers (with a warning for random weights), what it searches,
     a switch or a training run under way."""
     model, count = status["model"], status["collection"]["images"]
     if model["demo"]:
+        about = model.get("about") or {"knows": "what its model card says", "weak": "photos"}
         lines = [
-            f"**Demo** — a small model trained by this project on synthetic shapes and Twemoji icons, searching "
-            f"{count:,} demo images; it knows colours and shapes well, emoji names only a little. {DEMO_HINT}"
+            f"**Demo** — a small model trained from scratch by this project, searching {count:,} demo images. It "
+            f"knows {about['knows']}. It does not know {about['weak']}. {DEMO_HINT}"
         ]
     else:
         lines = [f"Model **{model['source']}** (`{model['fingerprint']}`) · collection of {count:,} images."]

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,22 +169,71 @@ RECIPES = {
 
 
 def export(final_checkpoint: str | Path, figures: dict[str, Any], dest: str | Path = DEMO_MODEL,
-           data_card: dict[str, Any] | None = None) -> Path:  # fmt: skip
+           data_card: dict[str, Any] | None = None, showcase: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Copy a trained checkpoint to `dest` with fp16 weights, and write its model card (README.md). `data_card`: the
-    data card of the `vlm demo corpus` folder it was trained on (its sources, licences and restrictions), if any."""
+    data card of the `vlm demo corpus` folder it was trained on (its sources, licences and restrictions), if any;
+    `showcase`: the app's examples picked from held-out results (`eval.demo.showcase`; read by `describe`)."""
     from vlm import models
 
     encoders = models.load(str(final_checkpoint), device="cpu", precision="fp32")
     provenance = {**encoders.provenance, "demo_figures": figures}
     if data_card is not None:
         provenance["demo_data_card"] = data_card
+    if showcase is not None:
+        provenance["demo_showcase"] = showcase
     path = models.save(encoders, dest, provenance=provenance, weights_dtype=torch.float16)
     record = checkpoint.read_config(path)
-    atomic_write_text(path / "README.md", model_card(record, figures, data_card))
+    atomic_write_text(path / "README.md", model_card(record, figures, data_card, showcase))
     return path
 
 
-def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[str, Any] | None = None) -> str:
+SHAPES_FIGURE = "shapes zero-shot top-1 (48-way)"  # the card's name for `eval.demo.shapes_zeroshot`
+# What the app shows for a demo model whose card has no showcase (the first recipe's model).
+FIRST_RECIPE_LABELS = ("red circle", "blue square", "green triangle", "yellow star", "grinning face", "cat face",
+                       "pizza")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoDescription:
+    """What the app says about a demo model and offers to try, from its card (`export`): `labels` for the Classify
+    tab, `queries` for Search, and what it knows and does not, each backed by a held-out figure."""
+
+    labels: tuple[str, ...]
+    queries: tuple[str, ...]
+    knows: str
+    weak: str
+
+
+def describe(provenance: dict[str, Any]) -> DemoDescription:
+    """The `DemoDescription` of a demo model from its provenance (`encoders.provenance`: `demo_figures`,
+    `demo_showcase`). Languages count as known when their held-out R@5 is at least half of English's."""
+    figures, show = provenance.get("demo_figures", {}), provenance.get("demo_showcase")
+    if not show:
+        knew = "colours and shapes well, Twemoji names only a little"
+        return DemoDescription(FIRST_RECIPE_LABELS, ("a red circle", "grinning face"), knew, "photos, other styles")
+    en = figures.get("held-out style text->image R@5", 0.0)
+    langs = {k[-3:-1]: v for k, v in figures.items() if k.startswith("held-out style text->image R@5 [")}
+    strong = [lang for lang, v in langs.items() if lang != "en" and v >= en / 2]
+    weak = [lang for lang, v in langs.items() if lang != "en" and v < en / 2]
+    knows = (
+        f"emoji and icons by name, also drawn in styles it never saw (a held-out emoji style: the right image in the "
+        f"top 5 for {en:.0%} of names; held-out icons: {figures.get('held-out icons text->image R@5', 0.0):.0%})"
+    )
+    if strong:
+        knows += f", names in {', '.join(strong)} as well as English"
+    knows += f", colours and shapes ({figures.get(SHAPES_FIGURE, 0.0):.0%} zero-shot)"
+    lacks = ["photos (it has never seen one)"]
+    if weak:
+        lacks.append(f"names in {', '.join(weak)} (R@5 " + ", ".join(f"{langs[lang]:.0%}" for lang in weak) + ")")
+    category = figures.get("emoji category zero-shot top-1")
+    if category is not None and category < 0.5:
+        lacks.append(f"emoji categories such as 'food & drink' ({category:.0%} right of 10)")
+    examples = [*show.get("queries", ()), *show.get("queries_by_language", {}).values()]
+    return DemoDescription(tuple(show.get("labels", ())), tuple(examples), knows, ", ".join(lacks))
+
+
+def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[str, Any] | None = None,
+               showcase: dict[str, Any] | None = None) -> str:  # fmt: skip
     from vlm.demo_corpus import restrictions
 
     prov = record.get("provenance", {})
@@ -234,6 +284,21 @@ def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[
         ]
     lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
+    if showcase:
+        about = describe({"demo_figures": figures, "demo_showcase": showcase})
+        lines += [
+            "",
+            "## What to try (the app's defaults)",
+            "",
+            f"It knows {about.knows}. It does not know {about.weak}.",
+            "",
+            "Picked from the held-out results above by `eval.demo.showcase`, not by hand: search queries whose "
+            "held-out image comes first, "
+            + ", ".join(f"`{q}`" for q in about.queries)
+            + "; Classify labels whose held-out image picks them first, "
+            + ", ".join(f"`{q}`" for q in about.labels)
+            + ".",
+        ]
     lines += ["", "## Licence of the training data", ""]
     if data_card is not None:
         lines += ["| package | version | role | licence |", "| --- | --- | --- | --- |"]

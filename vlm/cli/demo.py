@@ -95,9 +95,9 @@ def run_export(args: argparse.Namespace) -> None:
     cfg = checkpoint.read_config(args.checkpoint).get("provenance", {}).get("config", {})
     data_dir = Path(args.data) if args.data else Path(cfg["data"]["train_data"]).parent
     encoders = models.load(args.checkpoint, device="cpu", precision="fp32")
-    figures = card_figures(encoders, data_dir, cfg["data"]["val_fraction"], cfg["seed"])
+    figures, showcase = card_figures(encoders, data_dir, cfg["data"]["val_fraction"], cfg["seed"])
     card = read_card(data_dir) if is_corpus(data_dir) else None
-    path = export(args.checkpoint, figures, dest=args.dest or DEMO_MODEL, data_card=card)
+    path = export(args.checkpoint, figures, dest=args.dest or DEMO_MODEL, data_card=card, showcase=showcase)
     print(f"wrote {path}")
     for k, v in figures.items():
         print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
