@@ -78,6 +78,12 @@ class IndexConfig:
         ),
     )
 
+    def __post_init__(self) -> None:
+        if isinstance(self.build_workers, bool) or not isinstance(self.build_workers, int) or self.build_workers < 1:
+            raise IndexingError(
+                f"build_workers must be a whole number of processes, 1 or more; got {self.build_workers!r}"
+            )
+
 
 @dataclass
 class IndexInfo:

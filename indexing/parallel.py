@@ -93,15 +93,22 @@ def fill(shard: Shard) -> int:
 
 def fill_all(shards: list[Shard], logs: Path) -> None:
     """Run one worker process per shard (`python -m indexing.parallel SHARD_JSON`) and wait for all; raise with the
-    log of a worker that failed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
-    running = []
-    for i, shard in enumerate(shards):
-        with open(logs / f"worker_{i:03d}.log", "wb") as log:  # the child keeps its own descriptor
-            command = [sys.executable, "-m", "indexing.parallel", json.dumps(dataclasses.asdict(shard))]
-            running.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
-    failed = [(i, p.wait()) for i, p in enumerate(running)]
-    for i, code in failed:
+    log of a worker that failed. Workers still running when this is interrupted are killed."""
+    path = [str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    running: list[subprocess.Popen] = []
+    try:
+        for i, shard in enumerate(shards):
+            with open(logs / f"worker_{i:03d}.log", "wb") as log:  # the child keeps its own descriptor
+                command = [sys.executable, "-m", "indexing.parallel", json.dumps(dataclasses.asdict(shard))]
+                running.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        codes = [p.wait() for p in running]
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, code in enumerate(codes):
         if code != 0:
             tail = (logs / f"worker_{i:03d}.log").read_text(errors="replace")[-2000:]
             raise IndexingError(f"index shard worker {i} exited with status {code}:\n{tail}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +58,10 @@ def plan_sync(
     cfg: EmbedConfig,
     device_type: str = "cpu",
     progress: bool = True,
+    excluded: Collection[str] = (),
 ) -> SyncPlan:
-    """Compare `folders` on disk with the records of `store` under them; see the module docstring."""
+    """Compare `folders` on disk with the records of `store` under them; see the module docstring. Listed files
+    whose key is in `excluded` (the collection's exclusion list) are left out."""
     reals = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -91,7 +93,7 @@ def plan_sync(
     vanished_sizes = {r.size for r in vanished.values()}
 
     to_hash: list[Item] = []
-    excluded = store.excluded()
+    excluded = set(excluded)
     for item in gathered.items:
         if item.key in excluded:
             plan.excluded.append(item.key)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
 from indexing import faiss_index as fi
 from indexing import parallel
 from indexing import vectors as vectors_module
 from indexing.collection import Collection
+from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
 from indexing.store import ImageRecord
 
@@ -89,6 +91,27 @@ def test_two_process_build_equals_the_one_process_build(tmp_path):
     assert writable.ntotal == n - 100 and reopened.ntotal == n  # the file's lists are untouched
 
 
+def test_a_failing_worker_is_reported_with_its_error_and_leaves_no_shards(tmp_path):
+    n, d = 2000, 16
+    vectors = clustered(n, d, seed=7)
+    (tmp_path / "chunks").mkdir()
+    vectors_module.write_chunk(tmp_path, "a.npy", np.arange(n), vectors, "float32")
+    stored = vectors_module.Vectors(tmp_path / "chunks", ["a.npy"], d)  # mapped here, so this process can train
+    (tmp_path / "chunks" / "a.npy").unlink()  # but the workers, which open the chunk by name, cannot read it
+    folder = tmp_path / "v"
+    folder.mkdir()
+    cfg = IndexConfig(exact_threshold=100, nlist=16, build_workers=2)
+    with pytest.raises(IndexingError, match=r"(?s)index shard worker 0 exited with status 1:.*a\.npy"):
+        parallel.build(stored, np.arange(n), cfg, folder)
+    assert not list(folder.iterdir())
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5])
+def test_a_worker_count_below_one_is_refused(workers):
+    with pytest.raises(IndexingError, match="build_workers must be a whole number of processes, 1 or more"):
+        IndexConfig(build_workers=workers)
+
+
 KILL_SCRIPT = """
 import sys
 import time
@@ -114,7 +137,7 @@ if __name__ == "__main__":  # the spawned shard workers import this file too: no
                     mtime=0.0, added=0.0)
         for i in range(300, len(vectors))
     ]  # as records() in the test
-    coll._commit(records=records, vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    coll.commit(records=records, vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
     print("committed", flush=True)
 """
 
@@ -135,7 +158,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
     cfg = IndexConfig(exact_threshold=1000, nlist=16, tune_queries=150, build_workers=2)
     path = tmp_path / "c"
     writer = Collection.create(path, tiny_encoders, index=cfg)
-    writer._commit(records=records(0, 300), vectors=vectors[:300], remove_ids=np.empty(0, np.int64))
+    writer.commit(records=records(0, 300), vectors=vectors[:300], remove_ids=np.empty(0, np.int64))
     writer.close()  # 300 images: exact
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
@@ -157,7 +180,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
 
     writer = Collection.open(path, read_only=False, encoders=tiny_encoders)  # clears the dead writer's folder
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp-v")]
-    writer._commit(records=records(300, n), vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    writer.commit(records=records(300, n), vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
     assert reader.refresh() and reader.count == n
     reader.verify()
     info = reader.stats().index

@@ -5,7 +5,8 @@ made the active model (re-embedding the collection) with one click.
 A fine-tune (the active model) gets the fine-tune recipe of `vlm.finetune` (lr 1e-5, wd 0.1, frozen BatchNorm
 statistics), shown beside the fields, and is scored on what the model knew (its reference set) beside the user's
 validation: both curves are plotted ("your data", "what it knew"). Where the model names its own training data (the
-demo model's recipe, a checkpoint's train_data), part of each batch replays it unless the box is unticked.
+demo model's recipe, a checkpoint's train_data), part of each batch replays it unless the box is unticked. Once a
+fine-tune has finished, the WiSE-FT panel (`ui.wise`) scores every α between the model and its fine-tune and uses one.
 API: `train_start`, `train_status`, `train_stop`, `train_use`, `train_recipe`."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ui import wise
 from ui.errors import shown
 from ui.inputs import checked_float, checked_int, checked_model, server_path
 from ui.jobs import TrainStatus
@@ -270,6 +272,7 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
                 y_axis_format=".2f", x_axis_format="d", elem_id="train-recall",
             )  # fmt: skip
             used = gr.Markdown(elem_id="train-used")
+            wise.build(state, banner)  # after a fine-tune: WiSE-FT's slider over α, then "Use this model"
     timer = gr.Timer(POLL_S, active=False)
 
     @shown

@@ -12,6 +12,8 @@ the final model never depend on log lines.
     <run>/result.json       steps and last metrics of a finished run
     <run>/train.log         the trainer's output (for people; nothing parses it)
     <run>/upload/           a dataset uploaded to the app for this run
+    <run>/wise_ft/          WiSE-FT of the finished run (`eval.wise_run`): wise_ft.json (the α sweep, cached),
+                            frontier.png, alpha-<α>/ (the model at an α, a checkpoint folder)
 
 States, in order: starting, reading data, training, stopping, then one of finished, stopped, failed.
 """
@@ -90,6 +92,7 @@ class RunDir:
     result = property(lambda self: self.path / "result.json")
     log = property(lambda self: self.path / "train.log")
     upload = property(lambda self: self.path / "upload")
+    wise_ft = property(lambda self: self.path / "wise_ft")
 
     # -- config -----------------------------------------------------------------------------------------------
     def write_config(self, cfg: Any) -> None:

@@ -11,6 +11,7 @@ vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday -
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
 vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
+vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
 """
 
 from __future__ import annotations
@@ -135,6 +136,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
     i.set_defaults(run=run_info)
+
+    m = actions.add_parser(
+        "export-milvus",
+        help="copy a collection's vectors and metadata into a Milvus collection (server, cluster or Milvus Lite file)",
+    )
+    m.add_argument("collection")
+    m.add_argument("uri", help="http://HOST:19530 (a server or cluster) or FILE.db (Milvus Lite, embedded)")
+    m.add_argument("--name", help="the Milvus collection (default: from the collection folder's name)")
+    m.add_argument("--token-env", default="MILVUS_TOKEN", help="environment variable holding the token (user:password)")
+    m.add_argument("--index-type", default="HNSW", choices=["HNSW", "IVF_FLAT", "FLAT"], help="for a new collection")
+    m.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each Milvus call (and to connect)")
+    m.set_defaults(run=run_export_milvus)
 
 
 def _runtime(args: argparse.Namespace) -> dict:
@@ -382,3 +395,16 @@ def run_info(args: argparse.Namespace) -> None:
     stats = dataclasses.asdict(coll.stats())
     stats["verified"] = bool(args.verify)
     print(json.dumps(stats, indent=2, default=str))
+
+
+def run_export_milvus(args: argparse.Namespace) -> None:
+    import os
+
+    from indexing.collection import Collection
+    from indexing.milvus_client import MilvusConfig
+    from indexing.milvus_export import export
+
+    config = MilvusConfig(index_type=args.index_type, timeout_s=args.timeout)
+    source = Collection.open(args.collection)
+    result = export(source, args.uri, args.name, token=os.environ.get(args.token_env, ""), config=config)
+    print(result.summary())
