@@ -364,14 +364,16 @@ class ImageCollection(abc.ABC):
 
     def unexclude(self, paths: Sequence[str | Path] = (), *, everything: bool = False) -> tuple[list[str], list[str]]:
         """Take paths (as stored, or file paths) off the exclusion list, or all of them with `everything`: the next
-        sync or add of their folder brings them back. Returns (taken off, not on the list)."""
+        sync or add of their folder brings them back. Paths listed with the same pixels (copies) come off with them,
+        or a copy would keep the picture out. Returns (taken off, given but not on the list)."""
         with self._writing():
             listed = self.excluded_view()
             found, missing = (list(listed), []) if everything else ([], [])
             for p in () if everything else paths:
                 key = str(p) if str(p) in listed else stored_key(p, self.root_dir)
                 found.append(key) if key in listed else missing.append(str(p))
-            found = list(dict.fromkeys(found))
+            shas = {listed[key][0] for key in found}
+            found = list(dict.fromkeys([*found, *(path for path, (sha, _) in listed.items() if sha in shas)]))
             if found:
                 self.commit(records=[], vectors=None, remove_ids=np.empty(0, np.int64), unexclude=found)
         return found, missing

@@ -272,7 +272,8 @@ def test_an_excluded_image_stays_out_until_unexcluded(backend, tmp_path, shapes,
     coll.close()
     coll = backend.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)  # the list was published
     assert [e.path for e in coll.excluded()] == ["1 (copy).png", "1.png"]
-    assert coll.unexclude(["1.png", "9.png"]) == (["1.png"], ["9.png"])
-    assert coll.sync(photos, embed=FAST, progress=False).added == 1
+    assert coll.unexclude(["1.png", "9.png"]) == (["1.png", "1 (copy).png"], ["9.png"])  # the copy too
+    result = coll.sync(photos, embed=FAST, progress=False)
+    assert result.added == 1 and len(result.duplicates) == 1 and coll.excluded() == []
     assert {r.path for r in coll.records(range(10)).values()} == {"0.png", "1.png", "2.png", "3.png"}
     coll.close()
