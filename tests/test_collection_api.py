@@ -275,5 +275,6 @@ def test_an_excluded_image_stays_out_until_unexcluded(backend, tmp_path, shapes,
     assert coll.unexclude(["1.png", "9.png"]) == (["1.png", "1 (copy).png"], ["9.png"])  # the copy too
     result = coll.sync(photos, embed=FAST, progress=False)
     assert result.added == 1 and len(result.duplicates) == 1 and coll.excluded() == []
-    assert {r.path for r in coll.records(range(10)).values()} == {"0.png", "1.png", "2.png", "3.png"}
+    paths = {r.path for r in coll.records(range(10)).values()}  # the picture back once, under one of its names
+    assert paths - {"1.png", "1 (copy).png"} == {"0.png", "2.png", "3.png"} and len(paths) == 4
     coll.close()
