@@ -360,7 +360,7 @@ class ImageCollection(abc.ABC):
 
     def excluded(self) -> list[Excluded]:
         """The images removed with `exclude=True` (and copies of them found later), by path."""
-        return [Excluded(path, sha, since) for path, (sha, since) in self.excluded_view().items()]
+        return [Excluded(path, sha, since) for path, (sha, since) in sorted(self.excluded_view().items())]
 
     def unexclude(self, paths: Sequence[str | Path] = (), *, everything: bool = False) -> tuple[list[str], list[str]]:
         """Take paths (as stored, or file paths) off the exclusion list, or all of them with `everything`: the next
