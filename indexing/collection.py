@@ -260,11 +260,19 @@ class Collection(ImageCollection):
         cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
         return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
-    def duplicates(self, threshold: float | None = None, *, filters: Filter | None = None) -> list:
-        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`), the
-        largest first; see `indexing.duplicates`."""
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        *,
+        filters: Filter | None = None,
+        pixels: float | None = duplicates.PIXEL_THRESHOLD,
+        thumbnails: duplicates.Thumbnails | None = None,
+    ) -> list:
+        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`, and
+        small thumbnails correlating above `pixels`; None: the vectors alone), the largest first; see
+        `indexing.duplicates`."""
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
-        return duplicates.find(self._v, t, filters=filters)
+        return duplicates.find(self._v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
 
     # Looking things up.
 

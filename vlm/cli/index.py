@@ -9,7 +9,7 @@ vlm index remove runs/photos.coll --path a.jpg --id 17 [--exclude]   --exclude: 
 vlm index unexclude runs/photos.coll a.jpg [--all]           a later sync or add brings it back (list: `excluded`)
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
-vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
+vlm index duplicates runs/photos.coll [--threshold 0.9] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
 """
@@ -127,6 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("collection")
     d.add_argument(
         "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="thumbnail correlation that confirms a pair (default: measured, README); 0 = the vectors alone",
     )
     d.add_argument("--folder", help="only images under this folder (as stored)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a list")
@@ -361,12 +366,14 @@ def run_search(args: argparse.Namespace) -> None:
 
 def run_duplicates(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
-    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.duplicates import DEFAULT_THRESHOLD, PIXEL_THRESHOLD, check_threshold
     from indexing.store import Filter
 
     threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    pixels = PIXEL_THRESHOLD if args.pixel_threshold is None else args.pixel_threshold
+    pixels = None if pixels == 0 else check_threshold(pixels)
     coll = Collection.open(args.collection)
-    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder), pixels=pixels)
     rows = [
         [
             {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
