@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,9 @@ class MilvusCollection(ImageCollection):
         self._records = MilvusRecords(client, name, config.timeout_s)
         self._closed = False
         self._manifest = self._read_manifest()
+        built = self._manifest["index"]["type"]  # search parameters follow the index the collection has
+        if built != config.index_type:
+            self.config = replace(config, index_type=built)
         self._init_model(encoders, device, runtime)
 
     @classmethod

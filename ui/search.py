@@ -32,6 +32,7 @@ from vlm import demo, query
 from vlm.errors import ConfigError
 from vlm.printable import printable
 from vlm.segment import explain
+from vlm.segment.absent import absent_threshold
 
 LOG = logging.getLogger(__name__)
 
@@ -268,7 +269,8 @@ def build(state: AppState) -> None:
     @shown
     def explain_result(image_id: float, text: str):
         text = checked_text(text, "text", limits.max_text_chars)
-        found = explain.explain(state.active.encoders, state.active.collection.open_image(_id(image_id)), text)
+        encoders, coll = state.active.encoders, state.active.collection
+        found = explain.explain(encoders, coll.open_image(_id(image_id)), text, absent_threshold(encoders))
         return state.files.image(found.picture), found.describe(text)
 
     @shown

@@ -12,6 +12,7 @@ vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25
 vlm index duplicates runs/photos.coll [--threshold 0.9] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
+vlm index search http://milvus:19530 --milvus photos --text "a beach"   any of build/add/sync/remove/search/info
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import sys
 from pathlib import Path
 
 from vlm import config
-from vlm.cli import is_main_process
+from vlm.cli import index_milvus, is_main_process
 from vlm.cli.options import add_model_options, add_runtime_options, runtime_options
+from vlm.errors import ConfigError
 from vlm.printable import printable
 
 
@@ -32,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from indexing.config import DTYPES, EmbedConfig, WatchConfig
     from indexing.faiss_index import IndexConfig
 
-    p = sub.add_parser("index", help="build, change and search image collections (FAISS + SQLite)", description=__doc__)
+    p = sub.add_parser(
+        "index", help="build, change and search image collections (FAISS + SQLite, or Milvus)", description=__doc__
+    )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -46,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_arguments(b, IndexConfig)
     config.add_arguments(b, EmbedConfig)
     add_runtime_options(b)
+    index_milvus.add_options(b, new=True)
     b.set_defaults(run=run_build)
 
     a = actions.add_parser("add", help="add images with the model that built the collection")
@@ -54,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(a, exclude=("model", "pretrained", "precision"))
     config.add_arguments(a, EmbedConfig)
     add_runtime_options(a)
+    index_milvus.add_options(a)
     a.set_defaults(run=run_add)
 
     y = actions.add_parser(
@@ -68,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--watch", action="store_true", help="keep running: sync again after each burst of file changes (watchdog)"
     )
     config.add_arguments(y, WatchConfig)
+    index_milvus.add_options(y)
     y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
@@ -79,17 +86,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep them out: later syncs and adds leave these paths (and copies with the same pixels) out",
     )
+    index_milvus.add_options(r)
     r.set_defaults(run=run_remove)
 
     u = actions.add_parser("unexclude", help="let images removed with --exclude come back at the next sync or add")
     u.add_argument("collection")
     u.add_argument("paths", nargs="*", metavar="PATH", help="as stored (see `vlm index excluded`), or a file path")
     u.add_argument("--all", action="store_true", help="empty the exclusion list")
+    index_milvus.add_options(u)
     u.set_defaults(run=run_unexclude)
 
     x = actions.add_parser("excluded", help="list the images removed with --exclude")
     x.add_argument("collection")
     x.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    index_milvus.add_options(x)
     x.set_defaults(run=run_excluded)
 
     s = actions.add_parser("search", help="the images nearest to a text or an image")
@@ -117,10 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="date: of the images scoring at least --min-score, the newest first (default: relevance)",
     )
     s.add_argument("--min-score", type=float, help="relevance cut-off for --sort date (default: per model, see README)")
-    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
+    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value); Milvus: ef or nprobe")
     add_model_options(s, exclude=("model", "pretrained", "precision"))
     add_runtime_options(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    index_milvus.add_options(s)
     s.set_defaults(run=run_search)
 
     d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
@@ -140,19 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = actions.add_parser("info", help="describe a collection")
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
+    index_milvus.add_options(i)
     i.set_defaults(run=run_info)
-
-    m = actions.add_parser(
-        "export-milvus",
-        help="copy a collection's vectors and metadata into a Milvus collection (server, cluster or Milvus Lite file)",
-    )
-    m.add_argument("collection")
-    m.add_argument("uri", help="http://HOST:19530 (a server or cluster) or FILE.db (Milvus Lite, embedded)")
-    m.add_argument("--name", help="the Milvus collection (default: from the collection folder's name)")
-    m.add_argument("--token-env", default="MILVUS_TOKEN", help="environment variable holding the token (user:password)")
-    m.add_argument("--index-type", default="HNSW", choices=["HNSW", "IVF_FLAT", "FLAT"], help="for a new collection")
-    m.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each Milvus call (and to connect)")
-    m.set_defaults(run=run_export_milvus)
+    index_milvus.register_export(actions)
 
 
 def _runtime(args: argparse.Namespace) -> dict:
@@ -183,6 +184,9 @@ def run_build(args: argparse.Namespace) -> None:
     from vlm.models import load
 
     opts, index_cfg, embed_cfg = _split_overrides(args, config.ModelOptions, IndexConfig, EmbedConfig)
+    if args.milvus:
+        _build_milvus(args, opts, embed_cfg)
+        return
     info = distributed.init(opts.device)
     try:
         encoders = load(opts.model, opts.pretrained, device=info.device, **_runtime(args))
@@ -201,21 +205,29 @@ def run_build(args: argparse.Namespace) -> None:
         _print_add(result)
 
 
+def _build_milvus(args: argparse.Namespace, opts, embed_cfg) -> None:
+    """`build --milvus`: one process (a torchrun build is the FAISS collection's); creates or continues."""
+    root = args.root or _default_root(args.inputs[0])
+    kwargs = {"pretrained": opts.pretrained, "root": root, "device": opts.device, **_runtime(args)}
+    with index_milvus.create(args, opts.model, **kwargs) as coll:
+        _print_add(coll.add(args.inputs, embed=embed_cfg))
+
+
 def run_add(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
+    with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
 
 
 def run_sync(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.config import EmbedConfig, WatchConfig
 
     opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
+    if args.watch and args.milvus:
+        raise ConfigError("--watch follows FAISS collections only, for now; run sync --milvus again instead")
+    with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         if args.watch:
             _watch(coll, args.folders, embed_cfg, watch_cfg)
             return
@@ -277,9 +289,7 @@ def _print_add(result) -> None:
 
 
 def run_remove(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
-
-    with Collection.open(args.collection, read_only=False) as coll:
+    with index_milvus.open_collection(args, read_only=False) as coll:
         result = coll.remove(ids=args.ids, paths=args.paths, exclude=args.exclude)
     print(f"removed {len(result.removed):,} image(s) (version {result.version})")
     if result.excluded:
@@ -289,12 +299,11 @@ def run_remove(args: argparse.Namespace) -> None:
 
 
 def run_unexclude(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.errors import IndexingError
 
     if bool(args.paths) == args.all:
         raise IndexingError("give the paths to let back in (see `vlm index excluded`), or --all, not both")
-    with Collection.open(args.collection, read_only=False) as coll:
+    with index_milvus.open_collection(args, read_only=False) as coll:
         found, missing = coll.unexclude(args.paths, everything=args.all)
         version = coll.version
     print(f"{len(found):,} path(s) taken off the exclusion list (version {version}); the next sync or add brings them")
@@ -305,9 +314,8 @@ def run_unexclude(args: argparse.Namespace) -> None:
 def run_excluded(args: argparse.Namespace) -> None:
     import time
 
-    from indexing.collection import Collection
-
-    entries = Collection.open(args.collection).excluded()
+    with index_milvus.open_collection(args, read_only=True) as coll:
+        entries = coll.excluded()
     if args.json:
         print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
         return
@@ -317,7 +325,6 @@ def run_excluded(args: argparse.Namespace) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.store import Filter
 
     bounds = {f"{end}_{n}": getattr(args, f"{end}_{n}") for end in ("min", "max") for n in ("width", "height", "size")}
@@ -325,7 +332,7 @@ def run_search(args: argparse.Namespace) -> None:
         args.path_prefix, args.path_contains, args.caption_contains, args.folder, args.after, args.before, **bounds
     )  # IndexingError for an impossible range, before any model is loaded
     (opts,) = _split_overrides(args, config.ModelOptions)
-    coll = Collection.open(args.collection, device=opts.device, **_runtime(args))
+    coll = index_milvus.open_collection(args, read_only=True, device=opts.device, **_runtime(args))
     kwargs = {"filters": where, "nprobe": args.nprobe, "sort": args.sort, "min_score": args.min_score}
     if args.query:
         from vlm.query import combine, parse
@@ -396,22 +403,15 @@ def run_duplicates(args: argparse.Namespace) -> None:
 def run_info(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
 
+    if args.milvus:
+        if args.verify:
+            raise ConfigError("--verify checks FAISS collections (index, store and chunks); Milvus keeps its own")
+        with index_milvus.open_collection(args, read_only=True) as coll:
+            index_milvus.print_info(coll)
+        return
     coll = Collection.open(args.collection)
     if args.verify:
         coll.verify()
     stats = dataclasses.asdict(coll.stats())
     stats["verified"] = bool(args.verify)
     print(json.dumps(stats, indent=2, default=str))
-
-
-def run_export_milvus(args: argparse.Namespace) -> None:
-    import os
-
-    from indexing.collection import Collection
-    from indexing.milvus_client import MilvusConfig
-    from indexing.milvus_export import export
-
-    config = MilvusConfig(index_type=args.index_type, timeout_s=args.timeout)
-    source = Collection.open(args.collection)
-    result = export(source, args.uri, args.name, token=os.environ.get(args.token_env, ""), config=config)
-    print(result.summary())
