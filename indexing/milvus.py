@@ -223,9 +223,12 @@ class MilvusCollection(ImageCollection):
         vectors: np.ndarray | None,
         remove_ids: np.ndarray,
         updates: Sequence[ImageRecord] = (),
+        exclude: Sequence[tuple[str, str]] = (),
+        unexclude: Sequence[str] = (),
     ) -> None:
         """Remove, rewrite and insert rows. Not atomic (see the module docstring): the ids are reserved first, so a
-        crash leaves a gap, never a reused id."""
+        crash leaves a gap, never a reused id. The exclusion list lives in the manifest (a collection property),
+        written with the final write count."""
         timeout, step = self.config.timeout_s, self.config.insert_batch
         new = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)] if records else []
         kept = self._records.vectors([r.id for r in updates]) if updates else {}
@@ -243,7 +246,12 @@ class MilvusCollection(ImageCollection):
             self._client.insert(self.name, new[start : start + step], timeout=timeout)
         if len(records) >= self.config.flush_rows:
             self.flush()
-        self._write_manifest(writes=self.version + 1)
+        listed = {p: list(v) for p, v in self._manifest.get("excluded", {}).items() if p not in set(unexclude)}
+        listed.update({path: [sha, time.time()] for path, sha in exclude})
+        self._write_manifest(writes=self.version + 1, excluded=listed)
+
+    def excluded_view(self) -> dict[str, tuple[str, float]]:
+        return {path: (sha, since) for path, (sha, since) in self._manifest.get("excluded", {}).items()}
 
     @property
     def client(self):
