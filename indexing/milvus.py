@@ -35,7 +35,7 @@ import torch
 from indexing import milvus_expr, queries
 from indexing.backend import ImageCollection, load_model, model_spec
 from indexing.errors import IndexingError
-from indexing.milvus_client import BATCH, MAX_K, NAME, MilvusConfig, MilvusRecords, connect, is_local
+from indexing.milvus_client import BATCH, MAX_K, NAME, MilvusConfig, MilvusRecords, connect, is_local, shown
 from indexing.results import Hits, ModelSpec
 from indexing.store import Filter, ImageRecord
 from vlm.models import Encoders
@@ -100,7 +100,7 @@ class MilvusCollection(ImageCollection):
         try:
             if client.has_collection(name, timeout=cfg.timeout_s):
                 if not exist_ok:
-                    raise IndexingError(f"{uri} already holds a collection {name!r}; open it, or choose another name")
+                    raise IndexingError(f"{shown(uri)} already holds {name!r}; open it, or pick another name")
             else:
                 _create(client, name, spec, root, cfg)
             return cls._attach(client, uri, name, read_only=False, config=cfg, encoders=encoders, device=device,
@@ -129,7 +129,7 @@ class MilvusCollection(ImageCollection):
         client = connect(str(uri), token=token, timeout_s=cfg.timeout_s)
         try:
             if not client.has_collection(name, timeout=cfg.timeout_s):
-                raise IndexingError(f"{uri} holds no collection {name!r} (it has: {client.list_collections()})")
+                raise IndexingError(f"{shown(uri)} holds no collection {name!r} (it has: {client.list_collections()})")
             return cls._attach(client, uri, name, read_only=read_only, config=cfg, encoders=encoders, device=device,
                                runtime=(runtime, onnx))  # fmt: skip
         except BaseException:
@@ -171,7 +171,7 @@ class MilvusCollection(ImageCollection):
 
     @property
     def location(self) -> str:
-        return f"Milvus collection {self.name!r} at {self.uri}"
+        return f"Milvus collection {self.name!r} at {shown(self.uri)}"
 
     @property
     def model(self) -> ModelSpec:
@@ -243,7 +243,18 @@ class MilvusCollection(ImageCollection):
             _check_lengths(rows)
             for start in range(0, len(rows), self.config.insert_batch):
                 self._client.insert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
+        if len(records) >= self.config.flush_rows:
+            self.flush()
         self._write_manifest(writes=self.version + 1)
+
+    @property
+    def client(self):
+        """The `pymilvus.MilvusClient`, for what this API does not cover (the Milvus collection is `name`)."""
+        return self._client
+
+    def flush(self) -> None:
+        """Seal what was inserted so that Milvus indexes it (`MilvusConfig.flush_rows`; `export` flushes at its end)."""
+        self._client.flush(self.name, timeout=self.config.flush_timeout_s)
 
     def reserve(self, next_id: int) -> None:
         """Never give ids below `next_id` to new images."""

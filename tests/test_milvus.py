@@ -108,6 +108,9 @@ def test_a_uri_that_does_not_answer_is_a_clear_error_within_the_timeout(source, 
         closed = s.getsockname()[1]
     with pytest.raises(MilvusUnavailableError, match=f"127.0.0.1:{closed}"):
         MilvusCollection.open(f"http://127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    with pytest.raises(MilvusUnavailableError) as e:  # a password in the URI is not repeated in the message
+        MilvusCollection.open(f"http://me:s3cret@127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    assert "s3cret" not in str(e.value) and f"http://***@127.0.0.1:{closed}" in str(e.value)
 
 
 def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, tiny_encoders, capsys):
