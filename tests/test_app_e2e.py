@@ -134,7 +134,7 @@ def test_tiles_folders_and_the_decoder_say_what_they_are(page, served):
     expect(folder_info).to_contain_text(str(tmp))
     # no decoder has been trained: only the training-free method, and how to get a decoder
     open_tab(page, "Segment")
-    expect(page.locator("#segment-method input")).to_have_count(1)
+    expect(page.locator("#segment-method")).to_be_hidden()
     expect(page.locator("#segment-no-decoder")).to_contain_text("vlm train-seg --model vlm-tiny")
 
 

@@ -92,8 +92,9 @@ def build(state: AppState) -> None:
             )
             trained = decoders(state)
             # a learned decoder is offered only when one exists; otherwise the page says how to get one
+            # (hidden, not shortened: the API still takes "learned decoder" with a decoder folder of the caller's)
             method = gr.Radio(
-                list(METHODS) if trained else [DENSE], value=DENSE, label="Method", elem_id="segment-method"
+                list(METHODS), value=DENSE, label="Method", elem_id="segment-method", visible=bool(trained)
             )
             decoder = gr.Textbox(
                 value=trained[0] if trained else "",
