@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -92,7 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     one = np.mean([r["build_s"] for r in rows if r["processes"] == 1])
     many = np.mean([r["build_s"] for r in rows if r["processes"] == args.workers])
     print(f"one process / {args.workers} processes, build time: {one / many:.2f}x")
-    report("parallel_build", rows, n=args.n, dim=args.dim, workers=args.workers, speedup=round(one / many, 3))
+    load = [round(x, 1) for x in os.getloadavg()]
+    print(f"usable cores {parallel.usable_cores()}, load average {load}")
+    report(
+        "parallel_build", rows, n=args.n, dim=args.dim, workers=args.workers, speedup=round(one / many, 3),
+        usable_cores=parallel.usable_cores(), load_average=load,
+    )  # fmt: skip
     shutil.rmtree(args.workdir, ignore_errors=True)
 
 

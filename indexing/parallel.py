@@ -75,6 +75,11 @@ class Shard:
     threads: int
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where there is one), which its workers inherit."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def ranges(n: int, parts: int) -> list[tuple[int, int]]:
     """[0, n) in `parts` contiguous ranges (fewer if n is small), none empty."""
     edges = np.linspace(0, n, max(1, min(parts, n)) + 1).round().astype(int)
@@ -149,7 +154,7 @@ def build(vectors: Vectors, ids: np.ndarray, cfg: IndexConfig, folder: Path) -> 
         faiss_index.write(index, str(scratch / "trained.faiss"))
         np.save(scratch / "ids.npy", ids)
         parts = ranges(n, cfg.build_workers)
-        threads = max(1, (os.cpu_count() or 1) // len(parts))
+        threads = max(1, usable_cores() // len(parts))
         shards = [
             Shard(str(scratch / "trained.faiss"), str(vectors.folder), vectors.names, d, str(scratch / "ids.npy"),
                   start, stop, str(scratch / f"shard_{i:03d}.faiss"), threads)

@@ -181,7 +181,8 @@ def test_segment_gives_one_mask_colour_and_heat_map_per_phrase(app):
     )  # fmt: skip
     assert Image.open(overlay).size == (256, 256)
     assert [h["caption"] for h in heat] == ["a red circle", "a blue square", "the background"]
-    assert summary.count("% of the image") == 3
+    assert summary.count("% of the image") + summary.count("not found in this image") == 3
+    assert "threshold" in summary and "synthetic scenes" in summary  # the threshold and how it was measured
 
 
 def test_model_and_collection_info(app):

@@ -45,7 +45,7 @@ def served(tmp_path_factory):
 def page(served):
     url, _ = served
     with browser_page(url, timeout_ms=TIMEOUT_MS) as page:
-        expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images")
+        expect(page.locator("#banner")).to_contain_text(f"collection of {SCENES} images", timeout=TIMEOUT_MS)
         yield page
 
 
@@ -135,7 +135,10 @@ def test_why_it_matched_tab(page, served, shots):
     page.locator("#explain-text textarea").fill("a blue square")
     page.locator("#explain-text textarea").press("Enter")
     expect(page.locator("#explain-picture img")).to_be_visible()
-    expect(page.locator("#explain-info")).to_contain_text("a blue square — image–text cosine similarity")
+    info = page.locator("#explain-info")
+    expect(info).to_contain_text("Whole-image cosine similarity")  # and what it is beside the map:
+    expect(info).to_contain_text("It is a different measure from the map")
+    expect(info).to_contain_text(re.compile(r"scores? -?\d+\.\d\d"))  # the map's own peak
     page.screenshot(path=shots / "explain.png", full_page=True)
 
 

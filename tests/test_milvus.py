@@ -5,6 +5,7 @@ share is tests/test_collection_api.py."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from collection_backends import MILVUS_MISSING
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import ModelMismatchError
+from indexing.milvus import MilvusCollection  # pymilvus is imported when a collection is opened, not here
 from vlm import models
 from vlm.cli import main
 from vlm.synth import generate
@@ -44,8 +46,6 @@ def db(tmp_path_factory) -> Path:
 
 
 def test_export_moves_records_and_vectors_and_searches_the_same(source, db, tiny_encoders, capsys):
-    from indexing.milvus import MilvusCollection
-
     assert main(["index", "export-milvus", str(source.root), str(db)]) == 0  # HNSW, the default index
     assert "exported 58 image(s) to Milvus collection 'photos_coll'" in capsys.readouterr().out
     target = MilvusCollection.open(db, "photos_coll", read_only=False, encoders=tiny_encoders)
@@ -69,8 +69,6 @@ def test_export_moves_records_and_vectors_and_searches_the_same(source, db, tiny
 
 
 def test_export_into_a_collection_of_another_model_is_refused(source, db, capsys):
-    from indexing.milvus import MilvusCollection
-
     torch.manual_seed(123)
     other = models.load("vlm-tiny", device="cpu")
     target = MilvusCollection.create(db, "other_model", other)
@@ -94,7 +92,6 @@ def silent_port():
 
 
 def test_a_uri_that_does_not_answer_is_a_clear_error_within_the_timeout(source, silent_port, capsys):
-    from indexing.milvus import MilvusCollection
     from indexing.milvus_client import MilvusConfig, MilvusUnavailableError
 
     uri = f"http://127.0.0.1:{silent_port}"
@@ -111,3 +108,37 @@ def test_a_uri_that_does_not_answer_is_a_clear_error_within_the_timeout(source, 
         closed = s.getsockname()[1]
     with pytest.raises(MilvusUnavailableError, match=f"127.0.0.1:{closed}"):
         MilvusCollection.open(f"http://127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    with pytest.raises(MilvusUnavailableError) as e:  # a password in the URI is not repeated in the message
+        MilvusCollection.open(f"http://me:s3cret@127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    assert "s3cret" not in str(e.value) and f"http://***@127.0.0.1:{closed}" in str(e.value)
+
+
+def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, tiny_encoders, capsys):
+    data = tmp_path / "data"
+    generate(data, scenes=12, seed=6, image_size=48, progress=False)
+    photos = data / "images"
+    model = models.save(tiny_encoders, tmp_path / "model")
+    db, milvus = str(tmp_path / "cli.db"), ["--milvus", "shapes"]
+    build = ["index", "build", db, str(photos), "--model", str(model), *milvus, "--index-type", "IVF_FLAT"]
+    assert main([*build, "--batch-size", "4", "--workers", "0"]) == 0
+    assert "added 12 image(s)" in capsys.readouterr().out
+    assert main(["index", "search", db, *milvus, "--text", "a red circle", "-k", "3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    want = tiny_encoders.encode_text(["a red circle"]).numpy()[0]
+    with MilvusCollection.open(db, "shapes", encoders=tiny_encoders) as coll:
+        exact = coll.search_vector(want, k=3, nprobe=1024)
+        assert coll.config.index_type == "IVF_FLAT"  # from the collection, whatever the opener's default
+    assert [r["id"] for r in rows] == exact.ids[0].tolist()
+    (photos / "000003.png").unlink()
+    assert main(["index", "sync", db, str(photos), *milvus, "--workers", "0"]) == 0
+    assert "1 removed, 11 unchanged" in capsys.readouterr().out
+    assert main(["index", "remove", db, *milvus, "--path", "000004.png"]) == 0
+    assert main(["index", "info", db, *milvus]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert (
+        info["count"] == 10
+        and info["index"] == "IVF_FLAT"
+        and info["model"]["fingerprint"] == tiny_encoders.fingerprint
+    )
+    assert main(["index", "info", db, *milvus, "--verify"]) != 0
+    assert main(["index", "sync", db, str(photos), *milvus, "--watch"]) != 0

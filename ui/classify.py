@@ -18,6 +18,7 @@ from vlm import demo
 from vlm import templates as template_sets
 from vlm.calibration import reference_fit
 from vlm.segment import explain
+from vlm.segment.absent import absent_threshold
 from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
 
 LOG = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def build(state: AppState) -> None:
     def explain_label(image: Image.Image | None, evt: gr.SelectData):
         image = require_image(image)
         label = str(evt.value)
-        found = explain.explain(state.active.encoders, image, label)
+        encoders = state.active.encoders
+        found = explain.explain(encoders, image, label, absent_threshold(encoders))
         return state.files.image(found.picture), found.describe(label)
 
     gr.on(

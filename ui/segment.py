@@ -1,5 +1,7 @@
 """The Segment tab: an image and one or more phrases give a coloured mask overlay (one colour per phrase) and a
-heat map per phrase (`vlm.segment`), training-free or with a decoder trained by `vlm train-seg`. API: `segment`."""
+heat map per phrase (`vlm.segment`), training-free or with a decoder trained by `vlm train-seg`. A phrase whose
+score is below the model's "absent" threshold (`vlm.segment.absent`, measured on the synthetic world on first use)
+is "not found in this image" and gets no mask. API: `segment`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ui.inputs import checked_float, checked_phrases, image_input, require_image
 from ui.state import AppState
 from vlm.errors import ConfigError
 from vlm.segment import segment
+from vlm.segment.absent import absent_threshold
 from vlm.segment.decoder import load_decoder
 from vlm.segment.explain import display_size, heat_picture
 
@@ -36,23 +39,29 @@ def run_segmentation(
     if kind == "decoder":
         path = server_path(decoder, state.allowed_dirs, "decoder folder")
         seg_decoder = load_decoder(path, encoders)  # CheckpointError if trained on other encoder weights
+    mask_threshold = checked_float(threshold, "the mask threshold", 0.0, 1.0)
+    cal = absent_threshold(encoders, kind, seg_decoder)
     result = segment(
-        encoders,
-        image,
-        wanted,
-        method=kind,
-        decoder=seg_decoder,
-        threshold=checked_float(threshold, "the mask threshold", 0.0, 1.0),
+        encoders, image, wanted, method=kind, decoder=seg_decoder, threshold=mask_threshold, absent_below=cal.threshold
     )
     heat = [
         (state.files.image(heat_picture(image, h)), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
     ]
-    lines = [
-        f"- **{p}**: {m.mean():.1%} of the image (heat at most {h.max():.2f}; maps are scaled to their maximum)"
-        for p, m, h in zip(result.phrases, result.masks, result.heatmaps, strict=True)
-    ]
+    lines = []
+    for p, m, score, absent in zip(result.phrases, result.masks, result.scores, result.absent, strict=True):
+        if absent:
+            lines.append(
+                f"- **{p}**: not found in this image (score {score:.2f}, below the threshold {cal.threshold:.2f})"
+            )
+        else:
+            lines.append(f"- **{p}**: {m.mean():.1%} of the image (score {score:.2f}, threshold {cal.threshold:.2f})")
     if any(result.truncated):
         lines.append("- some phrases were too long for the text encoder and were cut")
+    what = "log-odds against the background prompts" if kind == "dense" else "logit of the decoder"
+    lines.append(
+        f"\nScore: the phrase's peak {what} (the heat map's brightest pixel, before the maps are scaled to their "
+        f"maximum). Below the threshold the phrase is not in the image and gets no mask; {cal.how}."
+    )
     return state.files.image(result.overlay(image)), heat, "\n".join(lines)
 
 
