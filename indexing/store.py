@@ -19,6 +19,13 @@ Table `images`, one row per image in the collection:
     width    INTEGER               upright width in pixels (NULL in stores made before it was kept)
     height   INTEGER               upright height in pixels (likewise)
 
+Table `excluded`, one row per image removed with `exclude=True` (`Collection.remove`): a sync or an add leaves
+these paths out, and new files with the same pixels too (a removed photo that comes back under another name), until
+`Collection.unexclude` takes them off the list:
+    path     TEXT PRIMARY KEY      as `images.path`
+    sha256   TEXT                  the removed image's pixel hash
+    since    REAL                  when it was excluded
+
 The date of an image (`DATE_SQL`, `ImageRecord.date`) is `taken`, else the file's mtime in the local time zone.
 
 Stores made before `taken`/`camera`/`width`/`height` existed still open: reads give NULL for them (dates fall back
@@ -60,7 +67,16 @@ CREATE TABLE images (
     width INTEGER,
     height INTEGER
 );
+CREATE TABLE excluded (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    since REAL NOT NULL
+);
 """
+# Older stores lack it: read as empty, created in the first write's copy (`copy_to`).
+EXCLUDED_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS excluded (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, since REAL NOT NULL)"
+)
 COLUMNS = (
     "id",
     "path",
@@ -127,6 +143,8 @@ class Store:
         # An older store lacks the later columns: a view of the table with NULL in their place.
         select = ", ".join(c if c in self._has else f"NULL AS {c}" for c in COLUMNS)
         self._table = "images" if not self.missing_columns else f"(SELECT {select} FROM images)"
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_excluded = "excluded" in tables
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -156,6 +174,7 @@ class Store:
             self._conn.backup(conn)
         for column in self.missing_columns:  # an older store: the copy gets the current schema (values NULL)
             conn.execute(f"ALTER TABLE images ADD COLUMN {column} {LATER_COLUMNS[column]}")
+        conn.execute(EXCLUDED_SCHEMA)
         return Store(path, conn, True)
 
     def close(self) -> None:
@@ -221,6 +240,14 @@ class Store:
                 out.update(self._conn.execute(sql, chunk).fetchall())
         return out
 
+    def excluded(self) -> dict[str, tuple[str, float]]:
+        """path -> (pixel hash, since when) of the images kept out of the collection (`Collection.remove`)."""
+        if not self._has_excluded:
+            return {}
+        with self._lock:
+            rows = self._conn.execute("SELECT path, sha256, since FROM excluded ORDER BY path").fetchall()
+        return {path: (sha, since) for path, sha, since in rows}
+
     @property
     def missing_columns(self) -> list[str]:
         """Columns of the current schema this (older) store lacks: read as NULL."""
@@ -240,6 +267,20 @@ class Store:
         self._check_writable()
         with self._lock:
             self._conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+
+    def exclude(self, entries: Sequence[tuple[str, str]], since: float) -> None:
+        """Keep (path, pixel hash) `entries` out of later syncs and adds; an entry already there is renewed."""
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO excluded (path, sha256, since) VALUES (?, ?, ?)",
+                [(path, sha, since) for path, sha in entries],
+            )
+
+    def unexclude(self, paths: Sequence[str]) -> None:
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany("DELETE FROM excluded WHERE path = ?", [(p,) for p in paths])
 
     def _check_writable(self) -> None:
         if not self.writable:

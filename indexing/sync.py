@@ -11,6 +11,7 @@ size of a vanished one, its pixels are hashed (decoded in DataLoader workers, no
 record's pixel hash (`indexing.embed.pixel_sha256`): equal means touched or moved, not re-embedded (its date taken,
 camera and dimensions are read again). An unchanged file whose record predates that metadata gets it from the file's
 header (`indexing.photo.header_meta`), so a sync brings an older collection's records up to date without embedding.
+A listed file whose path was removed with `exclude=True` is left out (`Store.excluded`).
 A listed file that cannot be read, and every record under a folder that cannot be listed, keep their record until a
 later sync can read them: a sync removes an image only when its file is shown to be gone.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class SyncPlan:
     unchanged: int = 0
     kept: list[str] = field(default_factory=list)  # paths kept although not listed: their folder was unreadable
     bad: list[BadRow] = field(default_factory=list)  # listed but unusable; any record of theirs is kept
+    excluded: list[str] = field(default_factory=list)  # listed, but removed with exclude=True: left out
 
 
 def plan_sync(
@@ -56,8 +58,10 @@ def plan_sync(
     cfg: EmbedConfig,
     device_type: str = "cpu",
     progress: bool = True,
+    excluded: Collection[str] = (),
 ) -> SyncPlan:
-    """Compare `folders` on disk with the records of `store` under them; see the module docstring."""
+    """Compare `folders` on disk with the records of `store` under them; see the module docstring. Listed files
+    whose key is in `excluded` (the collection's exclusion list) are left out."""
     reals = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -89,7 +93,11 @@ def plan_sync(
     vanished_sizes = {r.size for r in vanished.values()}
 
     to_hash: list[Item] = []
+    excluded = set(excluded)
     for item in gathered.items:
+        if item.key in excluded:
+            plan.excluded.append(item.key)
+            continue
         record = by_path.get(item.key)
         try:
             size, mtime = embedding.file_facts(item.ref)

@@ -240,14 +240,17 @@ def build(state: AppState) -> None:
 
     @shown
     def remove_result(image_id: float):
-        """Remove image `image_id` from the collection (not from the disk)."""
+        """Remove image `image_id` from the collection (not from the disk), for good: Rescan leaves it out."""
         coll = state.active.collection
         image_id = _id(image_id)
         record = coll.records([image_id]).get(image_id)
         if record is None:
             raise IndexingError(f"no image with id {image_id} in the collection")
-        result = coll.remove(ids=[image_id])
-        note = f"Removed {printable(record.path)} from the collection (the file stays on disk); "
+        result = coll.remove(ids=[image_id], exclude=True)
+        note = (
+            f"Removed {printable(record.path)} from the collection. The file stays on disk, and the image stays out: "
+            f"Rescan leaves it out (`vlm index unexclude` lets it back in); "
+        )
         return note + f"{coll.count:,} images left (version {result.version}).", gr.Button(interactive=False)
 
     @shown
