@@ -229,23 +229,21 @@ class MilvusCollection(ImageCollection):
         """Remove, rewrite and insert rows. Not atomic (see the module docstring): the ids are reserved first, so a
         crash leaves a gap, never a reused id. The exclusion list lives in the manifest (a collection property),
         written with the final write count."""
-        timeout = self.config.timeout_s
+        timeout, step = self.config.timeout_s, self.config.insert_batch
+        new = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)] if records else []
+        kept = self._records.vectors([r.id for r in updates]) if updates else {}
+        rewritten = [milvus_expr.to_row(r, kept[r.id]) for r in updates]
+        _check_lengths(new + rewritten)  # refused before anything is written
         top = max([self.next_id, *(r.id + 1 for r in records)])
         if top != self.next_id:
             self._write_manifest(next_id=top)
         for start in range(0, len(remove_ids), BATCH):
             chunk = [int(i) for i in remove_ids[start : start + BATCH]]
             self._client.delete(self.name, filter=milvus_expr.in_list("id", chunk), timeout=timeout)
-        if updates:
-            kept = self._records.vectors([r.id for r in updates])
-            rows = [milvus_expr.to_row(r, kept[r.id]) for r in updates]
-            for start in range(0, len(rows), self.config.insert_batch):
-                self._client.upsert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
-        if records:
-            rows = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)]
-            _check_lengths(rows)
-            for start in range(0, len(rows), self.config.insert_batch):
-                self._client.insert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
+        for start in range(0, len(rewritten), step):
+            self._client.upsert(self.name, rewritten[start : start + step], timeout=timeout)
+        for start in range(0, len(new), step):
+            self._client.insert(self.name, new[start : start + step], timeout=timeout)
         if len(records) >= self.config.flush_rows:
             self.flush()
         listed = {p: list(v) for p, v in self._manifest.get("excluded", {}).items() if p not in set(unexclude)}

@@ -138,7 +138,14 @@ def build(state: AppState) -> None:
                     elem_id="search-order",
                 )  # fmt: skip
             with gr.Accordion("Add images", open=False):
-                folder = gr.Textbox(label="Folder on the server", placeholder="/path/to/photos")
+                folder = gr.Textbox(
+                    label="Folder on the server",
+                    placeholder="/path/to/photos",
+                    info="inside one of the folders this app may read: "
+                    + (", ".join(printable(str(d)) for d in state.allowed_dirs) or "none")
+                    + " (the server's owner allows more with --allow-dir)",
+                    elem_id="search-add-folder",
+                )
                 add_button = gr.Button("Add folder")
                 rescan_button = gr.Button("Rescan folders", elem_id="search-rescan")
                 added = gr.Markdown(elem_id="search-added")
