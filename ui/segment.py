@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from ui.errors import shown
+from ui.examples import image_examples
 from ui.inputs import checked_float, checked_phrases, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.errors import ConfigError
@@ -85,7 +86,7 @@ def run_segmentation(
 
 def build(state: AppState) -> None:
     with gr.Row():
-        with gr.Column():
+        with gr.Column() as inputs_column:
             image = image_input(state.limits.max_pixels, label="Image", elem_id="segment-image")
             phrases = gr.Textbox(
                 label="Phrases (one per line)", value="a red circle\na blue square", lines=3, elem_id="segment-phrases"
@@ -114,6 +115,21 @@ def build(state: AppState) -> None:
     @shown
     def segment_image(image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float):
         return run_segmentation(state, image, phrases, method, decoder, threshold)
+
+    tries = [(path, ex) for path, ex in image_examples(state) if ex.phrases]  # scenes: one object there, one not
+    if tries:
+        with inputs_column:
+            gr.Examples(
+                [[path, "\n".join(ex.phrases), DENSE, "", 0.5] for path, ex in tries],
+                [image, phrases, method, decoder, threshold],
+                [overlay, heat, summary],
+                fn=segment_image,
+                run_on_click=True,
+                label="Try one: a click segments it (a shape that is there, and one that is not)",
+                visible_columns=[0, 1],
+                elem_id="segment-examples",
+                api_visibility="private",
+            )
 
     method.change(lambda m: gr.Textbox(visible=METHODS.get(m) == "decoder"), method, decoder, api_visibility="private")
     gr.on(
