@@ -17,9 +17,10 @@ from ui.errors import shown
 from ui.inputs import checked_model
 from ui.state import Active, AppState, ModelChoice
 from ui.status import DEMO_HINT, server_status
-from vlm import checkpoint, models
+from vlm import models
 from vlm.errors import ConfigError
 from vlm.printable import printable
+from vlm.rundir import usable_checkpoints
 
 LOG = logging.getLogger(__name__)
 
@@ -77,12 +78,11 @@ def describe_active(state: AppState, active: Active | None = None) -> str:
 
 
 def local_checkpoints(*folders: Path) -> list[str]:
-    """Checkpoint folders under `folders` (a run's final/ and step checkpoints), newest first."""
-    found: list[Path] = []
-    for folder in folders:
-        if folder.is_dir():
-            found += [p.parent for p in folder.glob("**/config.json") if checkpoint.is_checkpoint_dir(p.parent)]
-    found = sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+    """The weights under `folders`, each once (a run by its final/ or newest step: `vlm.rundir.usable_checkpoints`),
+    newest first."""
+    found = sorted(
+        {p for folder in folders for p in usable_checkpoints(folder)}, key=lambda p: p.stat().st_mtime, reverse=True
+    )
     return [str(p) for p in found[:MAX_LISTED]]
 
 
