@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -195,18 +195,24 @@ class ImageCollection(abc.ABC):
         *,
         embed: embedding.EmbedConfig | None = None,
         progress: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> AddResult:
         """Embed and add images (see `indexing.sources` for the inputs). Inputs whose path is already in the
         collection or on its exclusion list (`remove(exclude=True)`) are skipped; an image whose pixels equal an
         image in the collection is not added twice.
-        An interrupted add resumes from its embedded shards when called again with the same inputs."""
+        An interrupted add resumes from its embedded shards when called again with the same inputs; so does one
+        stopped by `should_stop` (asked before every batch; `EmbedStopped` is raised, nothing is committed)."""
         cfg = embed or embedding.EmbedConfig()
         with self._writing():
             todo, gathered, present = self.plan_add(inputs)
             job = embedding.Job.for_items(todo, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
             staging = self.staging_dir
             embedding.prepare(staging, job)
-            stats = embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress) if todo else None
+            stats = (
+                embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress, should_stop=should_stop)
+                if todo
+                else None
+            )
             result = self.commit_staged(todo, job, gathered, present, stats)
             shutil.rmtree(staging)
         LOG.info("%s", result.summary())
