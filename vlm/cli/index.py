@@ -225,8 +225,6 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig, WatchConfig
 
     opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
-    if args.watch and args.milvus:
-        raise ConfigError("--watch follows FAISS collections only, for now; run sync --milvus again instead")
     with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         if args.watch:
             _watch(coll, args.folders, embed_cfg, watch_cfg)
