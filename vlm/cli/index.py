@@ -398,6 +398,13 @@ def run_duplicates(args: argparse.Namespace) -> None:
         for m in group:
             mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
             print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
+    copies = coll.exact_copies()
+    if copies:
+        print(f"{len(copies):,} exact cop(ies): the same pixels as an image in the collection, so not stored twice")
+        for copy, stored in copies[:200]:
+            print(printable(f"  {copy}  =  {stored}"))
+        if len(copies) > 200:
+            print(f"  ... and {len(copies) - 200:,} more")
 
 
 def run_info(args: argparse.Namespace) -> None:
