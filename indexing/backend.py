@@ -381,6 +381,18 @@ class ImageCollection(abc.ABC):
         stored = self.records_view.by_hashes(sorted({sha for sha, _, _ in twins.values()}))
         return [(path, stored[sha].path) for path, (sha, _, _) in sorted(twins.items()) if sha in stored]
 
+    def keep_out(self, entries: Sequence[tuple[str, str]]) -> int:
+        """Put (stored path, pixel hash) `entries` on the exclusion list, removing their images where present (another
+        collection's list carried over: `indexing.library`). Returns how many were new to the list."""
+        with self._writing():
+            listed = self.excluded_view()
+            new = list(dict((path, sha) for path, sha in entries if path not in listed).items())
+            if new:
+                present = self.records_view.by_paths([path for path, _ in new])
+                remove_ids = np.array(sorted(r.id for r in present.values()), dtype=np.int64)
+                self.commit(records=[], vectors=None, remove_ids=remove_ids, exclude=new)
+        return len(new)
+
     def excluded(self) -> list[Excluded]:
         """The images removed with `exclude=True` (and copies of them found later), by path."""
         return [Excluded(path, sha, since) for path, (sha, since) in sorted(self.excluded_view().items())]

@@ -161,6 +161,7 @@ class Library:
             path = self.collection_path(encoders)
             root = self.images[0] if self.images else None
             coll = Collection.create(path, encoders, root=root, exist_ok=True)
+            carry_exclusions(self.home, coll)
         sources = self.sources()
         if sources:
             add_or_close(coll, sources, progress, should_stop)  # only what is missing is embedded
@@ -234,10 +235,29 @@ def build_demo_collection(
             raise
         LOG.warning("%s is being written by another process; opening it read-only", path)
         return Collection.open(path, read_only=True, encoders=encoders)
+    if coll.writable:
+        carry_exclusions(dest, coll)
     add_or_close(coll, [*lists, shapes / "pairs.csv"], progress, should_stop)  # adds only what is missing
     path.touch()  # most recently used first when pruning
     prune_collections(dest, keep=path)
     return coll
+
+
+def carry_exclusions(home: Path, coll: Collection) -> None:
+    """Images removed for good from another model's collection in `home` (the app's Remove) stay out of `coll` too:
+    the same inputs, so the same stored paths. Read from the others' published versions; a collection that cannot be
+    opened is skipped."""
+    entries: dict[str, str] = {}
+    for other in sorted(home.glob("collection-*")):
+        if other.resolve() == coll.root.resolve() or not (other / CURRENT).exists():
+            continue
+        try:
+            with Collection.open(other) as reader:
+                entries.update({e.path: e.sha256 for e in reader.excluded()})
+        except IndexingError as e:
+            LOG.warning("not carrying the exclusions of %s over: %s", other, e)
+    if entries and (n := coll.keep_out(sorted(entries.items()))):
+        LOG.info("%d image(s) removed from another model's collection kept out of this one too", n)
 
 
 def prune_collections(dest: Path, keep: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from indexing import versions
@@ -179,3 +180,22 @@ def test_exact_copies_are_remembered_not_embedded_again_and_take_over_when_their
     coll.sync(folder, embed=FAST, progress=False)
     assert coll.exact_copies() == [] and coll._v.store.twins() == {}
     coll.close()
+
+
+def test_the_app_library_carries_a_removal_to_another_models_collection(tmp_path, shapes, tiny_encoders):
+    from indexing.library import Library
+    from vlm import models
+
+    folder = photos(tmp_path, shapes, n=4)
+    library = Library.choose(images=[folder], collection=None, cache_dir=tmp_path / "cache")
+    first = library.open_for(tiny_encoders, progress=False)
+    assert first.count == 4
+    first.remove(paths=["2.png"], exclude=True)  # what the app's Remove does
+    first.close()
+    torch.manual_seed(1)
+    other = models.load("vlm-tiny", device="cpu")  # another model: its own collection of the same folder
+    assert other.fingerprint != tiny_encoders.fingerprint
+    second = library.open_for(other, progress=False)
+    assert second.root != first.root and [e.path for e in second.excluded()] == ["2.png"]
+    assert {r.path for r in second.records(range(10)).values()} == {"0.png", "sub/1.png", "sub/3.png"}
+    second.close()
