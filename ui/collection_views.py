@@ -60,4 +60,9 @@ def render_duplicates(
         status += f" The first {MAX_GROUPS_SHOWN} groups are shown."
     if not groups:
         status += " No two images are that close."
+    copies = coll.exact_copies()  # never stored twice, so not in the groups: listed by name
+    if copies:
+        shown = "; ".join(f"{printable(copy)} = {printable(stored)}" for copy, stored in copies[:10])
+        more = f" and {len(copies) - 10:,} more" if len(copies) > 10 else ""
+        status += f" Exact copies (the same pixels, stored once): {shown}{more}."
     return status, items
