@@ -207,11 +207,23 @@ class Collection(ImageCollection):
         vectors: np.ndarray | None,
         remove_ids: np.ndarray,
         updates: Sequence[ImageRecord] = (),
+        exclude: Sequence[tuple[str, str]] = (),
+        unexclude: Sequence[str] = (),
+        twins: Sequence[tuple[str, str, int, float]] = (),
+        untwin: Sequence[str] = (),
     ) -> None:
-        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten."""
+        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten,
+        the exclusion list changed (in the version's store, so published with it)."""
         self._v = publish_next(
-            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates
-        )
+            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates,
+            exclude=exclude, unexclude=unexclude, twins=twins, untwin=untwin,
+        )  # fmt: skip
+
+    def excluded_view(self) -> dict[str, tuple[str, float]]:
+        return self._v.store.excluded()
+
+    def twins_view(self) -> dict[str, tuple[str, int, float]]:
+        return self._v.store.twins()
 
     @property
     def count(self) -> int:
@@ -253,11 +265,19 @@ class Collection(ImageCollection):
         cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
         return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
-    def duplicates(self, threshold: float | None = None, *, filters: Filter | None = None) -> list:
-        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`), the
-        largest first; see `indexing.duplicates`."""
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        *,
+        filters: Filter | None = None,
+        pixels: float | None = duplicates.PIXEL_THRESHOLD,
+        thumbnails: duplicates.Thumbnails | None = None,
+    ) -> list:
+        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`, and
+        small thumbnails correlating above `pixels`; None: the vectors alone), the largest first; see
+        `indexing.duplicates`."""
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
-        return duplicates.find(self._v, t, filters=filters)
+        return duplicates.find(self._v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
 
     # Looking things up.
 

@@ -35,7 +35,7 @@ import torch
 from indexing import milvus_expr, queries
 from indexing.backend import ImageCollection, load_model, model_spec
 from indexing.errors import IndexingError
-from indexing.milvus_client import BATCH, MAX_K, NAME, MilvusConfig, MilvusRecords, connect, is_local
+from indexing.milvus_client import BATCH, MAX_K, NAME, MilvusConfig, MilvusRecords, connect, is_local, shown
 from indexing.results import Hits, ModelSpec
 from indexing.store import Filter, ImageRecord
 from vlm.models import Encoders
@@ -100,7 +100,7 @@ class MilvusCollection(ImageCollection):
         try:
             if client.has_collection(name, timeout=cfg.timeout_s):
                 if not exist_ok:
-                    raise IndexingError(f"{uri} already holds a collection {name!r}; open it, or choose another name")
+                    raise IndexingError(f"{shown(uri)} already holds {name!r}; open it, or pick another name")
             else:
                 _create(client, name, spec, root, cfg)
             return cls._attach(client, uri, name, read_only=False, config=cfg, encoders=encoders, device=device,
@@ -129,7 +129,7 @@ class MilvusCollection(ImageCollection):
         client = connect(str(uri), token=token, timeout_s=cfg.timeout_s)
         try:
             if not client.has_collection(name, timeout=cfg.timeout_s):
-                raise IndexingError(f"{uri} holds no collection {name!r} (it has: {client.list_collections()})")
+                raise IndexingError(f"{shown(uri)} holds no collection {name!r} (it has: {client.list_collections()})")
             return cls._attach(client, uri, name, read_only=read_only, config=cfg, encoders=encoders, device=device,
                                runtime=(runtime, onnx))  # fmt: skip
         except BaseException:
@@ -171,7 +171,7 @@ class MilvusCollection(ImageCollection):
 
     @property
     def location(self) -> str:
-        return f"Milvus collection {self.name!r} at {self.uri}"
+        return f"Milvus collection {self.name!r} at {shown(self.uri)}"
 
     @property
     def model(self) -> ModelSpec:
@@ -223,27 +223,46 @@ class MilvusCollection(ImageCollection):
         vectors: np.ndarray | None,
         remove_ids: np.ndarray,
         updates: Sequence[ImageRecord] = (),
+        exclude: Sequence[tuple[str, str]] = (),
+        unexclude: Sequence[str] = (),
+        twins: Sequence[tuple[str, str, int, float]] = (),  # not kept here: a sync finds exact copies again each time
+        untwin: Sequence[str] = (),
     ) -> None:
         """Remove, rewrite and insert rows. Not atomic (see the module docstring): the ids are reserved first, so a
-        crash leaves a gap, never a reused id."""
-        timeout = self.config.timeout_s
+        crash leaves a gap, never a reused id. The exclusion list lives in the manifest (a collection property),
+        written with the final write count."""
+        timeout, step = self.config.timeout_s, self.config.insert_batch
+        new = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)] if records else []
+        kept = self._records.vectors([r.id for r in updates]) if updates else {}
+        rewritten = [milvus_expr.to_row(r, kept[r.id]) for r in updates]
+        _check_lengths(new + rewritten)  # refused before anything is written
         top = max([self.next_id, *(r.id + 1 for r in records)])
         if top != self.next_id:
             self._write_manifest(next_id=top)
         for start in range(0, len(remove_ids), BATCH):
             chunk = [int(i) for i in remove_ids[start : start + BATCH]]
             self._client.delete(self.name, filter=milvus_expr.in_list("id", chunk), timeout=timeout)
-        if updates:
-            kept = self._records.vectors([r.id for r in updates])
-            rows = [milvus_expr.to_row(r, kept[r.id]) for r in updates]
-            for start in range(0, len(rows), self.config.insert_batch):
-                self._client.upsert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
-        if records:
-            rows = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)]
-            _check_lengths(rows)
-            for start in range(0, len(rows), self.config.insert_batch):
-                self._client.insert(self.name, rows[start : start + self.config.insert_batch], timeout=timeout)
-        self._write_manifest(writes=self.version + 1)
+        for start in range(0, len(rewritten), step):
+            self._client.upsert(self.name, rewritten[start : start + step], timeout=timeout)
+        for start in range(0, len(new), step):
+            self._client.insert(self.name, new[start : start + step], timeout=timeout)
+        if len(records) >= self.config.flush_rows:
+            self.flush()
+        listed = {p: list(v) for p, v in self._manifest.get("excluded", {}).items() if p not in set(unexclude)}
+        listed.update({path: [sha, time.time()] for path, sha in exclude})
+        self._write_manifest(writes=self.version + 1, excluded=listed)
+
+    def excluded_view(self) -> dict[str, tuple[str, float]]:
+        return {path: (sha, since) for path, (sha, since) in self._manifest.get("excluded", {}).items()}
+
+    @property
+    def client(self):
+        """The `pymilvus.MilvusClient`, for what this API does not cover (the Milvus collection is `name`)."""
+        return self._client
+
+    def flush(self) -> None:
+        """Seal what was inserted so that Milvus indexes it (`MilvusConfig.flush_rows`; `export` flushes at its end)."""
+        self._client.flush(self.name, timeout=self.config.flush_timeout_s)
 
     def reserve(self, next_id: int) -> None:
         """Never give ids below `next_id` to new images."""

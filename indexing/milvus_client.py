@@ -35,6 +35,10 @@ class MilvusConfig:
     nprobe: int = 32  # IVF_FLAT lists searched per query
     timeout_s: float = 10.0  # per call, and to connect
     insert_batch: int = 1000  # rows per insert call
+    # A write inserting at least this many rows flushes them: Milvus indexes sealed segments only and searches the
+    # growing one by brute force (on Milvus Lite 3.2, 50 queries over 20k unflushed vectors: 4.5 s; flushed: 0.7 s).
+    flush_rows: int = 10_000
+    flush_timeout_s: float = 600.0  # a flush builds the index of what it seals
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -77,9 +81,14 @@ def connect(uri: str, *, token: str = "", timeout_s: float = 10.0):
         return MilvusClient(uri=uri, token=token, timeout=timeout_s)
     except Exception as e:  # pymilvus raises MilvusException, grpc errors or ConnectionError depending on the failure
         raise MilvusUnavailableError(
-            f"Milvus at {uri} did not answer within {timeout_s:g} s: {e}. Check that the server runs and that the "
-            f"URI names its gRPC port (default http://HOST:19530), or give a local .db file for Milvus Lite"
+            f"Milvus at {shown(uri)} did not answer within {timeout_s:g} s: {e}. Check that the server runs and that "
+            f"the URI names its gRPC port (default http://HOST:19530), or give a local .db file for Milvus Lite"
         ) from e
+
+
+def shown(uri: str) -> str:
+    """`uri` for messages: a password in it (https://user:password@host) is masked."""
+    return re.sub(r"://[^/@]*@", "://***@", str(uri))
 
 
 class MilvusRecords:

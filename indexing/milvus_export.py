@@ -18,7 +18,7 @@ import numpy as np
 from indexing.collection import Collection
 from indexing.errors import ModelMismatchError
 from indexing.milvus import MilvusCollection
-from indexing.milvus_client import MilvusConfig, connect
+from indexing.milvus_client import MilvusConfig, connect, shown
 
 LOG = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ def export(
         target = MilvusCollection.create_empty(uri, name, spec, root=root, token=token, config=cfg)
     with target:
         copied, skipped, renumbered = _copy(source, target, batch)
+        target.flush()  # sealed and indexed: searches no longer scan the copied rows one by one
         count = target.count
-    result = ExportResult(str(uri), name, copied, skipped, renumbered, count)
+    result = ExportResult(shown(uri), name, copied, skipped, renumbered, count)
     LOG.info("%s", result.summary())
     return result
 

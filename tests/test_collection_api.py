@@ -255,3 +255,26 @@ def test_path_filters_take_wildcards_quotes_and_backslashes_literally(backend, t
         ):
             got = coll.search_vector(query, k=len(names), filters=where)
             assert {r.path for r in got.records[0]} == want, where
+
+
+def test_an_excluded_image_stays_out_until_unexcluded(backend, tmp_path, shapes, tiny_encoders):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        shutil.copy(shapes / "images" / f"{i:06d}.png", photos / f"{i}.png")
+    coll = backend.create(tmp_path / "c", tiny_encoders, root=photos)
+    coll.sync(photos, embed=FAST, progress=False)
+    assert coll.remove(paths=["1.png"], exclude=True).excluded == ["1.png"]
+    shutil.copy(photos / "1.png", photos / "1 (copy).png")  # its pixels under a new name
+    result = coll.sync(photos, embed=FAST, progress=False)
+    assert (result.added, result.excluded, result.excluded_copies) == (0, ["1.png"], [("1 (copy).png", "1.png")])
+    assert coll.add(photos, embed=FAST, progress=False).added == 0 and coll.count == 3
+    coll.close()
+    coll = backend.open(tmp_path / "c", read_only=False, encoders=tiny_encoders)  # the list was published
+    assert [e.path for e in coll.excluded()] == ["1 (copy).png", "1.png"]
+    assert coll.unexclude(["1.png", "9.png"]) == (["1.png", "1 (copy).png"], ["9.png"])  # the copy too
+    result = coll.sync(photos, embed=FAST, progress=False)
+    assert result.added == 1 and len(result.duplicates) == 1 and coll.excluded() == []
+    paths = {r.path for r in coll.records(range(10)).values()}  # the picture back once, under one of its names
+    assert paths - {"1.png", "1 (copy).png"} == {"0.png", "2.png", "3.png"} and len(paths) == 4
+    coll.close()

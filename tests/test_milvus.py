@@ -17,8 +17,10 @@ from collection_backends import MILVUS_MISSING
 
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
-from indexing.errors import ModelMismatchError
+from indexing.errors import IndexingError, ModelMismatchError
 from indexing.milvus import MilvusCollection  # pymilvus is imported when a collection is opened, not here
+from indexing.results import ModelSpec
+from indexing.store import ImageRecord
 from vlm import models
 from vlm.cli import main
 from vlm.synth import generate
@@ -108,14 +110,17 @@ def test_a_uri_that_does_not_answer_is_a_clear_error_within_the_timeout(source, 
         closed = s.getsockname()[1]
     with pytest.raises(MilvusUnavailableError, match=f"127.0.0.1:{closed}"):
         MilvusCollection.open(f"http://127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    with pytest.raises(MilvusUnavailableError) as e:  # a password in the URI is not repeated in the message
+        MilvusCollection.open(f"http://me:s3cret@127.0.0.1:{closed}", "photos", config=MilvusConfig(timeout_s=1.0))
+    assert "s3cret" not in str(e.value) and f"http://***@127.0.0.1:{closed}" in str(e.value)
 
 
-def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, tiny_encoders, capsys):
+def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, db, tiny_encoders, capsys):
     data = tmp_path / "data"
     generate(data, scenes=12, seed=6, image_size=48, progress=False)
     photos = data / "images"
     model = models.save(tiny_encoders, tmp_path / "model")
-    db, milvus = str(tmp_path / "cli.db"), ["--milvus", "shapes"]
+    db, milvus = str(db), ["--milvus", "shapes"]  # the module's Milvus Lite file: its server is running
     build = ["index", "build", db, str(photos), "--model", str(model), *milvus, "--index-type", "IVF_FLAT"]
     assert main([*build, "--batch-size", "4", "--workers", "0"]) == 0
     assert "added 12 image(s)" in capsys.readouterr().out
@@ -139,3 +144,13 @@ def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, t
     )
     assert main(["index", "info", db, *milvus, "--verify"]) != 0
     assert main(["index", "sync", db, str(photos), *milvus, "--watch"]) != 0
+
+
+def test_a_caption_longer_than_milvus_keeps_is_refused_before_anything_is_written(db):
+    spec = ModelSpec(model=None, pretrained=None, source="test", fingerprint="f", embed_dim=4)
+    coll = MilvusCollection.create_empty(db, "long_caption", spec)
+    ok = ImageRecord(0, "a.png", "file", None, "short", "0" * 64, 1, 0.0, 0.0)
+    long = ImageRecord(1, "b.png", "file", None, "x" * 70_000, "1" * 64, 1, 0.0, 0.0)
+    with pytest.raises(IndexingError, match=r"b\.png: its caption is longer than Milvus.s 65535 bytes"):
+        coll.commit(records=[ok, long], vectors=np.eye(4)[:2], remove_ids=np.empty(0, np.int64))
+    assert coll.count == 0 and coll.next_id == 0 and coll.version == 0

@@ -1,14 +1,15 @@
-"""`vlm index build|add|sync|remove|search|duplicates|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|unexclude|excluded|search|duplicates|info`: searchable image collections.
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index sync runs/photos.coll photos/ --watch             ... and again after every burst of changes (Ctrl-C stops)
-vlm index remove runs/photos.coll --path a.jpg --id 17
+vlm index remove runs/photos.coll --path a.jpg --id 17 [--exclude]   --exclude: and keep it out of later syncs
+vlm index unexclude runs/photos.coll a.jpg [--all]           a later sync or add brings it back (list: `excluded`)
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
-vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
+vlm index duplicates runs/photos.coll [--threshold 0.9] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
 vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
 vlm index search http://milvus:19530 --milvus photos --text "a beach"   any of build/add/sync/remove/search/info
@@ -80,8 +81,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("collection")
     r.add_argument("--id", dest="ids", type=int, nargs="+", default=[], metavar="ID")
     r.add_argument("--path", dest="paths", nargs="+", default=[], metavar="PATH", help="as stored, or a file path")
+    r.add_argument(
+        "--exclude",
+        action="store_true",
+        help="keep them out: later syncs and adds leave these paths (and copies with the same pixels) out",
+    )
     index_milvus.add_options(r)
     r.set_defaults(run=run_remove)
+
+    u = actions.add_parser("unexclude", help="let images removed with --exclude come back at the next sync or add")
+    u.add_argument("collection")
+    u.add_argument("paths", nargs="*", metavar="PATH", help="as stored (see `vlm index excluded`), or a file path")
+    u.add_argument("--all", action="store_true", help="empty the exclusion list")
+    index_milvus.add_options(u)
+    u.set_defaults(run=run_unexclude)
+
+    x = actions.add_parser("excluded", help="list the images removed with --exclude")
+    x.add_argument("collection")
+    x.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    index_milvus.add_options(x)
+    x.set_defaults(run=run_excluded)
 
     s = actions.add_parser("search", help="the images nearest to a text or an image")
     s.add_argument("collection")
@@ -119,6 +138,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("collection")
     d.add_argument(
         "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="thumbnail correlation that confirms a pair (default: measured, README); 0 = the vectors alone",
     )
     d.add_argument("--folder", help="only images under this folder (as stored)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a list")
@@ -201,8 +225,6 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig, WatchConfig
 
     opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
-    if args.watch and args.milvus:
-        raise ConfigError("--watch follows FAISS collections only, for now; run sync --milvus again instead")
     with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         if args.watch:
             _watch(coll, args.folders, embed_cfg, watch_cfg)
@@ -242,6 +264,8 @@ def _print_sync(result) -> None:
     lines += [f"  duplicate: {item} (same pixels as {twin})" for item, twin in result.duplicates]
     lines += [f"  unusable: {bad}" for bad in result.bad]
     lines += [f"  kept, its folder could not be listed: {path}" for path in result.kept]
+    lines += [f"  excluded, left out: {path}" for path in result.excluded]
+    lines += [f"  excluded too: {item} (same pixels as the excluded {twin})" for item, twin in result.excluded_copies]
     for line in lines[:40]:
         print(printable(line))
     if len(lines) > 40:
@@ -263,12 +287,39 @@ def _print_add(result) -> None:
 
 
 def run_remove(args: argparse.Namespace) -> None:
-
     with index_milvus.open_collection(args, read_only=False) as coll:
-        result = coll.remove(ids=args.ids, paths=args.paths)
+        result = coll.remove(ids=args.ids, paths=args.paths, exclude=args.exclude)
     print(f"removed {len(result.removed):,} image(s) (version {result.version})")
+    if result.excluded:
+        print("  excluded: later syncs and adds leave them out (`vlm index unexclude` lets them back)")
     for missing in result.not_found:
         print(printable(f"  not in the collection: {missing}"))
+
+
+def run_unexclude(args: argparse.Namespace) -> None:
+    from indexing.errors import IndexingError
+
+    if bool(args.paths) == args.all:
+        raise IndexingError("give the paths to let back in (see `vlm index excluded`), or --all, not both")
+    with index_milvus.open_collection(args, read_only=False) as coll:
+        found, missing = coll.unexclude(args.paths, everything=args.all)
+        version = coll.version
+    print(f"{len(found):,} path(s) taken off the exclusion list (version {version}); the next sync or add brings them")
+    for path in missing:
+        print(printable(f"  not excluded: {path}"))
+
+
+def run_excluded(args: argparse.Namespace) -> None:
+    import time
+
+    with index_milvus.open_collection(args, read_only=True) as coll:
+        entries = coll.excluded()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return
+    print(f"{len(entries):,} image(s) excluded (`vlm index unexclude COLL PATH` lets one back in)")
+    for e in entries:
+        print(printable(f"  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.since))}  {e.path}"))
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -320,12 +371,14 @@ def run_search(args: argparse.Namespace) -> None:
 
 def run_duplicates(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
-    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.duplicates import DEFAULT_THRESHOLD, PIXEL_THRESHOLD, check_threshold
     from indexing.store import Filter
 
     threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    pixels = PIXEL_THRESHOLD if args.pixel_threshold is None else args.pixel_threshold
+    pixels = None if pixels == 0 else check_threshold(pixels)
     coll = Collection.open(args.collection)
-    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder), pixels=pixels)
     rows = [
         [
             {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
@@ -343,6 +396,13 @@ def run_duplicates(args: argparse.Namespace) -> None:
         for m in group:
             mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
             print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
+    copies = coll.exact_copies()
+    if copies:
+        print(f"{len(copies):,} exact cop(ies): the same pixels as an image in the collection, so not stored twice")
+        for copy, stored in copies[:200]:
+            print(printable(f"  {copy}  =  {stored}"))
+        if len(copies) > 200:
+            print(f"  ... and {len(copies) - 200:,} more")
 
 
 def run_info(args: argparse.Namespace) -> None:
