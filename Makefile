@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Known-good pins on these machines (see ../shared/DESIGN.md): torch first, so `pip install -e .` finds it satisfied.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= cpu,dev,onnx,watch
+EXTRAS ?= cpu,dev,onnx,watch,milvus
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: setup run demo test lint bench clean-runs gpu-wheels gpu-check-dry

@@ -330,7 +330,9 @@ def _qps(search: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int) -
 
 
 def faiss_section(n: int, d: int, state: dict[str, Any]) -> dict[str, Any]:
-    """Build time, GPU memory held after the build, QPS on CPU and GPU, on clustered unit vectors."""
+    """Build time, GPU memory held after the build, recall@10 and QPS on CPU and GPU, on clustered unit vectors."""
+    import faiss
+
     from indexing import faiss_index as fi
     from indexing import gpu
 
@@ -359,16 +361,25 @@ def faiss_section(n: int, d: int, state: dict[str, Any]) -> dict[str, Any]:
     }
     out["cpu_qps_batch1000"] = round(_qps(lambda q: fi.search(index, info, q, 10), queries, 1000), 1)
     out["cpu_qps_single"] = round(_qps(lambda q: fi.search(index, info, q, 10), queries[:300], 1), 1)
+    _, truth = faiss.knn(queries[:500], vectors, 10, metric=fi.METRIC)  # exact, for the recall of each copy
+    _, cpu_ids = fi.search(index, info, queries[:500], 10)
+    out["cpu_recall_at_10"] = round(fi.recall_at_k(cpu_ids, truth), 4)
+    # Copied as a collection's version is: written, opened with its lists memory-mapped (indexing/gpu.py).
+    folder = tempfile.mkdtemp(prefix="gpu-check-index-")
+    fi.write(index, os.path.join(folder, "index.faiss"))
+    mapped = fi.read(os.path.join(folder, "index.faiss"), mmap=info.kind)
     start = time.perf_counter()
-    copy = gpu.gpu_copy(index, info, d)
+    copy = gpu.gpu_copy(mapped, info, d)
     out["gpu_copy"] = None if copy is None else f"{len(copy.copies)} GPU(s) in {time.perf_counter() - start:.2f} s"
+    del mapped
+    shutil.rmtree(folder, ignore_errors=True)
     if copy is not None:
         out["gpu_mem_with_copy_mib"] = round((_gpu_mem_used() - before) / 2**20, 1)
         out["gpu_qps_batch1000"] = round(_qps(lambda q: fi.search(copy, info, q, 10, gpu=True), queries, 1000), 1)
         out["gpu_qps_single"] = round(_qps(lambda q: fi.search(copy, info, q, 10, gpu=True), queries[:300], 1), 1)
-        _, cpu_ids = fi.search(index, info, queries[:500], 10)
         _, gpu_ids = fi.search(copy, info, queries[:500], 10, gpu=True)
         out["gpu_vs_cpu_top10_overlap"] = round(fi.recall_at_k(gpu_ids, cpu_ids), 4)
+        out["gpu_recall_at_10"] = round(fi.recall_at_k(gpu_ids, truth), 4)  # at the nprobe tuned on the CPU
     else:
         out["note"] = "faiss sees no GPU (the carried faiss is the CPU wheel): GPU figures not measured"
     state.update(index=index, info=info, copy=copy, queries=queries)

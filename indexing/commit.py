@@ -17,10 +17,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexing import faiss_index, versions
+from indexing import faiss_index, parallel, versions
 from indexing.faiss_index import IndexConfig, IndexInfo
 from indexing.store import ImageRecord
-from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Vectors, Version
+from indexing.vectors import Vectors, write_chunk
+from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Version
 from vlm.atomic import atomic_write_json
 
 LOG = logging.getLogger(__name__)
@@ -36,16 +37,22 @@ def publish_next(
     vectors: np.ndarray | None,
     remove_ids: np.ndarray,
     updates: Sequence[ImageRecord] = (),
+    exclude: Sequence[tuple[str, str]] = (),
+    unexclude: Sequence[str] = (),
+    twins: Sequence[tuple[str, str, int, float]] = (),
+    untwin: Sequence[str] = (),
 ) -> Version:
     """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`, with the metadata
-    of `updates` (records already in `old`, same id and vector: a moved or touched file) replaced; return it."""
+    of `updates` (records already in `old`, same id and vector: a moved or touched file) replaced, and the
+    (path, pixel hash) pairs of `exclude` added to its exclusion list, the paths of `unexclude` taken off, and its
+    list of exact copies (`twins`: path, pixel hash, size, mtime) added to, `untwin` paths forgotten; return it."""
     dim, dtype = int(old.manifest["model"]["embed_dim"]), old.manifest["dtype"]
     cfg = IndexConfig(**old.manifest["config"])
     number = versions.next_number(root, old.number)
     ids = np.array([r.id for r in records], dtype=np.int64)
     chunks = list(old.manifest["chunks"])
     if len(ids):
-        chunks.append(versions.write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
+        chunks.append(write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
     built: list = []
 
     def write(folder: Path) -> None:
@@ -54,11 +61,16 @@ def publish_next(
         # the UNIQUE path constraint half-way through a row-by-row update.
         store.delete([*remove_ids.tolist(), *(r.id for r in updates)])
         store.insert([*updates, *records])
+        store.unexclude(unexclude)
+        store.exclude(exclude, since=time.time())
+        store.set_twins(twins, untwin)
         live = store.ids()
         store.close()
         kept = _compact(root, chunks, live, number, dim, dtype)
-        index, info = _next_index(old, Vectors(root / CHUNKS, [c["name"] for c in kept], dim), live, dim, cfg)
-        faiss_index.write(index, str(folder / INDEX))
+        vectors = Vectors(root / CHUNKS, [c["name"] for c in kept], dim)
+        index, info = _next_index(old, vectors, live, dim, cfg, folder)
+        if not (folder / INDEX).exists():  # a parallel build wrote its own (and the lists' file beside it)
+            faiss_index.write(index, str(folder / INDEX))
         manifest = {
             **old.manifest,
             "version": number,
@@ -87,15 +99,17 @@ def _compact(
         return chunks
     vectors = Vectors(root / CHUNKS, [c["name"] for c in chunks], dim).get(live)
     LOG.info("compacting %d stored vectors into the %d live ones", rows, len(live))
-    return [versions.write_chunk(root, f"c{number:06d}_1.npy", live, vectors, dtype)] if len(live) else []
+    return [write_chunk(root, f"c{number:06d}_1.npy", live, vectors, dtype)] if len(live) else []
 
 
 def _next_index(
-    old: Version, vectors: Vectors, live: np.ndarray, dim: int, cfg: IndexConfig
+    old: Version, vectors: Vectors, live: np.ndarray, dim: int, cfg: IndexConfig, folder: Path
 ) -> tuple[faiss.Index, IndexInfo]:
     if faiss_index.rebuild_needed(old.info, len(live), dim, cfg):
         if not len(live):
             return faiss_index.empty_index(dim)
+        if cfg.build_workers > 1 and faiss_index.plan(len(live), dim, cfg).kind == "ivf":
+            return parallel.build(vectors, live, cfg, folder)  # writes folder's index files itself
         return faiss_index.build(vectors.get(live), live, cfg)
     index = faiss_index.read(str(old.folder / INDEX))  # into memory: a reader's memory-mapped index is read-only
     old_ids = faiss_index.index_ids(old.index)

@@ -18,7 +18,7 @@ Held-out queries: `tune` draws database vectors as queries and leaves each query
 the approximate top-k, so recall counts only true neighbours (a query always finds itself, which would flatter the
 approximate index by one in k).
 
-Size (~430 lines, over the ~400 guide): plan, build, tune and search share the index-string grammar and
+Size (~465 lines, over the ~400 guide): plan, build, tune, search and read share the index-string grammar and
 `IndexInfo`; re-ranking (`indexing/rerank.py`), batched scans (`indexing/batch.py`) and GPU copies
 (`indexing/gpu.py`) already live apart.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -70,6 +71,18 @@ class IndexConfig:
         default=50_000, metadata=_help("filtered searches over at most this many images are exact over them")
     )
     seed: int = field(default=0, metadata=_help("seed of the training sample, k-means and tuning queries"))
+    build_workers: int = field(
+        default=1,
+        metadata=_help(
+            "processes filling an IVF rebuild's shards, merged on disk (indexing/parallel.py); 1: in-process"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.build_workers, bool) or not isinstance(self.build_workers, int) or self.build_workers < 1:
+            raise IndexingError(
+                f"build_workers must be a whole number of processes, 1 or more; got {self.build_workers!r}"
+            )
 
 
 @dataclass
@@ -170,7 +183,9 @@ def build(vectors: np.ndarray, ids: np.ndarray, cfg: IndexConfig) -> tuple[faiss
     start = time.perf_counter()
     index = faiss.index_factory(d, chosen.factory, METRIC)
     info = IndexInfo(chosen.factory, chosen.kind, nlist=chosen.nlist, trained_count=n, tuned_count=n)
-    trained_on = _train(index, vectors, cfg) if chosen.kind == "ivf" else None
+    trained_on = training_rows(n, chosen.nlist, cfg) if chosen.kind == "ivf" else None
+    if trained_on is not None:
+        train(index, vectors[trained_on], cfg)
     index.add_with_ids(vectors, ids)
     if chosen.kind == "ivf":
         result = tune(index, vectors, ids, cfg, exclude=trained_on)
@@ -189,16 +204,18 @@ def _check(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return vectors, ids
 
 
-def _train(index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
-    """Spherical k-means for the coarse centroids on a seeded sample (PQ/SQ codes train on the same sample);
-    returns the sample's row numbers."""
+def training_rows(n: int, nlist: int, cfg: IndexConfig) -> np.ndarray:
+    """The sorted row numbers (of n) of the seeded training sample: `cfg.train_per_list` per list, at most n."""
+    size = min(n, cfg.train_per_list * nlist)
+    return np.sort(np.random.default_rng(cfg.seed).choice(n, size, replace=False)) if size < n else np.arange(n)
+
+
+def train(index: faiss.Index, sample: np.ndarray, cfg: IndexConfig) -> None:
+    """Train the empty IVF `index` on `sample`: spherical k-means for the coarse centroids, then the SQ/PQ codes
+    on the same sample."""
     ivf = faiss.extract_index_ivf(index)
-    n = vectors.shape[0]
-    sample_size = min(n, cfg.train_per_list * ivf.nlist)
-    rng = np.random.default_rng(cfg.seed)
-    rows = np.sort(rng.choice(n, sample_size, replace=False)) if sample_size < n else np.arange(n)
-    sample = vectors[rows] if sample_size < n else vectors
-    LOG.info("training %d IVF lists on %d of %d vectors", ivf.nlist, sample_size, n)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    LOG.info("training %d IVF lists on %d vectors", ivf.nlist, len(sample))
     ivf.quantizer.add(kmeans_centroids(sample, ivf.nlist, cfg))
     ivf = faiss.downcast_index(ivf)
     if isinstance(ivf, faiss.IndexIVFPQ):
@@ -206,7 +223,6 @@ def _train(index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig) -> np.ndar
     # The quantizer now holds nlist centroids, so faiss skips its own k-means and trains only the codes (SQ/PQ on
     # the residuals), on the same sample.
     index.train(sample)
-    return rows
 
 
 def kmeans_centroids(sample: np.ndarray, k: int, cfg: IndexConfig) -> np.ndarray:
@@ -420,16 +436,36 @@ def rebuild_needed(info: IndexInfo, count: int, d: int, cfg: IndexConfig) -> boo
 
 # IVF lists as OnDiskInvertedLists; a flat index's codes mapped. Not both: IFC wraps the file, and IVF then fails.
 MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP, "flat": faiss.IO_FLAG_MMAP_IFC}
+# A parallel build's lists are in a second file beside the index file (`indexing/parallel.py`), which faiss maps
+# itself. The path it recorded is the version's temporary folder, so the index is read without mapping it, and the
+# file beside the index is mapped, read-only (faiss would map it writable). Not IO_FLAG_ONDISK_SAME_DIR: it says so
+# on stdout (which `vlm index search --json` writes to).
+IVFDATA = "index.ivfdata"
 
 
 def read(path: str, *, mmap: str | None = None) -> faiss.Index:
     """The index in `path`; with `mmap` (its kind, "ivf" or "flat"), its inverted lists or flat codes
     memory-mapped, read-only: opening reads only the small parts (centroids, HNSW graph, a flat index's ids). A
-    memory-mapped index cannot be changed or cloned: a writer reads the file without `mmap`."""
+    memory-mapped index cannot be changed or cloned: a writer reads the file without `mmap` (lists kept in a
+    separate file by a parallel build are then copied into memory, so that the writer's changes stay its own)."""
+    lists_file = os.path.join(os.path.dirname(path), IVFDATA)
+    ondisk = os.path.exists(lists_file)
+    flags = faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY if ondisk else MMAP_FLAGS[mmap] if mmap else 0
     try:
-        return faiss.read_index(path, MMAP_FLAGS[mmap] if mmap else 0)
+        index = faiss.read_index(path, flags)
+        if ondisk:
+            ivf = faiss.extract_index_ivf(index)
+            mapped = faiss.downcast_InvertedLists(ivf.invlists)
+            mapped.filename = lists_file
+            mapped.do_mmap()
     except RuntimeError as e:
         raise IndexingError(f"cannot read the faiss index {path}: {e}") from e
+    if ondisk and not mmap:
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        ivf.invlists.copy_subset_to(lists, faiss.InvertedLists.SUBSET_TYPE_INVLIST, 0, ivf.nlist)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # now the index's
+    return index
 
 
 def write(index: faiss.Index, path: str) -> None:

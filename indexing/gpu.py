@@ -98,22 +98,35 @@ class Replicas:
 
 
 def _flat_quantizer(index: faiss.Index) -> faiss.Index:
-    """`index`, or a clone whose IVF coarse quantizer is an `IndexFlatIP` over the same centroids: GPU IVF wants a
-    flat quantizer (HNSW is a CPU-side speed-up of the same assignment)."""
+    """`index`, or a copy whose IVF coarse quantizer is an `IndexFlatIP` over the same centroids: GPU IVF wants a
+    flat quantizer (HNSW is a CPU-side speed-up of the same assignment). The copy shares `index`'s inverted lists:
+    a version's lists are memory-mapped (`OnDiskInvertedLists`), which faiss cannot clone, so they are detached
+    while the rest is cloned. Keep `index` alive while the copy is used."""
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index
         return index
     if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
         return index
-    index = faiss.clone_index(index)
-    ivf = faiss.extract_index_ivf(index)
-    flat = faiss.IndexFlatIP(ivf.d)
-    flat.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
-    ivf.quantizer = flat
-    ivf.own_fields = True
-    flat.this.disown()  # now owned by the IVF clone, freed with it
-    return index
+    lists, owned = ivf.invlists, ivf.own_invlists
+    placeholder = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.own_invlists = False  # or replace_invlists would free the lists
+    ivf.replace_invlists(placeholder, False)
+    try:
+        copy = faiss.clone_index(index)
+    finally:
+        ivf.replace_invlists(lists, owned)
+    copied = faiss.extract_index_ivf(copy)
+    copied.replace_invlists(lists, False)  # shared, not owned: freed with `index`
+    copied.ntotal = copy.ntotal = index.ntotal
+    flat = faiss.IndexFlatIP(copied.d)
+    flat.add(copied.quantizer.reconstruct_n(0, copied.nlist))
+    cloned_quantizer = copied.quantizer
+    copied.quantizer = flat
+    copied.own_fields = True
+    flat.this.disown()  # now owned by the IVF copy, freed with it
+    cloned_quantizer.this.own(True)  # the HNSW clone nothing points to any more: freed by Python
+    return copy
 
 
 def to_gpu(index: faiss.Index, factory: str) -> Replicas:

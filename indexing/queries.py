@@ -7,6 +7,7 @@ parameters (k, nprobe, filters) travel with each call.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -73,12 +74,13 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int
     return out_scores, out_ids
 
 
-# Relevance cut-offs of a date-sorted search, by the model name a collection records (`ModelSpec.model`).
-# "demo": on 400 synthetic scenes and the 48 queries "a <colour> <shape>", cosine >= 0.5 keeps 41% of the images
-# holding that object at 14% precision (the demo model tells single objects apart poorly; indexing/README.md).
+# Relevance cut-offs of a date-sorted search, by the model name a collection records (`ModelSpec.model`), measured by
+# `python -m bench.sort_cutoff --model M` (the cut-off with the best F1 of "score >= cut" against the relevant images,
+# on a tuning half; indexing/README.md). "demo": 0.8 on synthetic scenes with the 48 queries "a <colour> <shape>"
+# (test half: precision 0.93, recall 0.16; the old 0.5 kept 35% of the relevant images at 13% precision).
 # Others: 0.2, not measured here (no pretrained weights offline): matching text-image pairs of CLIP models score
 # about 0.25-0.35 in cosine, unrelated ones about 0.1-0.2. Image queries score higher; set min_score for them.
-DEFAULT_MIN_SCORE = {"demo": 0.5}
+DEFAULT_MIN_SCORE = {"demo": 0.8}
 OTHER_MODELS_MIN_SCORE = 0.2
 MAX_CANDIDATES = 10_000  # a date-sorted search sorts at most this many of the best-scoring images per query
 
@@ -94,22 +96,43 @@ def newest_first(
     """Of the images scoring at least `min_score` (the relevance cut-off), the k newest by date (EXIF date taken,
     else mtime; ties by score), per query. Candidates are fetched best first, 4x more each round, until one scores
     below the cut-off, so nothing above it is missed (up to `MAX_CANDIDATES`)."""
-    total = int(v.manifest["count"])
+
+    def fetch(want: int) -> Hits:
+        return search(v, queries, want, filters=filters, nprobe=nprobe, cfg=cfg)
+
+    return newest_among(fetch, int(v.manifest["count"]), len(queries), k, min_score=min_score, dates=v.store.dates)
+
+
+def newest_among(
+    fetch: Callable[[int], Hits],
+    total: int,
+    nq: int,
+    k: int,
+    *,
+    min_score: float,
+    dates: Callable[[list[int]], dict[int, str]] | None = None,
+) -> Hits:
+    """`newest_first` over any search: `fetch(n)` returns the best n hits per query of a collection of `total`
+    images; `dates(ids)` gives their dates (default: `ImageRecord.date` of the hits' records)."""
     want = min(total, max(4 * k, 256), MAX_CANDIDATES)
     while True:
-        hits = search(v, queries, max(want, 1), filters=filters, nprobe=nprobe, cfg=cfg)
+        hits = fetch(max(want, 1))
         if want >= min(total, MAX_CANDIDATES) or bool((hits.scores[:, -1] < min_score).all()):
             break
         want = min(total, want * 4, MAX_CANDIDATES)
-    ids = np.full((len(queries), k), -1, dtype=np.int64)
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    scores = np.full((nq, k), -np.inf, dtype=np.float32)
     records = []
-    for qi in range(len(queries)):
+    for qi in range(nq):
         good = [
             (int(i), float(s)) for i, s in zip(hits.ids[qi], hits.scores[qi], strict=True) if i >= 0 and s >= min_score
         ]
-        dates = v.store.dates([i for i, _ in good])
-        best = sorted(good, key=lambda pair: (dates[pair[0]], pair[1]), reverse=True)[:k]
+        if dates is None:
+            known = {r.id: r.date for r in hits.records[qi]}
+            day = {i: known[i] for i, _ in good}
+        else:
+            day = dates([i for i, _ in good])
+        best = sorted(good, key=lambda pair: (day[pair[0]], pair[1]), reverse=True)[:k]
         ids[qi, : len(best)] = [i for i, _ in best]
         scores[qi, : len(best)] = [s for _, s in best]
         found = {r.id: r for r in hits.records[qi]}

@@ -4,7 +4,7 @@ A compressed index (SQ8 or PQ codes) scans fast in little memory but ranks by ap
 stop near recall@10 0.75 on 512-d embeddings. The fix, as in faiss's `IndexRefine` and in LAION's memory-mapped
 serving, is to ask the index for `factor * k` candidates and rank those again by the exact inner product with their
 full vectors. Here the full vectors are the collection's chunks (memory-mapped `.npy` files, float32 or float16:
-`indexing.versions.Vectors`), so nothing is duplicated into the index and an add writes only its new vectors.
+`indexing.vectors.Vectors`), so nothing is duplicated into the index and an add writes only its new vectors.
 `fetch(ids)` returns the (len(ids), d) float32 vectors of stored ids; only the unique candidates of a block of
 queries are read, and blocks bound the memory one call uses.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -39,10 +39,14 @@ class AddResult:
     bad: list[BadRow]  # inputs that could not be used, with the reason
     version: int
     embed: EmbedStats | None
+    excluded: list[str] = field(default_factory=list)  # inputs left out: removed from the collection for good
+    excluded_copies: list[tuple[str, str]] = field(default_factory=list)  # (input, excluded path with its pixels)
 
     def summary(self) -> str:
         text = f"added {self.added:,} image(s) (version {self.version})"
         parts = [f"{self.already_present:,} already present"] if self.already_present else []
+        left_out = len(self.excluded) + len(self.excluded_copies)
+        parts += [f"{left_out:,} excluded (removed earlier; `vlm index unexclude` brings back)"] if left_out else []
         parts += [f"{len(self.duplicates):,} duplicate(s)"] if self.duplicates else []
         parts += [f"{len(self.bad):,} unusable"] if self.bad else []
         return text + (f"; skipped {', '.join(parts)}" if parts else "")
@@ -63,6 +67,8 @@ class SyncResult:
     version: int
     embed: EmbedStats | None
     filled: int = 0  # unchanged records given the date taken, camera and dimensions they were made without
+    excluded: list[str] = field(default_factory=list)  # files left out: removed from the collection for good
+    excluded_copies: list[tuple[str, str]] = field(default_factory=list)  # (file, excluded path with its pixels)
 
     def summary(self) -> str:
         counts = [
@@ -77,6 +83,7 @@ class SyncResult:
             (len(self.bad), "unusable"),
             (len(self.kept), "kept (folder unreadable)"),
             (self.filled, "given their date taken and dimensions"),
+            (len(self.excluded) + len(self.excluded_copies), "excluded (removed earlier)"),
         ]
         text = ", ".join(f"{n:,} {what}" for n, what in counts if n)
         return f"synced (version {self.version}): {text or 'nothing to do'}"
@@ -87,6 +94,14 @@ class RemoveResult:
     removed: np.ndarray  # ids removed, int64
     not_found: list[str | int]
     version: int
+    excluded: list[str] = field(default_factory=list)  # their paths, kept out of later syncs and adds
+
+
+@dataclass(frozen=True)
+class Excluded:
+    path: str  # as stored
+    sha256: str  # the pixel hash of the image removed
+    since: float  # when, seconds since the epoch
 
 
 @dataclass

@@ -19,6 +19,19 @@ Table `images`, one row per image in the collection:
     width    INTEGER               upright width in pixels (NULL in stores made before it was kept)
     height   INTEGER               upright height in pixels (likewise)
 
+Table `excluded`, one row per image removed with `exclude=True` (`Collection.remove`): a sync or an add leaves
+these paths out, and new files with the same pixels too (a removed photo that comes back under another name), until
+`Collection.unexclude` takes them off the list:
+    path     TEXT PRIMARY KEY      as `images.path`
+    sha256   TEXT                  the removed image's pixel hash
+    since    REAL                  when it was excluded
+
+Table `twins`, one row per file left out because its pixels equal an image's in the collection (an exact copy):
+what a sync needs to pass it by unchanged instead of decoding and embedding it again, and what lists exact copies:
+    path     TEXT PRIMARY KEY      the copy's key, as `images.path`
+    sha256   TEXT                  its pixel hash (that of the image in the collection)
+    size     INTEGER, mtime REAL   the file's, when it was last looked at
+
 The date of an image (`DATE_SQL`, `ImageRecord.date`) is `taken`, else the file's mtime in the local time zone.
 
 Stores made before `taken`/`camera`/`width`/`height` existed still open: reads give NULL for them (dates fall back
@@ -60,7 +73,26 @@ CREATE TABLE images (
     width INTEGER,
     height INTEGER
 );
+CREATE TABLE excluded (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE TABLE twins (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL
+);
 """
+TWINS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS twins (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL, "
+    "mtime REAL NOT NULL)"
+)
+# Older stores lack it: read as empty, created in the first write's copy (`copy_to`).
+EXCLUDED_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS excluded (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, since REAL NOT NULL)"
+)
 COLUMNS = (
     "id",
     "path",
@@ -127,6 +159,9 @@ class Store:
         # An older store lacks the later columns: a view of the table with NULL in their place.
         select = ", ".join(c if c in self._has else f"NULL AS {c}" for c in COLUMNS)
         self._table = "images" if not self.missing_columns else f"(SELECT {select} FROM images)"
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._has_excluded = "excluded" in tables
+        self._has_twins = "twins" in tables
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -142,7 +177,9 @@ class Store:
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
         try:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            conn.execute("SELECT count(*) FROM images").fetchone()
+            # A probe that reads the schema and one row's pages, whatever the size (count(*) would read a whole
+            # index): the file is SQLite and holds the table, else the error is raised here.
+            conn.execute("SELECT id FROM images LIMIT 1").fetchone()
         except sqlite3.Error as e:
             raise IndexingError(f"cannot read the metadata store {path}: {e}") from e
         return cls(path, conn, False)
@@ -154,6 +191,8 @@ class Store:
             self._conn.backup(conn)
         for column in self.missing_columns:  # an older store: the copy gets the current schema (values NULL)
             conn.execute(f"ALTER TABLE images ADD COLUMN {column} {LATER_COLUMNS[column]}")
+        conn.execute(EXCLUDED_SCHEMA)
+        conn.execute(TWINS_SCHEMA)
         return Store(path, conn, True)
 
     def close(self) -> None:
@@ -219,6 +258,22 @@ class Store:
                 out.update(self._conn.execute(sql, chunk).fetchall())
         return out
 
+    def excluded(self) -> dict[str, tuple[str, float]]:
+        """path -> (pixel hash, since when) of the images kept out of the collection (`Collection.remove`)."""
+        if not self._has_excluded:
+            return {}
+        with self._lock:
+            rows = self._conn.execute("SELECT path, sha256, since FROM excluded ORDER BY path").fetchall()
+        return {path: (sha, since) for path, sha, since in rows}
+
+    def twins(self) -> dict[str, tuple[str, int, float]]:
+        """path -> (pixel hash, size, mtime) of the exact copies left out (table `twins`)."""
+        if not self._has_twins:
+            return {}
+        with self._lock:
+            rows = self._conn.execute("SELECT path, sha256, size, mtime FROM twins ORDER BY path").fetchall()
+        return {path: (sha, size, mtime) for path, sha, size, mtime in rows}
+
     @property
     def missing_columns(self) -> list[str]:
         """Columns of the current schema this (older) store lacks: read as NULL."""
@@ -238,6 +293,27 @@ class Store:
         self._check_writable()
         with self._lock:
             self._conn.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+
+    def exclude(self, entries: Sequence[tuple[str, str]], since: float) -> None:
+        """Keep (path, pixel hash) `entries` out of later syncs and adds; an entry already there is renewed."""
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO excluded (path, sha256, since) VALUES (?, ?, ?)",
+                [(path, sha, since) for path, sha in entries],
+            )
+
+    def unexclude(self, paths: Sequence[str]) -> None:
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany("DELETE FROM excluded WHERE path = ?", [(p,) for p in paths])
+
+    def set_twins(self, add: Sequence[tuple[str, str, int, float]], drop: Sequence[str]) -> None:
+        """Forget the twins at `drop`, then record (path, pixel hash, size, mtime) `add` (replacing any)."""
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany("DELETE FROM twins WHERE path = ?", [(p,) for p in drop])
+            self._conn.executemany("INSERT OR REPLACE INTO twins (path, sha256, size, mtime) VALUES (?, ?, ?, ?)", add)
 
     def _check_writable(self) -> None:
         if not self.writable:

@@ -11,6 +11,7 @@ size of a vanished one, its pixels are hashed (decoded in DataLoader workers, no
 record's pixel hash (`indexing.embed.pixel_sha256`): equal means touched or moved, not re-embedded (its date taken,
 camera and dimensions are read again). An unchanged file whose record predates that metadata gets it from the file's
 header (`indexing.photo.header_meta`), so a sync brings an older collection's records up to date without embedding.
+A listed file whose path was removed with `exclude=True` is left out (`Store.excluded`).
 A listed file that cannot be read, and every record under a folder that cannot be listed, keep their record until a
 later sync can read them: a sync removes an image only when its file is shown to be gone.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class SyncPlan:
     unchanged: int = 0
     kept: list[str] = field(default_factory=list)  # paths kept although not listed: their folder was unreadable
     bad: list[BadRow] = field(default_factory=list)  # listed but unusable; any record of theirs is kept
+    excluded: list[str] = field(default_factory=list)  # listed, but removed with exclude=True: left out
+    untwin: list[str] = field(default_factory=list)  # exact copies to forget: gone, changed, or their image gone
 
 
 def plan_sync(
@@ -56,8 +59,13 @@ def plan_sync(
     cfg: EmbedConfig,
     device_type: str = "cpu",
     progress: bool = True,
+    excluded: Collection[str] = (),
+    twins: dict[str, tuple[str, int, float]] | None = None,
 ) -> SyncPlan:
-    """Compare `folders` on disk with the records of `store` under them; see the module docstring."""
+    """Compare `folders` on disk with the records of `store` under them; see the module docstring. Listed files
+    whose key is in `excluded` (the collection's exclusion list) are left out. `twins` (path -> pixel hash, size,
+    mtime): exact copies of images in the collection, left out earlier: one whose size and mtime are unchanged is
+    passed by (counted unchanged) while its image stays; one that changed, or whose image is gone, is embedded."""
     reals = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -70,8 +78,11 @@ def plan_sync(
     gathered = gather(list(folders), root=root)
     root_real = os.path.realpath(root) if root is not None else None
 
+    def real(key: str) -> str:
+        return key if os.path.isabs(key) or root_real is None else os.path.join(root_real, key)
+
     def real_path(record: ImageRecord) -> str:
-        return record.path if os.path.isabs(record.path) or root_real is None else os.path.join(root_real, record.path)
+        return real(record.path)
 
     unlisted = [os.path.join(u, "") for u in gathered.unlisted]
     in_scope = [r for r in store.files() if any(real_path(r).startswith(f) for f in reals)]
@@ -87,16 +98,29 @@ def plan_sync(
         else:
             vanished[record.path] = record
     vanished_sizes = {r.size for r in vanished.values()}
+    twins = twins or {}
+    for key in twins:  # copies under these folders that are gone (their folder listed, they not)
+        under = any(real(key).startswith(f) for f in reals)
+        if key not in listed and under and not any(real(key).startswith(u) for u in unlisted):
+            plan.untwin.append(key)
+    waiting_twins: list[Item] = []
 
     to_hash: list[Item] = []
+    excluded = set(excluded)
     for item in gathered.items:
+        if item.key in excluded:
+            plan.excluded.append(item.key)
+            continue
         record = by_path.get(item.key)
         try:
             size, mtime = embedding.file_facts(item.ref)
         except ImageError as e:  # gone or unreadable since it was listed: keep its record, if any, for next time
             plan.bad.append(BadRow(item.ref.describe(), None, item.key, e.reason))
             continue
-        if record is not None and (record.size, record.mtime) == (size, mtime):
+        twin = twins.get(item.key) if record is None else None
+        if twin is not None and (twin[1], twin[2]) == (size, mtime):
+            waiting_twins.append(item)  # unchanged, if its image stays (decided below)
+        elif record is not None and (record.size, record.mtime) == (size, mtime):
             plan.unchanged += 1
             update = record
             if record.caption != item.caption:
@@ -132,6 +156,18 @@ def plan_sync(
         else:
             _embed(plan, item, record)
     plan.removed = list(vanished.values())
+    # An unchanged copy is passed by only while an image with its pixels stays in the collection; else it is
+    # embedded (and becomes that image). A changed one is embedded anyway, above; either way it is forgotten as a twin.
+    gone_shas = {r.sha256 for r in plan.removed}
+    stored = store.by_hashes(sorted({twins[item.key][0] for item in waiting_twins}))
+    for item in waiting_twins:
+        sha = twins[item.key][0]
+        if sha in stored and sha not in gone_shas:
+            plan.unchanged += 1
+        else:
+            plan.embed.append(item)
+    plan.untwin += [item.key for item in plan.embed if item.key in twins]
+    plan.untwin += [new for _, new in plan.moved if new in twins]  # a copy now holding its moved image's record
     return plan
 
 

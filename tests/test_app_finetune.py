@@ -16,10 +16,11 @@ gradio_client = pytest.importorskip("gradio_client")
 from app_harness import free_port  # noqa: E402
 from gradio_client import Client  # noqa: E402
 
+from ui import wise  # noqa: E402
 from ui.app import build_app, close, create_state, launch  # noqa: E402
 from ui.state import Limits  # noqa: E402
 from ui.train import curves  # noqa: E402
-from vlm import demo, finetune  # noqa: E402
+from vlm import checkpoint, demo, finetune  # noqa: E402
 from vlm.rundir import RunDir  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
@@ -43,26 +44,62 @@ def app(tmp_path_factory):
     close(served, state)
 
 
-def test_fine_tune_of_the_active_model_uses_the_fine_tune_recipe_and_scores_what_it_knew(app):
+@pytest.fixture(scope="module")
+def fine_tuned(app):
+    """A short fine-tune of the active demo model started through the API with the learning rate left empty (0),
+    waited for: (what the start said, its run folder, its status)."""
     state, client, tmp = app
+    said = client.predict(str(tmp / "shapes" / "pairs.csv"), None, FINE, 1, 3, 4, 0, 0, False,
+                          api_name="/train_start")[0]  # fmt: skip
+    run = RunDir(Path(re.search(r"Run folder: `([^`]+)`", said).group(1)))
+    deadline = time.monotonic() + 240
+    while state.trainer.status().running and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return said, run, state.trainer.status()
+
+
+def test_fine_tune_of_the_active_model_uses_the_fine_tune_recipe_and_scores_what_it_knew(app, fine_tuned):
+    _, client, _ = app
     lr, line = client.predict(FINE, api_name="/train_recipe")
     assert lr == finetune.FINE_TUNE.lr and "Fine-tune recipe" in line and "reference-shapes" in line
     scratch_lr, scratch_line = client.predict(TINY, api_name="/train_recipe")
     assert scratch_lr == finetune.FROM_SCRATCH.lr and "From scratch" in scratch_line
-    # The request leaves the learning rate empty (0): the run gets the recipe's, not the old 5e-4.
-    said = client.predict(str(tmp / "shapes" / "pairs.csv"), None, FINE, 1, 3, 4, 0, 0, False,
-                          api_name="/train_start")[0]  # fmt: skip
+    # The request left the learning rate empty (0): the run gets the recipe's, not the old 5e-4.
+    said, run, status = fine_tuned
     assert "Fine-tune defaults: lr 1e-05" in said and "reference" in said
-    run = RunDir(Path(re.search(r"Run folder: `([^`]+)`", said).group(1)))
     cfg = run.read_config()
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.update_norm_stats) == (1e-5, 0.1, False)
     assert cfg.data.reference == demo.REFERENCE and cfg.data.keep_data is None  # replay unticked
-    deadline = time.monotonic() + 240
-    while state.trainer.status().running and time.monotonic() < deadline:
-        time.sleep(0.5)
-    status = state.trainer.status()
     assert status.state == "finished", status
     rows = [json.loads(x) for x in run.metrics.read_text().splitlines()]
     assert rows[0]["step"] == 0 and "ref/score" in rows[0]  # before step 1
     _, recall = curves(status)
     assert {"what it knew", "your data: mean recall"} <= set(recall["metric"])
+
+
+def test_wise_ft_after_the_fine_tune_scores_each_alpha_and_uses_the_chosen_one(app, fine_tuned, monkeypatch):
+    state, client, _ = app
+    _, run, status = fine_tuned
+    assert status.state == "finished", status
+    with pytest.raises(Exception, match="not scored yet"):  # the slider never starts a sweep
+        client.predict(0.5, api_name="/train_wise_at")
+    monkeypatch.setattr(wise, "ALPHAS", "0,0.5,1")  # three α keep the test short; the panel's grid is 0,0.1,...,1
+    picture, alpha, line = client.predict(api_name="/train_wise_sweep")
+    rows = [json.loads(x) for x in run.metrics.read_text().splitlines()]
+    refs = [r["ref/score"] for r in rows if "ref/score" in r]
+    record = json.loads((run.wise_ft / "wise_ft.json").read_text())
+    ends = {p["alpha"]: p for p in record["points"]}
+    # The two ends are the model it started from and the fine-tune, as the trainer scored them during the run.
+    assert ends[0.0]["reference"] == pytest.approx(refs[0], abs=1e-6)
+    assert ends[1.0]["reference"] == pytest.approx(refs[-1], abs=1e-6)
+    assert alpha == record["picked_alpha"] and f"α = {alpha:g}" in line and "what it knew" in line
+    assert Path(picture).is_file()
+    at_one = client.predict(1.0, api_name="/train_wise_at")
+    assert f"what it knew **{ends[1.0]['reference']:.3f}**" in at_one
+    used, _ = client.predict(0.5, api_name="/train_wise_use")
+    exported = run.wise_ft / "alpha-0.5"
+    assert "Using α = 0.5" in used and str(exported) in used
+    assert state.active.choice.model == str(exported)
+    assert checkpoint.read_config(exported)["provenance"]["wise_ft"]["alpha"] == 0.5
+    with pytest.raises(Exception, match=r"greater than maximum|between 0"):  # refused by Gradio or by us
+        client.predict(1.5, api_name="/train_wise_use")

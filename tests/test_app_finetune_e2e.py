@@ -1,6 +1,6 @@
 """The Train tab's fine-tune in headless Chromium (issue 14): with the demo model active, the tab offers the fine-tune
 learning rate (never the from-scratch one) and says why, and a short fine-tune shows both scores, "your data" and
-"what it knew", beside the curves."""
+"what it knew", beside the curves; its WiSE-FT panel then scores each α, draws the frontier and uses the chosen one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 from app_harness import browser_page, need_chromium, serving  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
+from ui import wise  # noqa: E402
 from ui.app import create_state  # noqa: E402
 from vlm.synth import generate  # noqa: E402
 
@@ -34,7 +35,7 @@ def served(tmp_path_factory):
         yield url, tmp
 
 
-def test_fine_tune_shows_the_recipe_and_both_scores(served):
+def test_fine_tune_shows_the_recipe_and_both_scores_then_wise_ft_uses_an_alpha(served, monkeypatch):
     url, tmp = served
     with browser_page(url) as page:
         page.get_by_role("tab", name="Train", exact=True).click()
@@ -52,3 +53,13 @@ def test_fine_tune_shows_the_recipe_and_both_scores(served):
         expect(status).to_contain_text("before the first step")
         expect(status).to_contain_text("What it knew")
         expect(page.locator("#train-recall")).to_be_visible()
+        # WiSE-FT of the finished fine-tune: both scores at the picked α, the frontier, then the model at that α.
+        monkeypatch.setattr(wise, "ALPHAS", "0,0.5,1")  # three α keep the test short
+        page.get_by_text("WiSE-FT: between the model it started from and the fine-tune").click()
+        page.locator("#train-wise-sweep").click()
+        scores = page.locator("#train-wise-scores")
+        expect(scores).to_contain_text("what it knew", timeout=2 * WAIT_MS)
+        expect(scores).to_contain_text("Picked by best-sum")
+        expect(page.locator("#train-wise-frontier img")).to_be_visible()
+        page.locator("#train-wise-use").click()
+        expect(page.locator("#train-wise-used")).to_contain_text("Using α =", timeout=2 * WAIT_MS)

@@ -42,6 +42,7 @@ def served(tmp_path_factory):
         os.utime(path, (stamp, stamp))
     Image.open(photos / "05.png").resize((32, 32)).save(photos / "05_small.png")  # a near-duplicate
     os.utime(photos / "05_small.png", (NEW, NEW))
+    shutil.copy(photos / "07.png", photos / "07_copy.png")  # an exact copy: stored once, listed by the view
     torch.manual_seed(0)
     state = create_state("vlm-tiny", images=[photos], cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                          allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
@@ -92,6 +93,8 @@ def test_duplicates_view(page, served):
     expect(page.locator("#search-dups-status")).to_contain_text(f"{len(groups)} group(s) of near-duplicates")
     expect(page.locator("#search-dups-gallery img")).to_have_count(sum(len(g.records) for g in groups))
     expect(page.locator("#search-dups-gallery")).to_contain_text("keep")
+    expect(page.locator("#search-dups-status")).to_contain_text("Exact copies (the same pixels, stored once)")
+    expect(page.locator("#search-dups-status")).to_contain_text("07_copy.png = 07.png")
 
 
 def test_remove_from_collection(page, served):
@@ -100,6 +103,7 @@ def test_remove_from_collection(page, served):
     search(page, "a blue square")
     page.locator("#search-gallery img").first.click()
     page.locator("#search-remove").click()
+    expect(page.locator("#search-why-info")).to_contain_text("the image stays out")
     expect(page.locator("#search-why-info")).to_contain_text(f"{before - 1} images left")
     assert state.active.collection.stats().count == before - 1
     expect(page.locator("#search-remove")).to_be_disabled()
@@ -118,9 +122,11 @@ def test_rescan_follows_the_folder(page, served):
     page.locator("#search-rescan").click()
     added = page.locator("#search-added")
     expect(added).to_contain_text("synced")
-    # The image removed in the previous test is still on disk, so a rescan brings it back with the new file.
-    expected = before + 2 - int(gone_in_collection)
+    # The image removed in the previous test is still on disk, but it stays out: only the new file comes in.
+    expected = before + 1 - int(gone_in_collection)
     expect(added).to_contain_text(f"now holds {expected} images")
     assert coll.stats().count == expected
+    if any((photos / e.path).exists() for e in coll.excluded()):  # unless the removed image was `gone`
+        expect(added).to_contain_text("1 excluded")
     if gone_in_collection:
         expect(added).to_contain_text("1 removed")

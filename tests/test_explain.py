@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ from PIL import Image
 
 from vlm.cli import main
 from vlm.segment import segment
-from vlm.segment.explain import MAX_SIDE, MIN_SIDE, display_size, explain
+from vlm.segment.absent import AbsentCalibration
+from vlm.segment.explain import ALPHA, MAX_SIDE, MIN_SIDE, display_size, explain
+from vlm.segment.overlay import HEAT_RAMP
 
 
 @pytest.fixture()
@@ -38,6 +41,44 @@ def test_explain_gives_the_cosine_and_the_dense_heat_map(tiny_encoders, picture)
     assert "cosine similarity" in found.describe("a red square")
 
 
+def blend_by_hand(image: Image.Image, heat: np.ndarray) -> np.ndarray:
+    """The heat on HEAT_RAMP's colours (linear between its stops over [0, 1]) blended over the image."""
+    stops = np.linspace(0, 1, len(HEAT_RAMP))
+    colours = np.stack([np.interp(heat, stops, HEAT_RAMP[:, c]) for c in range(3)], axis=-1)
+    return np.asarray(image, dtype=np.float64) * (1 - ALPHA) + np.rint(colours) * ALPHA
+
+
+def test_the_figures_beside_the_map_are_the_maps_own(tiny_encoders, picture):
+    enc = tiny_encoders
+    shown = display_size(picture)
+    result = segment(enc, shown, ["a red square"])
+    found = explain(enc, picture, "a red square")
+    assert found.score == pytest.approx(result.scores[0]) and found.peak == pytest.approx(result.heatmaps[0].max())
+    # the peak is the heat at the best pixel, whose log-odds is the score (the map is upsampled: at most it)
+    assert found.peak <= 1 / (1 + np.exp(-found.score)) + 1e-5
+    text = found.describe("a red square")
+    assert f"heat {result.heatmaps[0].max():.2f}, score {result.scores[0]:.2f}" in text
+    assert f"{(result.heatmaps[0] >= 0.5).mean():.0%} of the image is above one half" in text
+    assert "dark purple (no match) to yellow (the map's maximum" in text and "negative cosine" in text
+    # the colours run up to the map's maximum
+    by_hand = blend_by_hand(shown, result.heatmaps[0] / result.heatmaps[0].max())
+    assert np.abs(np.asarray(found.picture, dtype=np.float64) - by_hand).max() <= 1.01
+
+
+def test_a_text_below_the_models_threshold_is_not_found_and_shown_unscaled(tiny_encoders, picture):
+    enc = tiny_encoders
+    score = explain(enc, picture, "a red square").score
+    above = AbsentCalibration(enc.fingerprint, "dense", score + 1.0, 0.9, 0.9, "by hand")
+    found = explain(enc, picture, "a red square", above)
+    assert found.not_found and not found.stretched
+    text = found.describe("a red square")
+    assert "**a red square** is not found in this image" in text and f"threshold {score + 1.0:.2f}" in text
+    by_hand = blend_by_hand(display_size(picture), found.heat)  # unscaled
+    assert np.abs(np.asarray(found.picture, dtype=np.float64) - by_hand).max() <= 1.01
+    below = explain(enc, picture, "a red square", dataclasses.replace(above, threshold=score - 1.0))
+    assert not below.not_found and f"above this model's 'not here' threshold {score - 1.0:.2f}" in below.describe("x")
+
+
 def test_display_size_bounds_both_sides():
     assert display_size(Image.new("RGB", (4000, 1000))).size == (MAX_SIDE, MAX_SIDE // 4)
     assert display_size(Image.new("RGB", (300, 400))).size == (300, 400)
@@ -52,6 +93,7 @@ def test_explain_command_writes_the_picture_and_prints_the_figures(tmp_path, pic
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and printed["text"] == "a red square"
     assert -1 <= printed["similarity"] <= 1 and 0 <= printed["share_above_half"] <= 1
+    assert printed["not_found"] == (printed["score"] < printed["absent_threshold"])
     assert Image.open(out).size == display_size(picture).size
 
 

@@ -145,3 +145,39 @@ def test_flat_quantizer_keeps_the_centroids(ivf):
     q_before, q_after = faiss.extract_index_ivf(index).quantizer, faiss.extract_index_ivf(moved).quantizer
     assert isinstance(faiss.downcast_index(q_after), faiss.IndexFlat)
     np.testing.assert_array_equal(q_after.reconstruct_n(0, 32), q_before.reconstruct_n(0, 32))
+
+
+def test_a_memory_mapped_version_goes_to_the_gpu_at_its_tuned_recall(tmp_path, monkeypatch):
+    """A published version's lists are memory-mapped (`OnDiskInvertedLists`), which faiss cannot clone: the copy
+    handed to `index_cpu_to_gpu` shares them, with an exact coarse quantizer over the same centroids. The GPU calls
+    are faked (the CPU wheel has none): the copy they receive is searched as the GPU would search it, at the
+    nprobe tuned on the CPU, and must reach the target recall on fresh queries."""
+    d, n = 32, 8000
+    rng = np.random.default_rng(5)
+    centres = unit(rng.standard_normal((80, d)))
+    data = unit(centres[rng.integers(0, 80, n + 300)] + rng.standard_normal((n + 300, d)) * 0.8 / np.sqrt(d))
+    vectors, fresh = data[:n], data[n:]
+    cfg = fi.IndexConfig(exact_threshold=1000, nlist=64, tune_queries=300, target_recall=0.95)
+    index, info = fi.build(vectors, np.arange(n), cfg)
+    fi.write(index, str(tmp_path / "index.faiss"))
+    mapped = fi.read(str(tmp_path / "index.faiss"), mmap="ivf")  # as indexing.versions.load_version opens it
+    with pytest.raises(RuntimeError, match="clone not supported"):
+        faiss.clone_index(mapped)  # why the copy cannot simply be cloned
+
+    received = []
+    monkeypatch.setattr(gpu, "gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "GpuClonerOptions", lambda: type("Options", (), {})(), raising=False)
+    monkeypatch.setattr(
+        faiss, "index_cpu_to_gpu", lambda res, dev, idx, opt: received.append(idx) or idx, raising=False
+    )
+    replicas = gpu.gpu_copy(mapped, info, d)
+    assert replicas is not None and len(received) == 1
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(received[0]).quantizer), faiss.IndexFlat)
+
+    _, found = fi.search(replicas, info, fresh, 10, gpu=True)
+    truth = np.argsort(-(fresh @ vectors.T), axis=1)[:, :10]
+    assert fi.recall_at_k(found, truth) >= cfg.target_recall
+    _, every_list = fi.search(replicas, info, fresh[:20], 10, nprobe=info.nlist, gpu=True)
+    np.testing.assert_array_equal(np.sort(every_list, axis=1), np.sort(truth[:20], axis=1))  # Flat: exact
+    np.testing.assert_array_equal(fi.search(mapped, info, fresh, 10)[1], fi.search(index, info, fresh, 10)[1])

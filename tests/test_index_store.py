@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 
 import numpy as np
@@ -95,3 +97,31 @@ def test_concurrent_reads_from_threads(published):
     for t in threads:
         t.join()
     assert not errors and len(results) == 300 and all(results)
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read()/pread() (/proc/self/io; SQLite reads its pages so)."""
+    with open("/proc/self/io") as f:
+        return int(next(x for x in f.read().splitlines() if x.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through Linux /proc/self/io")
+def test_opening_reads_a_few_pages_whatever_the_size_and_still_checks_the_file(tmp_path):
+    store = Store.create(tmp_path / "big.sqlite")
+    store.insert([record(i, f"folder/{i:06d}.png", f"caption {i} " * 4) for i in range(20_000)])
+    store.close()
+    size = (tmp_path / "big.sqlite").stat().st_size
+    before = bytes_read()
+    opened = Store.open_readonly(tmp_path / "big.sqlite")
+    read = bytes_read() - before
+    # 16.6 KB of a 5.7 MB store; the count(*) probe it replaced read 1.7 MB (a whole index).
+    assert size > 2_000_000 and read < 64 * 1024, (size, read)
+    assert opened.count() == 20_000
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(IndexingError, match="cannot read the metadata store"):
+        Store.open_readonly(tmp_path / "junk.sqlite")
+    other = sqlite3.connect(tmp_path / "other.sqlite")
+    other.execute("CREATE TABLE t (x)")
+    other.close()
+    with pytest.raises(IndexingError, match="cannot read the metadata store"):
+        Store.open_readonly(tmp_path / "other.sqlite")

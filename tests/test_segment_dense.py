@@ -205,3 +205,6 @@ def test_segment_uses_the_dense_scores_with_a_background_softmax(tiny_encoders):
     want = torch.softmax(s, dim=0)[0]
     np.testing.assert_allclose(result.heatmaps[0], want.numpy(), atol=1e-4)
     np.testing.assert_array_equal(result.masks[0], result.heatmaps[0] >= 0.5)
+    # the phrase's score is its peak log-odds against the background prompts
+    assert result.scores[0] == pytest.approx(float((s[0] - torch.logsumexp(s[1:], dim=0)).max()), abs=1e-3)
+    assert result.absent == (False,) and result.absent_below is None

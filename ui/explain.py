@@ -12,6 +12,7 @@ from PIL import Image
 from ui.errors import shown
 from ui.inputs import checked_text, image_input, require_image
 from ui.state import AppState
+from vlm.segment.absent import absent_threshold
 from vlm.segment.explain import explain
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def build(state: AppState) -> None:
     def explain_image(image: Image.Image | None, text: str) -> tuple[Image.Image, str]:
         image = require_image(image)
         text = checked_text(text, "text", state.limits.max_text_chars)
-        found = explain(state.active.encoders, image, text)
+        encoders = state.active.encoders
+        found = explain(encoders, image, text, absent_threshold(encoders))
         return state.files.image(found.picture), found.describe(text)
 
     gr.on([button.click, text.submit], explain_image, [image, text], [picture, info], api_name="explain")

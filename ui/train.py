@@ -5,7 +5,8 @@ made the active model (re-embedding the collection) with one click.
 A fine-tune (the active model) gets the fine-tune recipe of `vlm.finetune` (lr 1e-5, wd 0.1, frozen BatchNorm
 statistics), shown beside the fields, and is scored on what the model knew (its reference set) beside the user's
 validation: both curves are plotted ("your data", "what it knew"). Where the model names its own training data (the
-demo model's recipe, a checkpoint's train_data), part of each batch replays it unless the box is unticked.
+demo model's recipe, a checkpoint's train_data), part of each batch replays it unless the box is unticked. Once a
+fine-tune has finished, the WiSE-FT panel (`ui.wise`) scores every α between the model and its fine-tune and uses one.
 API: `train_start`, `train_status`, `train_stop`, `train_use`, `train_recipe`."""
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ui import wise
 from ui.errors import shown
-from ui.inputs import checked_float, checked_int, checked_model, server_path
+from ui.inputs import checked_float, checked_int, checked_model, local_example, server_path
 from ui.jobs import TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
@@ -236,7 +238,10 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
     with gr.Row():
         with gr.Column():
             data = gr.Textbox(label="Dataset on the server", placeholder="runs/shapes/pairs.csv", elem_id="train-data")
-            upload = gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"])
+            upload = local_example(
+                gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"]),
+                "my_pairs.zip",
+            )
             model = gr.Dropdown(
                 list(MODELS), value=next(iter(MODELS)), label="Model", allow_custom_value=True, elem_id="train-model"
             )
@@ -270,6 +275,7 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
                 y_axis_format=".2f", x_axis_format="d", elem_id="train-recall",
             )  # fmt: skip
             used = gr.Markdown(elem_id="train-used")
+            wise.build(state, banner)  # after a fine-tune: WiSE-FT's slider over α, then "Use this model"
     timer = gr.Timer(POLL_S, active=False)
 
     @shown

@@ -12,6 +12,8 @@ the final model never depend on log lines.
     <run>/result.json       steps and last metrics of a finished run
     <run>/train.log         the trainer's output (for people; nothing parses it)
     <run>/upload/           a dataset uploaded to the app for this run
+    <run>/wise_ft/          WiSE-FT of the finished run (`eval.wise_run`): wise_ft.json (the α sweep, cached),
+                            frontier.png, alpha-<α>/ (the model at an α, a checkpoint folder)
 
 States, in order: starting, reading data, training, stopping, then one of finished, stopped, failed.
 """
@@ -90,6 +92,7 @@ class RunDir:
     result = property(lambda self: self.path / "result.json")
     log = property(lambda self: self.path / "train.log")
     upload = property(lambda self: self.path / "upload")
+    wise_ft = property(lambda self: self.path / "wise_ft")
 
     # -- config -----------------------------------------------------------------------------------------------
     def write_config(self, cfg: Any) -> None:
@@ -159,6 +162,31 @@ class RunDir:
         if self.is_checkpoint(self.final):
             return self.final
         return checkpoint.latest(self.path, self.is_checkpoint)
+
+
+def usable_checkpoints(
+    root: str | Path, is_checkpoint: Callable[[Path], bool] = checkpoint.is_checkpoint_dir
+) -> list[Path]:
+    """Each set of weights under `root` once, newest first: a run folder counts once, by its `usable_checkpoint`
+    (final/, else its newest step checkpoint: a finished run's final/ holds its last step's weights, so listing both
+    would offer the same model twice), and a checkpoint folder outside any run's final/ and checkpoints/ (a WiSE-FT
+    alpha-*/, an export) counts by itself."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    found: set[Path] = set()
+    for config in base.glob("**/config.json"):
+        folder = config.parent
+        if not is_checkpoint(folder):
+            continue
+        run = folder.parent if folder.name == "final" else folder.parent.parent
+        if folder.name == "final" or folder.parent.name == "checkpoints":
+            usable = RunDir(run, is_checkpoint).usable_checkpoint()
+            if usable is not None:
+                found.add(usable)
+        else:
+            found.add(folder)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def newest_run(runs_dir: str | Path) -> RunDir | None:

@@ -9,8 +9,9 @@ Exact resume: a checkpoint holds weights, optimizer, schedule, grad-scaler and R
 order is a pure function of (seed, epoch) and every sample's randomness of (seed, epoch, index), so a resumed run
 replays the same batches as an uninterrupted one, whatever the number of DataLoader workers.
 
-Size (~410 lines, over the ~400 guide): the task is one class whose methods are the loop's phases for one
-model; its helpers (`ClipForward`, `planned_steps`) are public names other modules import from here.
+Size (~440 lines, over the ~400 guide): the task is one class whose methods are the loop's phases for one
+model; its helpers (`ClipForward`, `planned_steps`, `read_run_pairs`, `validation_pairs`) are public names other
+modules import from here.
 """
 
 from __future__ import annotations
@@ -212,21 +213,7 @@ class ContrastiveTask(Task):
         )
 
     def _read(self, source: str, *, own_layout: bool = True) -> tuple[list[Pair], list]:
-        """Read pairs; with `own_layout` False (keep_data, a set of another layout) its format, columns and root
-        are found from the file itself, not taken from the training data's flags."""
-        dc = self.cfg.data
-        table = read_pairs(
-            source,
-            format=dc.data_format if own_layout else "auto",
-            image_key=dc.image_key if own_layout else None,
-            caption_key=dc.caption_key if own_layout else None,
-            root=dc.data_root if own_layout else None,
-            strict=dc.strict,
-            verify_images=dc.verify_images,
-            workers=max(1, dc.workers),
-            progress=self.progress,
-        )
-        return table.pairs, table.bad
+        return read_run_pairs(self.cfg, source, own_layout=own_layout, progress=self.progress)
 
     def build_data(self) -> None:
         cfg, dc = self.cfg, self.cfg.data
@@ -401,6 +388,37 @@ class ContrastiveTask(Task):
             "train_pairs": len(self.train_items),
             "val_pairs": len(self.val_items),
         }
+
+
+def read_run_pairs(
+    cfg: TrainConfig, source: str, *, own_layout: bool = True, progress: bool = False
+) -> tuple[list[Pair], list]:
+    """(pairs, bad rows) of one of a run's pair sets as its trainer reads them; with `own_layout` False (keep_data,
+    a set of another layout) its format, columns and root are found from the file itself, not the run's flags."""
+    dc = cfg.data
+    table = read_pairs(
+        source,
+        format=dc.data_format if own_layout else "auto",
+        image_key=dc.image_key if own_layout else None,
+        caption_key=dc.caption_key if own_layout else None,
+        root=dc.data_root if own_layout else None,
+        strict=dc.strict,
+        verify_images=dc.verify_images,
+        workers=max(1, dc.workers),
+        progress=progress,
+    )
+    return table.pairs, table.bad
+
+
+def validation_pairs(cfg: TrainConfig, *, progress: bool = False) -> list[Pair]:
+    """The pairs a run of `cfg` held out for validation (its val_data, else the same seeded share of its training
+    data that `ContrastiveTask.build_data` holds out): what scores "your data" after the run, e.g. for WiSE-FT."""
+    if not cfg.data.train_data:
+        raise ConfigError("the run names no training data, so it held out no validation pairs")
+    if cfg.data.val_data:
+        return read_run_pairs(cfg, cfg.data.val_data, progress=progress)[0]
+    pairs, _ = read_run_pairs(cfg, cfg.data.train_data, progress=progress)
+    return split(pairs, cfg.data.val_fraction, seed=cfg.seed)[1]
 
 
 def train(

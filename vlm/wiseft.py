@@ -194,13 +194,20 @@ class WiseFT:
                 progress(f"α={alpha:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         return points
 
-    def export(self, alpha: float, path: str | Path, *, scores: Mapping[str, float] | None = None) -> Path:
+    def export(
+        self,
+        alpha: float,
+        path: str | Path,
+        *,
+        scores: Mapping[str, float] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Write the α model as a checkpoint directory (`vlm.checkpoint`): open_clip loads its `model.safetensors`
-        with `create_model_and_transforms(name, pretrained=file)`, and `vlm.models.load(path)` loads the folder."""
+        with `create_model_and_transforms(name, pretrained=file)`, and `vlm.models.load(path)` loads the folder.
+        Its provenance records `wise_ft`: base, fine-tune, α, scores and `extra`."""
         encoders = self.at(check_alpha(alpha))
-        provenance = {
-            "wise_ft": {"base": self.names[0], "finetuned": self.names[1], "alpha": alpha, "scores": dict(scores or {})}
-        }
+        made = {"base": self.names[0], "finetuned": self.names[1], "alpha": alpha, "scores": dict(scores or {})}
+        provenance = {"wise_ft": {**made, **(extra or {})}}
         return models.save(encoders, path, provenance=provenance)
 
 

@@ -26,16 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from vlm.atomic import atomic_write_with
     from vlm.segment import load_image
+    from vlm.segment.absent import absent_threshold
     from vlm.segment.explain import explain
 
     image = load_image(args.image)  # a DataError names a bad file, before the model loads
-    found = explain(load_model(args), image, args.text)
+    encoders = load_model(args)
+    found = explain(encoders, image, args.text, absent_threshold(encoders))
     atomic_write_with(args.out, lambda tmp: found.picture.save(tmp, format="PNG"))
     summary = {
         "out": str(args.out),
         "text": args.text,
         "similarity": round(found.similarity, 6),
-        "max_heat": round(float(found.heat.max()), 4),
+        "max_heat": round(found.peak, 4),
+        "score": round(found.score, 4),  # the peak log-odds against the background prompts
+        "absent_threshold": round(found.absent.threshold, 4),
+        "not_found": found.not_found,
         "share_above_half": round(float((found.heat >= 0.5).mean()), 4),
     }
     print(json.dumps(summary, indent=2))

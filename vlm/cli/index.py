@@ -1,15 +1,18 @@
-"""`vlm index build|add|sync|remove|search|duplicates|info`: searchable image collections (see indexing/collection.py).
+"""`vlm index build|add|sync|remove|unexclude|excluded|search|duplicates|info`: searchable image collections.
 
 vlm index build runs/photos.coll photos/ --model demo       create (or continue) a collection and add images
 torchrun --nproc_per_node 2 -m vlm index build ...           the same, each process embedding a share
 vlm index add runs/photos.coll more/ list.csv                add images with the model that built it
 vlm index sync runs/photos.coll photos/                     follow the folders: add new, re-embed changed, drop deleted
 vlm index sync runs/photos.coll photos/ --watch             ... and again after every burst of changes (Ctrl-C stops)
-vlm index remove runs/photos.coll --path a.jpg --id 17
+vlm index remove runs/photos.coll --path a.jpg --id 17 [--exclude]   --exclude: and keep it out of later syncs
+vlm index unexclude runs/photos.coll a.jpg [--all]           a later sync or add brings it back (list: `excluded`)
 vlm index search runs/photos.coll --text "a red circle" -k 5 [--folder holiday --after 2024-05-01 --min-width 1000]
 vlm index search runs/photos.coll --text "a beach" --sort date [--min-score 0.25] [--json]
-vlm index duplicates runs/photos.coll [--threshold 0.96] [--json]   groups of near-identical images
+vlm index duplicates runs/photos.coll [--threshold 0.9] [--json]   groups of near-identical images
 vlm index info runs/photos.coll [--verify]
+vlm index export-milvus runs/photos.coll http://milvus:19530 [--name photos]   move it to Milvus (no re-embedding)
+vlm index search http://milvus:19530 --milvus photos --text "a beach"   any of build/add/sync/remove/search/info
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import sys
 from pathlib import Path
 
 from vlm import config
-from vlm.cli import is_main_process
+from vlm.cli import index_milvus, is_main_process
 from vlm.cli.options import add_model_options, add_runtime_options, runtime_options
+from vlm.errors import ConfigError
 from vlm.printable import printable
 
 
@@ -30,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from indexing.config import DTYPES, EmbedConfig, WatchConfig
     from indexing.faiss_index import IndexConfig
 
-    p = sub.add_parser("index", help="build, change and search image collections (FAISS + SQLite)", description=__doc__)
+    p = sub.add_parser(
+        "index", help="build, change and search image collections (FAISS + SQLite, or Milvus)", description=__doc__
+    )
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -44,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_arguments(b, IndexConfig)
     config.add_arguments(b, EmbedConfig)
     add_runtime_options(b)
+    index_milvus.add_options(b, new=True)
     b.set_defaults(run=run_build)
 
     a = actions.add_parser("add", help="add images with the model that built the collection")
@@ -52,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(a, exclude=("model", "pretrained", "precision"))
     config.add_arguments(a, EmbedConfig)
     add_runtime_options(a)
+    index_milvus.add_options(a)
     a.set_defaults(run=run_add)
 
     y = actions.add_parser(
@@ -66,13 +74,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--watch", action="store_true", help="keep running: sync again after each burst of file changes (watchdog)"
     )
     config.add_arguments(y, WatchConfig)
+    index_milvus.add_options(y)
     y.set_defaults(run=run_sync)
 
     r = actions.add_parser("remove", help="remove images by id or path")
     r.add_argument("collection")
     r.add_argument("--id", dest="ids", type=int, nargs="+", default=[], metavar="ID")
     r.add_argument("--path", dest="paths", nargs="+", default=[], metavar="PATH", help="as stored, or a file path")
+    r.add_argument(
+        "--exclude",
+        action="store_true",
+        help="keep them out: later syncs and adds leave these paths (and copies with the same pixels) out",
+    )
+    index_milvus.add_options(r)
     r.set_defaults(run=run_remove)
+
+    u = actions.add_parser("unexclude", help="let images removed with --exclude come back at the next sync or add")
+    u.add_argument("collection")
+    u.add_argument("paths", nargs="*", metavar="PATH", help="as stored (see `vlm index excluded`), or a file path")
+    u.add_argument("--all", action="store_true", help="empty the exclusion list")
+    index_milvus.add_options(u)
+    u.set_defaults(run=run_unexclude)
+
+    x = actions.add_parser("excluded", help="list the images removed with --exclude")
+    x.add_argument("collection")
+    x.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    index_milvus.add_options(x)
+    x.set_defaults(run=run_excluded)
 
     s = actions.add_parser("search", help="the images nearest to a text or an image")
     s.add_argument("collection")
@@ -99,16 +127,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="date: of the images scoring at least --min-score, the newest first (default: relevance)",
     )
     s.add_argument("--min-score", type=float, help="relevance cut-off for --sort date (default: per model, see README)")
-    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value)")
+    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: the tuned value); Milvus: ef or nprobe")
     add_model_options(s, exclude=("model", "pretrained", "precision"))
     add_runtime_options(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    index_milvus.add_options(s)
     s.set_defaults(run=run_search)
 
     d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
     d.add_argument("collection")
     d.add_argument(
         "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+    )
+    d.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="thumbnail correlation that confirms a pair (default: measured, README); 0 = the vectors alone",
     )
     d.add_argument("--folder", help="only images under this folder (as stored)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a list")
@@ -117,7 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = actions.add_parser("info", help="describe a collection")
     i.add_argument("collection")
     i.add_argument("--verify", action="store_true", help="also check index, store and vectors agree, id by id")
+    index_milvus.add_options(i)
     i.set_defaults(run=run_info)
+    index_milvus.register_export(actions)
 
 
 def _runtime(args: argparse.Namespace) -> dict:
@@ -148,6 +184,9 @@ def run_build(args: argparse.Namespace) -> None:
     from vlm.models import load
 
     opts, index_cfg, embed_cfg = _split_overrides(args, config.ModelOptions, IndexConfig, EmbedConfig)
+    if args.milvus:
+        _build_milvus(args, opts, embed_cfg)
+        return
     info = distributed.init(opts.device)
     try:
         encoders = load(opts.model, opts.pretrained, device=info.device, **_runtime(args))
@@ -166,21 +205,27 @@ def run_build(args: argparse.Namespace) -> None:
         _print_add(result)
 
 
+def _build_milvus(args: argparse.Namespace, opts, embed_cfg) -> None:
+    """`build --milvus`: one process (a torchrun build is the FAISS collection's); creates or continues."""
+    root = args.root or _default_root(args.inputs[0])
+    kwargs = {"pretrained": opts.pretrained, "root": root, "device": opts.device, **_runtime(args)}
+    with index_milvus.create(args, opts.model, **kwargs) as coll:
+        _print_add(coll.add(args.inputs, embed=embed_cfg))
+
+
 def run_add(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.config import EmbedConfig
 
     opts, embed_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
+    with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         _print_add(coll.add(args.inputs, embed=embed_cfg))
 
 
 def run_sync(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.config import EmbedConfig, WatchConfig
 
     opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
-    with Collection.open(args.collection, read_only=False, device=opts.device, **_runtime(args)) as coll:
+    with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         if args.watch:
             _watch(coll, args.folders, embed_cfg, watch_cfg)
             return
@@ -219,6 +264,8 @@ def _print_sync(result) -> None:
     lines += [f"  duplicate: {item} (same pixels as {twin})" for item, twin in result.duplicates]
     lines += [f"  unusable: {bad}" for bad in result.bad]
     lines += [f"  kept, its folder could not be listed: {path}" for path in result.kept]
+    lines += [f"  excluded, left out: {path}" for path in result.excluded]
+    lines += [f"  excluded too: {item} (same pixels as the excluded {twin})" for item, twin in result.excluded_copies]
     for line in lines[:40]:
         print(printable(line))
     if len(lines) > 40:
@@ -240,17 +287,42 @@ def _print_add(result) -> None:
 
 
 def run_remove(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
-
-    with Collection.open(args.collection, read_only=False) as coll:
-        result = coll.remove(ids=args.ids, paths=args.paths)
+    with index_milvus.open_collection(args, read_only=False) as coll:
+        result = coll.remove(ids=args.ids, paths=args.paths, exclude=args.exclude)
     print(f"removed {len(result.removed):,} image(s) (version {result.version})")
+    if result.excluded:
+        print("  excluded: later syncs and adds leave them out (`vlm index unexclude` lets them back)")
     for missing in result.not_found:
         print(printable(f"  not in the collection: {missing}"))
 
 
+def run_unexclude(args: argparse.Namespace) -> None:
+    from indexing.errors import IndexingError
+
+    if bool(args.paths) == args.all:
+        raise IndexingError("give the paths to let back in (see `vlm index excluded`), or --all, not both")
+    with index_milvus.open_collection(args, read_only=False) as coll:
+        found, missing = coll.unexclude(args.paths, everything=args.all)
+        version = coll.version
+    print(f"{len(found):,} path(s) taken off the exclusion list (version {version}); the next sync or add brings them")
+    for path in missing:
+        print(printable(f"  not excluded: {path}"))
+
+
+def run_excluded(args: argparse.Namespace) -> None:
+    import time
+
+    with index_milvus.open_collection(args, read_only=True) as coll:
+        entries = coll.excluded()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return
+    print(f"{len(entries):,} image(s) excluded (`vlm index unexclude COLL PATH` lets one back in)")
+    for e in entries:
+        print(printable(f"  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.since))}  {e.path}"))
+
+
 def run_search(args: argparse.Namespace) -> None:
-    from indexing.collection import Collection
     from indexing.store import Filter
 
     bounds = {f"{end}_{n}": getattr(args, f"{end}_{n}") for end in ("min", "max") for n in ("width", "height", "size")}
@@ -258,7 +330,7 @@ def run_search(args: argparse.Namespace) -> None:
         args.path_prefix, args.path_contains, args.caption_contains, args.folder, args.after, args.before, **bounds
     )  # IndexingError for an impossible range, before any model is loaded
     (opts,) = _split_overrides(args, config.ModelOptions)
-    coll = Collection.open(args.collection, device=opts.device, **_runtime(args))
+    coll = index_milvus.open_collection(args, read_only=True, device=opts.device, **_runtime(args))
     kwargs = {"filters": where, "nprobe": args.nprobe, "sort": args.sort, "min_score": args.min_score}
     if args.query:
         from vlm.query import combine, parse
@@ -299,12 +371,14 @@ def run_search(args: argparse.Namespace) -> None:
 
 def run_duplicates(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
-    from indexing.duplicates import DEFAULT_THRESHOLD, check_threshold
+    from indexing.duplicates import DEFAULT_THRESHOLD, PIXEL_THRESHOLD, check_threshold
     from indexing.store import Filter
 
     threshold = check_threshold(DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    pixels = PIXEL_THRESHOLD if args.pixel_threshold is None else args.pixel_threshold
+    pixels = None if pixels == 0 else check_threshold(pixels)
     coll = Collection.open(args.collection)
-    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder))
+    groups = coll.duplicates(threshold, filters=Filter(folder=args.folder), pixels=pixels)
     rows = [
         [
             {"id": r.id, "path": r.path, "cosine": round(score, 4), "keeper": n == 0, "same_picture": same}
@@ -322,11 +396,24 @@ def run_duplicates(args: argparse.Namespace) -> None:
         for m in group:
             mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
             print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
+    copies = coll.exact_copies()
+    if copies:
+        print(f"{len(copies):,} exact cop(ies): the same pixels as an image in the collection, so not stored twice")
+        for copy, stored in copies[:200]:
+            print(printable(f"  {copy}  =  {stored}"))
+        if len(copies) > 200:
+            print(f"  ... and {len(copies) - 200:,} more")
 
 
 def run_info(args: argparse.Namespace) -> None:
     from indexing.collection import Collection
 
+    if args.milvus:
+        if args.verify:
+            raise ConfigError("--verify checks FAISS collections (index, store and chunks); Milvus keeps its own")
+        with index_milvus.open_collection(args, read_only=True) as coll:
+            index_milvus.print_info(coll)
+        return
     coll = Collection.open(args.collection)
     if args.verify:
         coll.verify()

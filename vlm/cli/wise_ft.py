@@ -4,6 +4,10 @@ Everything is checked before any model loads: the α values, the pick rule, both
 output folder. Then the two models load (refused when their architectures differ), every α is scored on both sets,
 and OUT receives `wise_ft.json` (the sweep), `frontier.png` (your-data score against reference score, one point per
 α) and `model/`, the picked α as a checkpoint folder (`vlm.checkpoint`; open_clip loads its `model.safetensors`).
+
+`vlm wise-ft --run RUN` does the same for a finished fine-tune run of `vlm train` (`eval.wise_run`): the base is the
+model it started from, the fine-tune its final/, your data the pairs it held out, the reference its reference sets;
+everything goes into RUN/wise_ft/ (the picked α as alpha-<α>/), and a sweep already there is read back.
 """
 
 from __future__ import annotations
@@ -38,16 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("base", help="the model the fine-tune started from ('demo', a checkpoint folder, ...)")
-    p.add_argument("finetuned", help="the fine-tuned checkpoint folder (e.g. runs/ft/final)")
+    p.add_argument("base", nargs="?", help="the model the fine-tune started from ('demo', a checkpoint folder, ...)")
+    p.add_argument("finetuned", nargs="?", help="the fine-tuned checkpoint folder (e.g. runs/ft/final)")
+    p.add_argument("--run", dest="run_dir", metavar="RUN", help="a finished fine-tune run of `vlm train` instead "
+                   "of BASE FINETUNED --val --reference --out (its own sets; output in RUN/wise_ft/)")  # fmt: skip
     p.add_argument("--base-pretrained", metavar="TAG", help="pretrained tag or weights file when BASE is an open_clip "
                    "architecture (e.g. ViT-B-32 --base-pretrained laion2b_s34b_b79k)")  # fmt: skip
-    p.add_argument("--val", required=True, metavar="DATA",
+    p.add_argument("--val", metavar="DATA",
                    help="your data, held out: [zeroshot:|retrieval:]PATH (labelled images -> zero-shot top-1, "
                    "image-caption pairs -> text->image R@5)")  # fmt: skip
-    p.add_argument("--reference", required=True, metavar="DATA",
+    p.add_argument("--reference", metavar="DATA",
                    help="what the base model knew, in the same form as --val")  # fmt: skip
-    p.add_argument("--out", required=True, help="folder for wise_ft.json, frontier.png and model/ (the picked α)")
+    p.add_argument("--out", help="folder for wise_ft.json, frontier.png and model/ (the picked α)")
     config.add_arguments(p, WiseFTOptions)
     config.add_arguments(p, config.ModelOptions, exclude=("model", "pretrained"))
     p.add_argument("--templates", help="zero-shot template set, JSON file or one template with {c} (default: generic)")
@@ -69,6 +75,12 @@ def run(args: argparse.Namespace) -> None:
     )
     alphas = wiseft.parse_alphas(opts.alphas)
     wiseft.check_pick_rule(opts.pick)
+    if args.run_dir:
+        return run_folder(args, alphas, opts.pick, model_opts.device)
+    missing = [name for name, value in (("BASE", args.base), ("FINETUNED", args.finetuned), ("--val", args.val),
+               ("--reference", args.reference), ("--out", args.out)) if not value]  # fmt: skip
+    if missing:
+        raise config.ConfigError(f"give {', '.join(missing)} (or --run RUN, a finished fine-tune run folder)")
     templates = resolve(args.templates)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -93,3 +105,20 @@ def run(args: argparse.Namespace) -> None:
     atomic_write_bytes(out / "frontier.png", png)
     model_dir = pair.export(chosen.alpha, out / "model", scores=chosen.scores)
     print(f"picked α={chosen.alpha:g} ({opts.pick}); wrote {out / 'wise_ft.json'}, {out / 'frontier.png'}, {model_dir}")
+
+
+def run_folder(args: argparse.Namespace, alphas: tuple[float, ...], rule: str, device: str | None) -> None:
+    """`vlm wise-ft --run RUN`: the sweep of a finished fine-tune run, into RUN/wise_ft/."""
+    from eval import wise_run
+    from vlm import wiseft
+
+    given = [name for name, value in (("BASE", args.base), ("--val", args.val), ("--reference", args.reference),
+             ("--out", args.out)) if value]  # fmt: skip
+    if given:
+        raise config.ConfigError(f"--run takes the run's own models and sets: drop {', '.join(given)}")
+    sweep = wise_run.sweep_run(args.run_dir, alphas, rule, device=device, batch_size=args.batch_size,
+                               workers=args.workers, progress=print)  # fmt: skip
+    print(f"your data = {sweep.labels[0]}; what it knew = {sweep.labels[1]}")
+    print(wiseft.table(sweep.points, sweep.picked))
+    path = wise_run.export_run(args.run_dir, sweep.picked.alpha, device=device, scores=sweep.picked.scores)
+    print(f"picked α={sweep.picked.alpha:g} ({rule}); wrote {sweep.frontier.parent}/wise_ft.json, frontier.png, {path}")

@@ -65,6 +65,12 @@ class SegmentationResult:
     threshold: float
     truncated: tuple[bool, ...]  # per phrase: cut to the text tower's context length
     compute_size: tuple[int, int]  # (rows, cols) of the image as the model saw it
+    # per phrase: the peak logit at compute resolution (dense: the phrase's log-odds against the background prompts,
+    # or against everything else with `exclusive`; decoder: its logit); the heat map is its sigmoid, so a phrase's
+    # best pixel has heat sigmoid(score). Compared with `absent_below` (`vlm.segment.absent` measures one per model).
+    scores: tuple[float, ...] = ()
+    absent: tuple[bool, ...] = ()  # per phrase: its score was below `absent_below`, so its mask is empty
+    absent_below: float | None = None
 
     def overlay(self, image: Image.Image, alpha: float = 0.45) -> Image.Image:
         """The masks drawn over `image` (the image that was segmented), with a legend of the phrases."""
@@ -163,7 +169,7 @@ def _token_count(encoders: Encoders, text: str) -> int:
     return 0  # an unknown tokenizer: truncation cannot be detected
 
 
-def _dense_heat(
+def dense_logits(
     encoders: Encoders,
     image: Image.Image,
     text: torch.Tensor,
@@ -172,7 +178,8 @@ def _dense_heat(
     exclusive: bool,
     logit_scale: float,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(P, h, w) phrase probabilities at compute resolution."""
+    """The dense method on an RGB image with (P, D) phrase and (K, D) background embeddings (`embed_phrases`):
+    (P, h, w) phrase log-odds at compute resolution (their sigmoid is the heat map), and (h, w)."""
     visual = towers.check_supported(encoders.model.visual)
     tile = dense.tiling((image.height, image.width), visual, cfg)
     pixels = Pixels.of(encoders)(image, tile.size).to(encoders.device)
@@ -180,11 +187,12 @@ def _dense_heat(
         scores = dense.dense_scores(visual, pixels, torch.cat([text, background]).to(encoders.device), tile, cfg.batch)
     scores = scores.cpu() * logit_scale  # (P + K, h, w)
     p = text.shape[0]
-    if exclusive:
-        return scores.softmax(dim=0)[:p], tile.size
+    if exclusive:  # softmax over phrases and background; a phrase's share is sigmoid(s_p - logsumexp(the others))
+        others = torch.stack([torch.logsumexp(torch.cat([scores[:i], scores[i + 1 :]]), dim=0) for i in range(p)])
+        return scores[:p] - others, tile.size
     # each phrase against the background prompts alone: softmax over [phrase, bg_1 .. bg_K], the phrase's share
     bg = torch.logsumexp(scores[p:], dim=0) if len(background) else torch.full_like(scores[0], -torch.inf)
-    return torch.sigmoid(scores[:p] - bg), tile.size
+    return scores[:p] - bg, tile.size
 
 
 def _decoder_heat(
@@ -194,7 +202,7 @@ def _decoder_heat(
     pixels = Pixels.of(encoders)(image, (size, size))[None].expand(text.shape[0], -1, -1, -1)
     with torch.no_grad():
         logits = predict_logits(encoders, decoder, pixels, text)  # (P, S, S)
-    return torch.sigmoid(logits).cpu(), (size, size)
+    return logits.float().cpu(), (size, size)
 
 
 def segment(
@@ -211,6 +219,7 @@ def segment(
     dense_config: dense.DenseConfig | None = None,
     logit_scale: float | None = None,
     max_output_pixels: int = MAX_OUTPUT_PIXELS,
+    absent_below: float | None = None,
 ) -> SegmentationResult:
     """Segment each phrase in `image`; see the module docstring for the methods and conventions.
 
@@ -227,6 +236,8 @@ def segment(
     dense_config : tiling of the dense method (window, stride, compute resolution)
     logit_scale : softmax temperature of the dense method; default: the model's own learned scale
     max_output_pixels : refuse when P * H * W exceeds this (the output arrays take 5 bytes per value)
+    absent_below : a phrase whose score (peak logit, see `SegmentationResult.scores`) is below this is "not in the
+        image": its mask is empty (its heat map is kept). `vlm.segment.absent.absent_threshold` measures one per model
     """
     if method not in METHODS:
         raise ConfigError(f"unknown segmentation method {method!r}; choose one of {list(METHODS)}")
@@ -248,18 +259,22 @@ def segment(
         bg = embed_phrases(encoders, list(background), templates)[0] if background else text[:0]
         scale = encoders.logit_scale if logit_scale is None else logit_scale
         cfg = dense_config or dense.DenseConfig()
-        heat, size = _dense_heat(encoders, image, text, bg, cfg, exclusive, scale)
+        logits, size = dense_logits(encoders, image, text, bg, cfg, exclusive, scale)
     else:
         if decoder is None:
             raise ConfigError("method 'decoder' needs a trained decoder: pass decoder=<SegDecoder or directory>")
         if not isinstance(decoder, SegDecoder):
             decoder = load_decoder(decoder, encoders)
-        heat, size = _decoder_heat(encoders, image, text, decoder)
-    heat = F.interpolate(heat[None].float(), size=(rows, cols), mode="bilinear", align_corners=False)[0]
+        logits, size = _decoder_heat(encoders, image, text, decoder)
+    scores = tuple(float(v) for v in logits.flatten(1).amax(dim=1))
+    absent = tuple(absent_below is not None and v < absent_below for v in scores)
+    heat = torch.sigmoid(logits)[None].float()
+    heat = F.interpolate(heat, size=(rows, cols), mode="bilinear", align_corners=False)[0]
     masks = heat >= threshold  # (P, H, W)
     if exclusive:
         best = heat.argmax(dim=0)  # (H, W)
         masks &= best[None] == torch.arange(len(phrases))[:, None, None]
+    masks[torch.tensor(absent, dtype=torch.bool)] = False
     return SegmentationResult(
         phrases=phrases,
         masks=masks.numpy(),
@@ -268,4 +283,7 @@ def segment(
         threshold=threshold,
         truncated=truncated,
         compute_size=size,
+        scores=scores,
+        absent=absent,
+        absent_below=absent_below,
     )
