@@ -24,6 +24,7 @@ import numpy as np
 from bench.common import report
 from vlm import models
 from vlm.cli import configure_logging
+from vlm.segment import DenseConfig
 from vlm.segment.absent import calibrate_absent, phrase_set, precision_recall, scores_of
 
 LOG = logging.getLogger("bench.segment_absent")
@@ -36,15 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="demo", help="model to measure (default: demo)")
     p.add_argument("--pretrained", help="weights for an open_clip model name")
     p.add_argument("--scenes", type=int, default=300, help="fresh synthetic scenes (default: 300)")
+    p.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="the dense method's compute size (short side, px; default: segment's, 2 x the model's input)",
+    )
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     configure_logging()
     encoders = models.load(args.model, args.pretrained, device=args.device, precision="fp32")
     start = time.perf_counter()
-    cal = calibrate_absent(encoders)
+    tiling = DenseConfig(short_side=args.short_side)
+    cal = calibrate_absent(encoders, dense_config=tiling)
     calibration_s = time.perf_counter() - start
     scenes = phrase_set(FRESH_SEED, args.scenes)
-    scores = scores_of(encoders, scenes)
+    scores = scores_of(encoders, scenes, dense_config=tiling)
     present = np.array([x for s in scenes for x in s.present])
     shares = np.array([x for s in scenes for x in s.shares])
     precision, recall = precision_recall(scores, present, cal.threshold)
@@ -59,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     precision, recall = precision_recall(scores, present, 0.0)
     rows.append({"rule": "mask threshold 0.5 alone", "phrases": "all", "count": len(scores), "precision": precision,
                  "recall": recall, "present_kept": float(np.mean(scores[present] >= 0.0))})  # fmt: skip
-    meta = {"threshold": cal.threshold, "calibration": cal.how, "calibration_s": calibration_s, "scenes": args.scenes}
+    meta = {
+        "short_side": args.short_side,
+        "threshold": cal.threshold,
+        "calibration": cal.how,
+        "calibration_s": calibration_s,
+        "scenes": args.scenes,
+    }
     report("segment_absent", rows, model=encoders.source, fingerprint=encoders.fingerprint, **meta)
     print(f"\n'absent' precision {rows[0]['precision']:.3f}, recall {rows[0]['recall']:.3f} (goal >= 0.9 both)")
     return 0

@@ -10,6 +10,10 @@ looking images up. A backend implements the abstract members: its metadata reads
 the `indexing.store.Store` read methods `get`, `by_paths`, `by_hashes`, `files`), `commit` (publish records and
 vectors, removals and metadata updates), `search_vector`, and the few properties below. tests/test_collection_api.py
 runs one test suite against both.
+
+Size (~490 lines, over the ~400 guide): it is the whole public API of a collection written once (a third of it the
+abstract members a backend fills in, with their contracts, and the exclusion list and exact copies both share);
+splitting add/sync from remove/lookup would scatter one class over modules without making either shorter to read.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +109,11 @@ class ImageCollection(abc.ABC):
     def excluded_view(self) -> dict[str, tuple[str, float]]:
         """The exclusion list: stored path -> (pixel hash, since when) of images removed with `exclude=True`."""
 
+    def twins_view(self) -> dict[str, tuple[str, int, float]]:
+        """Exact copies left out: path -> (pixel hash, size, mtime). A backend that keeps none returns {} (its syncs
+        then decode and embed such copies again each time, to find them duplicates again)."""
+        return {}
+
     @abc.abstractmethod
     def commit(
         self,
@@ -115,9 +124,12 @@ class ImageCollection(abc.ABC):
         updates: Sequence[ImageRecord] = (),
         exclude: Sequence[tuple[str, str]] = (),
         unexclude: Sequence[str] = (),
+        twins: Sequence[tuple[str, str, int, float]] = (),
+        untwin: Sequence[str] = (),
     ) -> None:
         """Publish current + `records` (with `vectors`, rows in the same order) - `remove_ids`, `updates` rewritten
-        (same id and vector, new metadata), (path, pixel hash) pairs `exclude`d, paths `unexclude`d."""
+        (same id and vector, new metadata), (path, pixel hash) pairs `exclude`d, paths `unexclude`d, exact copies
+        (path, pixel hash, size, mtime) `twins` recorded and `untwin` forgotten (where the backend keeps them)."""
 
     @abc.abstractmethod
     def search_vector(
@@ -187,18 +199,24 @@ class ImageCollection(abc.ABC):
         *,
         embed: embedding.EmbedConfig | None = None,
         progress: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> AddResult:
         """Embed and add images (see `indexing.sources` for the inputs). Inputs whose path is already in the
         collection or on its exclusion list (`remove(exclude=True)`) are skipped; an image whose pixels equal an
         image in the collection is not added twice.
-        An interrupted add resumes from its embedded shards when called again with the same inputs."""
+        An interrupted add resumes from its embedded shards when called again with the same inputs; so does one
+        stopped by `should_stop` (asked before every batch; `EmbedStopped` is raised, nothing is committed)."""
         cfg = embed or embedding.EmbedConfig()
         with self._writing():
             todo, gathered, present = self.plan_add(inputs)
             job = embedding.Job.for_items(todo, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
             staging = self.staging_dir
             embedding.prepare(staging, job)
-            stats = embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress) if todo else None
+            stats = (
+                embedding.embed(self.encoders, todo, staging, job, cfg, progress=progress, should_stop=should_stop)
+                if todo
+                else None
+            )
             result = self.commit_staged(todo, job, gathered, present, stats)
             shutil.rmtree(staging)
         LOG.info("%s", result.summary())
@@ -226,6 +244,7 @@ class ImageCollection(abc.ABC):
                 device_type=self.encoders.device.type,
                 progress=progress,
                 excluded=self.excluded_view(),
+                twins=self.twins_view(),
             )
             job = embedding.Job.for_items(plan.embed, self.encoders, dtype=self.dtype, shard_size=cfg.shard_size)
             staging = self.staging_dir
@@ -248,14 +267,14 @@ class ImageCollection(abc.ABC):
         gone = set(remove_ids.tolist())
         kept_hashes = {sha: r.path for sha, r in self.records_view.by_hashes(done.sha256).items() if r.id not in gone}
         excluded = self.excluded_view()
-        records, rows, duplicates, copies = self._new_records(items, done, kept_hashes, excluded)
+        records, rows, duplicates, copies, twins = self._new_records(items, done, kept_hashes, excluded)
         changed = sum(r.path in plan.replaces for r in records)
         added = len(records) - changed
-        if records or len(remove_ids) or plan.updates or copies:
+        if records or len(remove_ids) or plan.updates or copies or twins or plan.untwin:
             vectors = done.vectors[rows] if records else None
             self.commit(
                 records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates,
-                exclude=[(key, excluded[twin][0]) for key, twin in copies],
+                exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins, untwin=plan.untwin,
             )  # fmt: skip
         return SyncResult(
             added=added,
@@ -277,16 +296,17 @@ class ImageCollection(abc.ABC):
 
     def _new_records(
         self, items: list[Item], done: embedding.Embedded, known: dict[str, str], excluded: dict[str, tuple]
-    ) -> tuple[list[ImageRecord], list[int], list[tuple[str, str]], list[tuple[str, str]]]:
+    ) -> tuple[list[ImageRecord], list[int], list[tuple[str, str]], list[tuple[str, str]], list[tuple]]:
         """(records with fresh ids, their rows in `done`, (key, twin) pixel duplicates, (key, excluded path)
-        copies of excluded images) for the embedded `items`.
+        copies of excluded images, (key, pixel hash, size, mtime) of the duplicates: the twins to record) for the
+        embedded `items`.
 
         `known` maps the SHA-256 of pixels already in the collection to their stored path; it grows as new images are
         taken, so a second copy within the same batch is a duplicate too (a collection keeps one image per pixels).
         `excluded` is `excluded_view()`: an image with the pixels of an excluded one is left out (and its path is to
         be excluded too, so that it is not embedded again)."""
         next_id = self.next_id
-        records, rows, duplicates, copies = [], [], [], []
+        records, rows, duplicates, copies, twins = [], [], [], [], []
         excluded_shas = {sha: path for path, (sha, _) in excluded.items()}
         now = time.time()
         for row, (position, sha) in enumerate(zip(done.positions, done.sha256, strict=True)):
@@ -296,6 +316,7 @@ class ImageCollection(abc.ABC):
                 continue
             if sha in known:
                 duplicates.append((item.key, known[sha]))
+                twins.append((item.key, sha, int(done.size[row]), float(done.mtime[row])))
                 continue
             known[sha] = item.key
             meta = done.meta[row] or (None,) * 4  # date taken, camera, width, height
@@ -307,15 +328,15 @@ class ImageCollection(abc.ABC):
             )
             rows.append(row)
             next_id += 1
-        return records, rows, duplicates, copies
+        return records, rows, duplicates, copies, twins
 
     def plan_add(self, inputs) -> tuple[list[Item], Gathered, int]:
         """(the inputs not in the collection yet nor excluded, everything gathered, how many were present): the first
         half of an add, shared with `indexing.build.add_distributed`."""
         gathered = gather(inputs, root=self.root_dir)
         present = self.records_view.by_paths([item.key for item in gathered.items])
-        excluded = self.excluded_view()
-        todo = [item for item in gathered.items if item.key not in present and item.key not in excluded]
+        skip = {**self.excluded_view(), **self.twins_view()}  # excluded, and exact copies already found
+        todo = [item for item in gathered.items if item.key not in present and item.key not in skip]
         return todo, gathered, len(present)
 
     def commit_staged(self, todo: list[Item], job: embedding.Job, gathered: Gathered, present: int, stats) -> AddResult:
@@ -323,13 +344,13 @@ class ImageCollection(abc.ABC):
         done = embedding.collect(self.staging_dir, job)
         known = {sha: r.path for sha, r in self.records_view.by_hashes(done.sha256).items()}
         excluded = self.excluded_view()
-        records, rows, duplicates, copies = self._new_records(todo, done, known, excluded)
+        records, rows, duplicates, copies, twins = self._new_records(todo, done, known, excluded)
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
         ids = np.array([r.id for r in records], dtype=np.int64)
-        if records or copies:
+        if records or copies or twins:
             self.commit(
                 records=records, vectors=done.vectors[rows] if records else None, remove_ids=np.empty(0, np.int64),
-                exclude=[(key, excluded[twin][0]) for key, twin in copies],
+                exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins,
             )  # fmt: skip
         left_out = [item.key for item in gathered.items if item.key in excluded]
         return AddResult(len(records), ids, present, duplicates, bad, self.version, stats, left_out, copies)
@@ -357,6 +378,24 @@ class ImageCollection(abc.ABC):
             if len(removed):
                 self.commit(records=[], vectors=None, remove_ids=removed, exclude=excluded)
         return RemoveResult(removed, not_found, self.version, [path for path, _ in excluded])
+
+    def exact_copies(self) -> list[tuple[str, str]]:
+        """(copy, stored path with the same pixels) for the files left out as exact copies, by copy path."""
+        twins = self.twins_view()
+        stored = self.records_view.by_hashes(sorted({sha for sha, _, _ in twins.values()}))
+        return [(path, stored[sha].path) for path, (sha, _, _) in sorted(twins.items()) if sha in stored]
+
+    def keep_out(self, entries: Sequence[tuple[str, str]]) -> int:
+        """Put (stored path, pixel hash) `entries` on the exclusion list, removing their images where present (another
+        collection's list carried over: `indexing.library`). Returns how many were new to the list."""
+        with self._writing():
+            listed = self.excluded_view()
+            new = list(dict((path, sha) for path, sha in entries if path not in listed).items())
+            if new:
+                present = self.records_view.by_paths([path for path, _ in new])
+                remove_ids = np.array(sorted(r.id for r in present.values()), dtype=np.int64)
+                self.commit(records=[], vectors=None, remove_ids=remove_ids, exclude=new)
+        return len(new)
 
     def excluded(self) -> list[Excluded]:
         """The images removed with `exclude=True` (and copies of them found later), by path."""

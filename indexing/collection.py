@@ -209,16 +209,21 @@ class Collection(ImageCollection):
         updates: Sequence[ImageRecord] = (),
         exclude: Sequence[tuple[str, str]] = (),
         unexclude: Sequence[str] = (),
+        twins: Sequence[tuple[str, str, int, float]] = (),
+        untwin: Sequence[str] = (),
     ) -> None:
         """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten,
         the exclusion list changed (in the version's store, so published with it)."""
         self._v = publish_next(
             self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates,
-            exclude=exclude, unexclude=unexclude,
+            exclude=exclude, unexclude=unexclude, twins=twins, untwin=untwin,
         )  # fmt: skip
 
     def excluded_view(self) -> dict[str, tuple[str, float]]:
         return self._v.store.excluded()
+
+    def twins_view(self) -> dict[str, tuple[str, int, float]]:
+        return self._v.store.twins()
 
     @property
     def count(self) -> int:

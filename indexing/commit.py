@@ -39,10 +39,13 @@ def publish_next(
     updates: Sequence[ImageRecord] = (),
     exclude: Sequence[tuple[str, str]] = (),
     unexclude: Sequence[str] = (),
+    twins: Sequence[tuple[str, str, int, float]] = (),
+    untwin: Sequence[str] = (),
 ) -> Version:
     """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`, with the metadata
     of `updates` (records already in `old`, same id and vector: a moved or touched file) replaced, and the
-    (path, pixel hash) pairs of `exclude` added to its exclusion list, the paths of `unexclude` taken off; return it."""
+    (path, pixel hash) pairs of `exclude` added to its exclusion list, the paths of `unexclude` taken off, and its
+    list of exact copies (`twins`: path, pixel hash, size, mtime) added to, `untwin` paths forgotten; return it."""
     dim, dtype = int(old.manifest["model"]["embed_dim"]), old.manifest["dtype"]
     cfg = IndexConfig(**old.manifest["config"])
     number = versions.next_number(root, old.number)
@@ -60,6 +63,7 @@ def publish_next(
         store.insert([*updates, *records])
         store.unexclude(unexclude)
         store.exclude(exclude, since=time.time())
+        store.set_twins(twins, untwin)
         live = store.ids()
         store.close()
         kept = _compact(root, chunks, live, number, dim, dtype)

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from indexing.config import DTYPES, EmbedConfig, embed_defaults
-from indexing.errors import IndexingError
+from indexing.errors import EmbedStopped, IndexingError
 from indexing.photo import PhotoMeta, header_meta, photo_meta
 from indexing.sources import Item
 from vlm.atomic import atomic_open, atomic_write_json
@@ -297,8 +297,11 @@ def embed(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EmbedStats:
-    """Embed this rank's shards of `job` that are not done yet into `staging` (prepared by `prepare`)."""
+    """Embed this rank's shards of `job` that are not done yet into `staging` (prepared by `prepare`).
+    `should_stop` is asked before every batch; when it says yes, `EmbedStopped` is raised (the shards written so
+    far stay in `staging`, so the same job resumes from them)."""
     if len(items) != job.count or read_job(staging) != job:
         raise IndexingError(f"{staging} is not prepared for this job; call prepare() first")
     done = set(done_shards(staging, job))
@@ -323,6 +326,11 @@ def embed(
         tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar,
     ):
         for batch in loader:
+            if should_stop is not None and should_stop():
+                raise EmbedStopped(
+                    f"embedding stopped on request after {embedded:,} of {total:,} images; the whole shards among "
+                    f"them are kept, and the same add resumes from them"
+                )
             now = time.perf_counter()
             wait += now - mark
             vectors = encoders.encode_image(batch.pixels).cpu().numpy() if batch.pixels is not None else None

@@ -11,3 +11,8 @@ class IndexingError(VLMError, RuntimeError):
 
 class ModelMismatchError(IndexingError):
     """Vectors from one model were about to be compared with vectors from another (different weights)."""
+
+
+class EmbedStopped(IndexingError):
+    """An embedding was stopped on request (`should_stop`); the shards embedded so far are kept, so the same add
+    or sync run again resumes from them, and nothing was committed."""

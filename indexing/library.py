@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,23 +136,35 @@ class Library:
     def embed_plan(self, encoders: Encoders, images: int) -> EmbedPlan:
         """The cost of `open_for(encoders)` when the library holds `images` images (the active collection's count):
         nothing if this model's collection exists, else every image, timed on a few (`seconds_per_image`)."""
-        if (self.collection_path(encoders) / CURRENT).exists():
-            return EmbedPlan(0, 0.0, 0)
+        path = self.collection_path(encoders)
+        if (path / CURRENT).exists():  # built, or begun and stopped: what it lacks is still to embed
+            if self.kind == "existing":
+                return EmbedPlan(0, 0.0, 0)
+            built = Collection.open(path, read_only=True, encoders=encoders)
+            images -= built.count
+            built.close()
+            if images <= 0:
+                return EmbedPlan(0, 0.0, 0)
         return EmbedPlan(images, seconds_per_image(encoders), TIMED_IMAGES)
 
-    def open_for(self, encoders: Encoders, progress: bool = True) -> Collection:
-        """This library's collection for `encoders`: reopened if it exists, else built (slow: embeds every image)."""
+    def open_for(
+        self, encoders: Encoders, progress: bool = True, should_stop: Callable[[], bool] | None = None
+    ) -> Collection:
+        """This library's collection for `encoders`: reopened if it exists, else built (slow: embeds every image).
+        `should_stop`: asked before every batch embedded; yes raises `EmbedStopped` (the collection is closed, what
+        was embedded is kept for the next `open_for`)."""
         if self.kind == "existing":
             coll = Collection.open(self.home, read_only=False, encoders=encoders)
         elif self.kind == "demo":
-            coll = build_demo_collection(self.home, encoders, progress=progress)
+            return build_demo_collection(self.home, encoders, progress=progress, should_stop=should_stop)
         else:
             path = self.collection_path(encoders)
             root = self.images[0] if self.images else None
             coll = Collection.create(path, encoders, root=root, exist_ok=True)
+            carry_exclusions(self.home, coll)
         sources = self.sources()
         if sources:
-            coll.add(sources, embed=EMBED, progress=progress)  # only what is missing is embedded
+            add_or_close(coll, sources, progress, should_stop)  # only what is missing is embedded
         return coll
 
     def add_folder(self, coll: Collection, folder: Path, progress: bool = True) -> AddResult:
@@ -185,7 +198,18 @@ class Library:
         return coll.sync(present, embed=EMBED, progress=progress), [f for f in folders if not f.is_dir()]
 
 
-def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool = True) -> Collection:
+def add_or_close(coll: Collection, inputs: list[Path], progress: bool, should_stop: Callable[[], bool] | None) -> None:
+    """`coll.add(inputs)`; a stopped (or failed) add closes `coll` (its write lock) before the error goes on."""
+    try:
+        coll.add(inputs, embed=EMBED, progress=progress, should_stop=should_stop)
+    except BaseException:
+        coll.close()
+        raise
+
+
+def build_demo_collection(
+    dest: str | Path, encoders: Encoders, progress: bool = True, should_stop: Callable[[], bool] | None = None
+) -> Collection:
     """The app's default collection: the shipped image sets (`vlm.demo.collection_sets`: Twemoji, and icons no demo
     model trained on) and a few hundred synthetic scenes, embedded by `encoders`.
 
@@ -211,10 +235,29 @@ def build_demo_collection(dest: str | Path, encoders: Encoders, progress: bool =
             raise
         LOG.warning("%s is being written by another process; opening it read-only", path)
         return Collection.open(path, read_only=True, encoders=encoders)
-    coll.add([*lists, shapes / "pairs.csv"], embed=EMBED, progress=progress)  # adds only what is missing
+    if coll.writable:
+        carry_exclusions(dest, coll)
+    add_or_close(coll, [*lists, shapes / "pairs.csv"], progress, should_stop)  # adds only what is missing
     path.touch()  # most recently used first when pruning
     prune_collections(dest, keep=path)
     return coll
+
+
+def carry_exclusions(home: Path, coll: Collection) -> None:
+    """Images removed for good from another model's collection in `home` (the app's Remove) stay out of `coll` too:
+    the same inputs, so the same stored paths. Read from the others' published versions; a collection that cannot be
+    opened is skipped."""
+    entries: dict[str, str] = {}
+    for other in sorted(home.glob("collection-*")):
+        if other.resolve() == coll.root.resolve() or not (other / CURRENT).exists():
+            continue
+        try:
+            with Collection.open(other) as reader:
+                entries.update({e.path: e.sha256 for e in reader.excluded()})
+        except IndexingError as e:
+            LOG.warning("not carrying the exclusions of %s over: %s", other, e)
+    if entries and (n := coll.keep_out(sorted(entries.items()))):
+        LOG.info("%d image(s) removed from another model's collection kept out of this one too", n)
 
 
 def prune_collections(dest: Path, keep: Path) -> None:

@@ -225,6 +225,8 @@ class MilvusCollection(ImageCollection):
         updates: Sequence[ImageRecord] = (),
         exclude: Sequence[tuple[str, str]] = (),
         unexclude: Sequence[str] = (),
+        twins: Sequence[tuple[str, str, int, float]] = (),  # not kept here: a sync finds exact copies again each time
+        untwin: Sequence[str] = (),
     ) -> None:
         """Remove, rewrite and insert rows. Not atomic (see the module docstring): the ids are reserved first, so a
         crash leaves a gap, never a reused id. The exclusion list lives in the manifest (a collection property),

@@ -26,6 +26,12 @@ these paths out, and new files with the same pixels too (a removed photo that co
     sha256   TEXT                  the removed image's pixel hash
     since    REAL                  when it was excluded
 
+Table `twins`, one row per file left out because its pixels equal an image's in the collection (an exact copy):
+what a sync needs to pass it by unchanged instead of decoding and embedding it again, and what lists exact copies:
+    path     TEXT PRIMARY KEY      the copy's key, as `images.path`
+    sha256   TEXT                  its pixel hash (that of the image in the collection)
+    size     INTEGER, mtime REAL   the file's, when it was last looked at
+
 The date of an image (`DATE_SQL`, `ImageRecord.date`) is `taken`, else the file's mtime in the local time zone.
 
 Stores made before `taken`/`camera`/`width`/`height` existed still open: reads give NULL for them (dates fall back
@@ -72,7 +78,17 @@ CREATE TABLE excluded (
     sha256 TEXT NOT NULL,
     since REAL NOT NULL
 );
+CREATE TABLE twins (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL
+);
 """
+TWINS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS twins (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL, "
+    "mtime REAL NOT NULL)"
+)
 # Older stores lack it: read as empty, created in the first write's copy (`copy_to`).
 EXCLUDED_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS excluded (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, since REAL NOT NULL)"
@@ -145,6 +161,7 @@ class Store:
         self._table = "images" if not self.missing_columns else f"(SELECT {select} FROM images)"
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._has_excluded = "excluded" in tables
+        self._has_twins = "twins" in tables
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -175,6 +192,7 @@ class Store:
         for column in self.missing_columns:  # an older store: the copy gets the current schema (values NULL)
             conn.execute(f"ALTER TABLE images ADD COLUMN {column} {LATER_COLUMNS[column]}")
         conn.execute(EXCLUDED_SCHEMA)
+        conn.execute(TWINS_SCHEMA)
         return Store(path, conn, True)
 
     def close(self) -> None:
@@ -248,6 +266,14 @@ class Store:
             rows = self._conn.execute("SELECT path, sha256, since FROM excluded ORDER BY path").fetchall()
         return {path: (sha, since) for path, sha, since in rows}
 
+    def twins(self) -> dict[str, tuple[str, int, float]]:
+        """path -> (pixel hash, size, mtime) of the exact copies left out (table `twins`)."""
+        if not self._has_twins:
+            return {}
+        with self._lock:
+            rows = self._conn.execute("SELECT path, sha256, size, mtime FROM twins ORDER BY path").fetchall()
+        return {path: (sha, size, mtime) for path, sha, size, mtime in rows}
+
     @property
     def missing_columns(self) -> list[str]:
         """Columns of the current schema this (older) store lacks: read as NULL."""
@@ -281,6 +307,13 @@ class Store:
         self._check_writable()
         with self._lock:
             self._conn.executemany("DELETE FROM excluded WHERE path = ?", [(p,) for p in paths])
+
+    def set_twins(self, add: Sequence[tuple[str, str, int, float]], drop: Sequence[str]) -> None:
+        """Forget the twins at `drop`, then record (path, pixel hash, size, mtime) `add` (replacing any)."""
+        self._check_writable()
+        with self._lock:
+            self._conn.executemany("DELETE FROM twins WHERE path = ?", [(p,) for p in drop])
+            self._conn.executemany("INSERT OR REPLACE INTO twins (path, sha256, size, mtime) VALUES (?, ?, ?, ?)", add)
 
     def _check_writable(self) -> None:
         if not self.writable:

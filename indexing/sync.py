@@ -48,6 +48,7 @@ class SyncPlan:
     kept: list[str] = field(default_factory=list)  # paths kept although not listed: their folder was unreadable
     bad: list[BadRow] = field(default_factory=list)  # listed but unusable; any record of theirs is kept
     excluded: list[str] = field(default_factory=list)  # listed, but removed with exclude=True: left out
+    untwin: list[str] = field(default_factory=list)  # exact copies to forget: gone, changed, or their image gone
 
 
 def plan_sync(
@@ -59,9 +60,12 @@ def plan_sync(
     device_type: str = "cpu",
     progress: bool = True,
     excluded: Collection[str] = (),
+    twins: dict[str, tuple[str, int, float]] | None = None,
 ) -> SyncPlan:
     """Compare `folders` on disk with the records of `store` under them; see the module docstring. Listed files
-    whose key is in `excluded` (the collection's exclusion list) are left out."""
+    whose key is in `excluded` (the collection's exclusion list) are left out. `twins` (path -> pixel hash, size,
+    mtime): exact copies of images in the collection, left out earlier: one whose size and mtime are unchanged is
+    passed by (counted unchanged) while its image stays; one that changed, or whose image is gone, is embedded."""
     reals = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -74,8 +78,11 @@ def plan_sync(
     gathered = gather(list(folders), root=root)
     root_real = os.path.realpath(root) if root is not None else None
 
+    def real(key: str) -> str:
+        return key if os.path.isabs(key) or root_real is None else os.path.join(root_real, key)
+
     def real_path(record: ImageRecord) -> str:
-        return record.path if os.path.isabs(record.path) or root_real is None else os.path.join(root_real, record.path)
+        return real(record.path)
 
     unlisted = [os.path.join(u, "") for u in gathered.unlisted]
     in_scope = [r for r in store.files() if any(real_path(r).startswith(f) for f in reals)]
@@ -91,6 +98,12 @@ def plan_sync(
         else:
             vanished[record.path] = record
     vanished_sizes = {r.size for r in vanished.values()}
+    twins = twins or {}
+    for key in twins:  # copies under these folders that are gone (their folder listed, they not)
+        under = any(real(key).startswith(f) for f in reals)
+        if key not in listed and under and not any(real(key).startswith(u) for u in unlisted):
+            plan.untwin.append(key)
+    waiting_twins: list[Item] = []
 
     to_hash: list[Item] = []
     excluded = set(excluded)
@@ -104,7 +117,10 @@ def plan_sync(
         except ImageError as e:  # gone or unreadable since it was listed: keep its record, if any, for next time
             plan.bad.append(BadRow(item.ref.describe(), None, item.key, e.reason))
             continue
-        if record is not None and (record.size, record.mtime) == (size, mtime):
+        twin = twins.get(item.key) if record is None else None
+        if twin is not None and (twin[1], twin[2]) == (size, mtime):
+            waiting_twins.append(item)  # unchanged, if its image stays (decided below)
+        elif record is not None and (record.size, record.mtime) == (size, mtime):
             plan.unchanged += 1
             update = record
             if record.caption != item.caption:
@@ -140,6 +156,18 @@ def plan_sync(
         else:
             _embed(plan, item, record)
     plan.removed = list(vanished.values())
+    # An unchanged copy is passed by only while an image with its pixels stays in the collection; else it is
+    # embedded (and becomes that image). A changed one is embedded anyway, above; either way it is forgotten as a twin.
+    gone_shas = {r.sha256 for r in plan.removed}
+    stored = store.by_hashes(sorted({twins[item.key][0] for item in waiting_twins}))
+    for item in waiting_twins:
+        sha = twins[item.key][0]
+        if sha in stored and sha not in gone_shas:
+            plan.unchanged += 1
+        else:
+            plan.embed.append(item)
+    plan.untwin += [item.key for item in plan.embed if item.key in twins]
+    plan.untwin += [new for _, new in plan.moved if new in twins]  # a copy now holding its moved image's record
     return plan
 
 

@@ -104,7 +104,8 @@ class _Burst:
 
 
 class Watcher:
-    """Syncs `coll` (opened writable) over `folders` once at start, then after each burst of changes there."""
+    """Syncs `coll` (an `ImageCollection` opened writable: FAISS or Milvus) over `folders` once at start, then after
+    each burst of changes there."""
 
     def __init__(
         self,
@@ -136,7 +137,10 @@ class Watcher:
         self.errors = 0  # syncs that failed
         self.events = 0  # relevant events seen
         self._burst = _Burst()
-        self._ignore = os.path.join(os.path.realpath(coll.root), "")
+        # The collection's own writes: its folder (FAISS), else its staging folder (Milvus Lite writes one .db file,
+        # which is not an image and so is ignored anyway).
+        own = getattr(coll, "root", None) or coll.staging_dir
+        self._ignore = os.path.join(os.path.realpath(own), "")
 
     def stop(self) -> None:
         """Make `run` return after the sync in progress, if any (callable from any thread)."""

@@ -119,7 +119,7 @@ def test_every_function_is_a_named_endpoint(app):
     names = set(app.client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     expected = {"classify", "search_text", "search_image", "search_similar", "explain_result", "add_folder",
                 "collection_info", "explain", "segment", "train_start", "train_status", "train_stop", "train_use",
-                "model_switch", "model_info"}  # fmt: skip
+                "model_switch", "model_info", "model_stop"}  # fmt: skip
     assert {f"/{n}" for n in expected} <= names
 
 
@@ -519,4 +519,15 @@ def test_loading_a_model_estimates_the_embedding_and_waits_for_a_yes(app):
     assert re.search(rf"embedding {SCENES} images with this model takes about \d+ s here \(\d\.\d{{3}} s per", text)
     assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"  # nothing switched before a yes
     assert app.client.predict(api_name="/model_cancel").startswith("Cancelled: nothing was embedded")
+    assert app.client.predict(api_name="/model_stop") == "No embedding is under way."  # (tests/test_index_stop.py)
     assert app.client.predict(api_name="/model_info")["model"] == "vlm-tiny"
+
+
+def test_the_api_pages_example_files_are_local_not_web_urls(app):
+    with urllib.request.urlopen(f"{app.url}gradio_api/info", timeout=30) as r:
+        info = json.load(r)
+    images = [p["example_input"] for e in info["named_endpoints"].values() for p in e["parameters"]
+              if isinstance(p.get("example_input"), dict) and "path" in p["example_input"]]  # fmt: skip
+    assert len(images) >= 4  # classify, search by image, why it matched, segment
+    assert all("://" not in json.dumps(x) for x in images), images
+    assert {x["path"] for x in images} == {"my_image.png", "my_pairs.zip"}

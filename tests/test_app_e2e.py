@@ -116,13 +116,36 @@ def test_search_by_image_finds_that_image_first(page, served, shots):
     page.screenshot(path=shots / "search-image.png", full_page=True)
 
 
+def test_tiles_folders_and_the_decoder_say_what_they_are(page, served):
+    _, tmp = served
+    open_tab(page, "Search")
+    page.locator("#search-query textarea").fill("a red circle")
+    page.locator("#search-query textarea").press("Enter")
+    tile = page.locator("#search-gallery .gallery-item").first
+    caption = tile.locator(".caption-label")
+    expect(caption).to_have_attribute("title", re.compile(r"^-?\d\.\d{3} · "))  # the whole caption on hover
+    box, cap, img = tile.bounding_box(), caption.bounding_box(), tile.locator("img").bounding_box()
+    assert cap["y"] >= img["y"] + img["height"] - 1  # below the picture, not over it
+    assert cap["width"] >= 0.95 * box["width"] - 4  # as wide as the tile
+    # Add images names the folders it may read before anyone is refused
+    page.get_by_text("Add images").click()
+    folder_info = page.locator("#search-add-folder")
+    expect(folder_info).to_contain_text("inside one of the folders this app may read")
+    expect(folder_info).to_contain_text(str(tmp))
+    # no decoder has been trained: only the training-free method, and how to get a decoder
+    open_tab(page, "Segment")
+    expect(page.locator("#segment-method")).to_be_hidden()
+    expect(page.locator("#segment-no-decoder")).to_contain_text("vlm train-seg --model vlm-tiny")
+
+
 def test_segment_shows_masks_and_heat_maps(page, served, shots):
     _, tmp = served
     open_tab(page, "Segment")
     upload(page, "segment-image", tmp / "shapes" / "images" / "000001.png")
     page.locator("#segment-phrases textarea").fill("a red circle\na green star")
     page.get_by_role("button", name="Segment", exact=True).click()
-    expect(page.locator("#segment-overlay img")).to_be_visible()
+    # the first segmentation measures the model's "absent" threshold (vlm.segment.absent) first
+    expect(page.locator("#segment-overlay img")).to_be_visible(timeout=90_000)
     expect(page.locator("#segment-summary")).to_contain_text("a green star")
     expect(page.locator("#segment-summary li")).to_have_count(2)
     page.screenshot(path=shots / "segment.png", full_page=True)

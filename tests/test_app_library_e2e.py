@@ -42,6 +42,7 @@ def served(tmp_path_factory):
         os.utime(path, (stamp, stamp))
     Image.open(photos / "05.png").resize((32, 32)).save(photos / "05_small.png")  # a near-duplicate
     os.utime(photos / "05_small.png", (NEW, NEW))
+    shutil.copy(photos / "07.png", photos / "07_copy.png")  # an exact copy: stored once, listed by the view
     torch.manual_seed(0)
     state = create_state("vlm-tiny", images=[photos], cache_dir=tmp / "cache", runs_dir=tmp / "runs",
                          allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
@@ -92,6 +93,8 @@ def test_duplicates_view(page, served):
     expect(page.locator("#search-dups-status")).to_contain_text(f"{len(groups)} group(s) of near-duplicates")
     expect(page.locator("#search-dups-gallery img")).to_have_count(sum(len(g.records) for g in groups))
     expect(page.locator("#search-dups-gallery")).to_contain_text("keep")
+    expect(page.locator("#search-dups-status")).to_contain_text("Exact copies (the same pixels, stored once)")
+    expect(page.locator("#search-dups-status")).to_contain_text("07_copy.png = 07.png")
 
 
 def test_remove_from_collection(page, served):

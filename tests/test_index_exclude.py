@@ -1,15 +1,19 @@
 """Removing an image for good (`Collection.remove(exclude=True)`, `vlm index remove --exclude`): later syncs and adds
 leave it out while its file stays on disk, a copy of it under another name too; the exclusion list is versioned with
-the collection; `unexclude` lets it back in. Checked against a fresh build of the same files, as test_index_sync."""
+the collection; `unexclude` lets it back in. Exact copies (same pixels) are remembered, so a sync passes them by, and
+one takes its image's place when the image goes. Checked against a fresh build of the same files, as test_index_sync."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from indexing import versions
 from indexing.collection import Collection
@@ -145,3 +149,53 @@ def test_cli_remove_exclude_list_and_unexclude(tmp_path, shapes, tiny_encoders, 
     assert "1 path(s) taken off" in out and "not excluded: 9.png" in out
     assert main(["index", "excluded", coll_path, "--json"]) == 0
     assert capsys.readouterr().out.strip() == "[]"
+
+
+def test_exact_copies_are_remembered_not_embedded_again_and_take_over_when_their_image_goes(
+    tmp_path, shapes, tiny_encoders
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(shapes / f"{i:06d}.png", folder / f"{i}.png")
+    shutil.copy(folder / "0.png", folder / "c.png")  # byte-identical copy
+    Image.open(folder / "0.png").save(folder / "d.png", compress_level=1)  # same pixels, other bytes
+    coll = Collection.create(tmp_path / "c", tiny_encoders, root=folder)
+    first = coll.sync(folder, embed=FAST, progress=False)
+    assert first.added == 3 and sorted(first.duplicates) == [("c.png", "0.png"), ("d.png", "0.png")]
+    assert coll.exact_copies() == [("c.png", "0.png"), ("d.png", "0.png")]
+    again = coll.sync(folder, embed=FAST, progress=False)  # nothing to decode or embed: the copies are known
+    assert again.embed is None and again.unchanged == 5 and not again.duplicates and again.version == first.version
+    assert coll.add(folder, embed=FAST, progress=False).embed is None  # an add passes them by too
+    st = (folder / "c.png").stat()
+    os.utime(folder / "c.png", (st.st_atime, st.st_mtime + 5))  # touched: looked at again, still a copy
+    touched = coll.sync(folder, embed=FAST, progress=False)
+    assert touched.embed.images == 1 and touched.duplicates == [("c.png", "0.png")]
+    (folder / "0.png").unlink()  # the image goes: a copy takes its place, as in a fresh build
+    synced = coll.sync(folder, embed=FAST, progress=False)
+    assert synced.removed == ["0.png"] and synced.added == 1
+    assert same(contents(coll), fresh(tmp_path, tiny_encoders, folder, {"d.png"}))
+    assert coll.exact_copies() == [("d.png", "c.png")]
+    (folder / "d.png").unlink()
+    coll.sync(folder, embed=FAST, progress=False)
+    assert coll.exact_copies() == [] and coll._v.store.twins() == {}
+    coll.close()
+
+
+def test_the_app_library_carries_a_removal_to_another_models_collection(tmp_path, shapes, tiny_encoders):
+    from indexing.library import Library
+    from vlm import models
+
+    folder = photos(tmp_path, shapes, n=4)
+    library = Library.choose(images=[folder], collection=None, cache_dir=tmp_path / "cache")
+    first = library.open_for(tiny_encoders, progress=False)
+    assert first.count == 4
+    first.remove(paths=["2.png"], exclude=True)  # what the app's Remove does
+    first.close()
+    torch.manual_seed(1)
+    other = models.load("vlm-tiny", device="cpu")  # another model: its own collection of the same folder
+    assert other.fingerprint != tiny_encoders.fingerprint
+    second = library.open_for(other, progress=False)
+    assert second.root != first.root and [e.path for e in second.excluded()] == ["2.png"]
+    assert {r.path for r in second.records(range(10)).values()} == {"0.png", "sub/1.png", "sub/3.png"}
+    second.close()

@@ -153,3 +153,27 @@ def test_bad_watch_settings_are_refused(tiny_encoders, tmp_path):
     with pytest.raises(IndexingError, match="max_delay"):
         Watcher(coll, [tmp_path], config=WatchConfig(debounce=5, max_delay=1))
     coll.close()
+
+
+def test_a_milvus_collection_is_watched_too(tiny_encoders, shapes, tmp_path):
+    from collection_backends import MILVUS_MISSING
+
+    if MILVUS_MISSING:
+        pytest.skip(f"needs {' and '.join(MILVUS_MISSING)}")
+    from indexing.milvus import MilvusCollection
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(shapes / "000000.png", photos / "0.png")
+    coll = MilvusCollection.create(photos / "lite.db", "watched", tiny_encoders, root=photos)  # its file in the folder
+    run = Running(coll, [photos])
+    try:
+        assert run.results.get(timeout=WAIT).added == 1
+        shutil.copy(shapes / "000001.png", photos / "1.png")
+        assert run.results.get(timeout=WAIT).added == 1
+        with pytest.raises(queue.Empty):  # Milvus Lite's own writes in the folder start nothing
+            run.results.get(timeout=QUICK.debounce * 4)
+        assert {r.path for r in coll.records(range(5)).values()} == {"0.png", "1.png"}
+    finally:
+        run.stop()
+        coll.close()

@@ -83,6 +83,23 @@ def test_a_collection_uses_the_export_and_finds_what_pytorch_finds(tmp_path, exp
         Collection.open(tmp_path / "torch.coll", runtime="onnx-int8").search_text("a red circle", 1)
 
 
+def test_an_int8_collection_reopens_with_int8_and_its_recall_against_fp32_is_measured(tmp_path, exported, shapes):
+    from bench.int8 import recall_at
+
+    assert recall_at(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]]), k=3) == pytest.approx(1 / 3)
+    images = sorted((shapes / "images").glob("*.png"))
+    kw = {"root": shapes, "device": "cpu"}
+    for runtime in ("onnx", "onnx-int8"):
+        with Collection.create(tmp_path / runtime, str(exported), runtime=runtime, **kw) as coll:
+            coll.add(images, embed=_small())
+    fp32, int8 = Collection.open(tmp_path / "onnx"), Collection.open(tmp_path / "onnx-int8")
+    assert int8.encoders.runtime == "onnx-int8"  # "auto" reopens an int8 collection with int8
+    queries = ["a red circle", "a blue square", "a green triangle"]
+    a, b = fp32.search_text(queries, k=10).ids, int8.search_text(queries, k=10).ids
+    by_hand = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a.tolist(), b.tolist(), strict=True)])
+    assert recall_at(a, b) == pytest.approx(by_hand) and by_hand >= 0.5  # close vectors: mostly the same images
+
+
 def _small():
     from indexing.config import EmbedConfig
 

@@ -18,7 +18,7 @@ from vlm import checkpoint, finetune
 from vlm.config import TrainConfig, from_dict
 from vlm.data import read_pairs
 from vlm.errors import DataError
-from vlm.rundir import RunDir, Status, newest_run, process_alive, start_ticks
+from vlm.rundir import RunDir, Status, newest_run, process_alive, start_ticks, usable_checkpoints
 from vlm.synth import generate
 from vlm.train import StopRequested, planned_steps, train
 
@@ -182,3 +182,33 @@ def test_the_trainer_ends_with_its_parent_not_with_the_parents_thread(tmp_path, 
         time.sleep(0.05)
     time.sleep(0.1)
     assert flag.read_text() == f"the parent process {parent.pid} has ended"
+
+
+def test_each_run_is_listed_once_by_its_usable_checkpoint(tmp_path):
+    """A run's final/ and its last step hold the same weights: one entry per run (final/, else its newest step);
+    checkpoint folders outside a run's layout (a WiSE-FT alpha, an export) are listed by themselves."""
+
+    def make(path: Path, *, state: bool = False) -> Path:
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        (path / "weights").write_text("w")
+        if state:
+            (path / checkpoint.TRAIN_STATE_NAME).write_text("s")
+        return path
+
+    def is_ckpt(p: Path) -> bool:
+        return (p / "weights").is_file()
+
+    finished = tmp_path / "runs" / "done"
+    for step in (2, 4):
+        make(finished / "checkpoints" / f"step_{step:06d}", state=True)
+    make(finished / "final")
+    alpha = make(finished / "wise_ft" / "alpha-0.5")
+    running = tmp_path / "runs" / "going"
+    make(running / "checkpoints" / "step_000003", state=True)
+    newest = make(running / "checkpoints" / "step_000010", state=True)
+    (running / "config.json").write_text("{}")  # the run's own config is no checkpoint
+    export = make(tmp_path / "runs" / "export")
+    listed = usable_checkpoints(tmp_path / "runs", is_ckpt)
+    assert sorted(listed) == sorted([finished / "final", alpha, newest, export])
+    assert usable_checkpoints(tmp_path / "nothing", is_ckpt) == []

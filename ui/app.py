@@ -76,6 +76,25 @@ def create_state(
     return state
 
 
+# Result tiles (Search, duplicates, heat maps): Gradio's caption chip is one line cut to 80 % of a tile, laid over
+# the picture's bottom. Here it sits below the picture (shown whole: contain), spans the tile and wraps to two lines,
+# all of it on hover, and (HEAD) the whole caption is the tile's tooltip.
+CSS = """
+.gallery-item .thumbnail-item { display: flex !important; flex-direction: column; }
+.gallery-item .thumbnail-item > img { flex: 1 1 0; min-height: 0; height: auto !important;
+  object-fit: contain !important; }
+.gallery-item .caption-label { position: static !important; max-width: 100% !important; white-space: normal !important;
+  overflow-wrap: anywhere; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical;
+  font-size: 12px; line-height: 1.3; border: none !important; border-radius: 0 !important; flex: none; }
+.gallery-item:hover .caption-label { -webkit-line-clamp: unset; opacity: 1 !important; }
+"""
+HEAD = """<script>
+new MutationObserver(() => document.querySelectorAll(".caption-label").forEach((e) => {
+  if (e.title !== e.textContent) e.title = e.textContent;
+})).observe(document.documentElement, {subtree: true, childList: true, characterData: true});
+</script>"""
+
+
 def build_app(state: AppState, concurrency: int = CONCURRENCY) -> gr.Blocks:
     """The tabs over `state` (which must be started), with the queue set up."""
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as demo:
@@ -123,6 +142,8 @@ def launch(
         footer_links=["api", "settings"],
         run_history=False,  # nothing recorded in browsers, and no link to storing runs on the Hub
         theme=gr.themes.Soft(),
+        css=CSS,
+        head=HEAD,
     )
     return url
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ui.errors import shown
+from ui.examples import image_examples
 from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import demo
@@ -93,8 +94,12 @@ def _one_label(clf: ZeroShotClassifier, image_embedding: torch.Tensor) -> tuple[
 
 
 def build(state: AppState) -> None:
+    @shown
+    def classify_image(image: Image.Image | None, labels: str, templates: str | None, top_k: float):
+        return classify(state, image, labels, templates, checked_int(top_k, "top k", 1, state.limits.max_labels))
+
     with gr.Row():
-        with gr.Column():
+        with gr.Column() as examples_column:
             image = image_input(state.limits.max_pixels, label="Image", elem_id="classify-image")
             labels = gr.Textbox(
                 label="Labels (comma or newline separated)",
@@ -112,6 +117,7 @@ def build(state: AppState) -> None:
                 )
                 k = gr.Slider(1, 20, value=5, step=1, label="Top k")
             button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            tries = image_examples(state)
         with gr.Column():
             scores = gr.Label(label="Top labels", elem_id="classify-scores")
             chart = gr.BarPlot(x="label", y="probability", y_lim=[0, 1], sort="-y", label="Probabilities", height=240)
@@ -125,9 +131,19 @@ def build(state: AppState) -> None:
             )
             why_info = gr.Markdown(elem_id="classify-why-info")
 
-    @shown
-    def classify_image(image: Image.Image | None, labels: str, templates: str | None, top_k: float):
-        return classify(state, image, labels, templates, checked_int(top_k, "top k", 1, state.limits.max_labels))
+    if tries:
+        with examples_column:
+            gr.Examples(
+                [[path, ", ".join(ex.labels), "generic", 5] for path, ex in tries],
+                [image, labels, templates, k],
+                [scores, chart, notes],
+                fn=classify_image,
+                run_on_click=True,
+                label="Try one: a click classifies it (images and labels the demo model knows, from its card)",
+                visible_columns=[0, 1],
+                elem_id="classify-examples",
+                api_visibility="private",
+            )
 
     @shown
     def explain_label(image: Image.Image | None, evt: gr.SelectData):
@@ -145,6 +161,7 @@ def build(state: AppState) -> None:
         api_name="classify",
     )
     scores.select(explain_label, [image], [why, why_info], api_visibility="private")
-    # A new image: the old answers (and a click on an old label, which would explain the new image) go.
-    image.change(lambda: (None, None, "", None, ""), None, [scores, chart, notes, why, why_info],
-                 api_visibility="private", show_progress="hidden")  # fmt: skip
+    # A new image: the old answers (and a click on an old label, which would explain the new image) go. On a
+    # person's upload or clear only: an example's image comes with its own answer, which a clear could overwrite.
+    gr.on([image.upload, image.clear], lambda: (None, None, "", None, ""), None, [scores, chart, notes, why, why_info],
+          api_visibility="private", show_progress="hidden")  # fmt: skip

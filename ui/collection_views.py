@@ -53,10 +53,16 @@ def render_duplicates(
             items.append((files.thumbnail(coll, record), f"group {n} · {mark} · {printable(record.path)}"))
     extra = sum(len(g.records) - 1 for g in groups)
     status = (
-        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g}); {extra:,} image(s) beside their keeper."
+        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g}, confirmed by the pixels); "
+        f"{extra:,} image(s) beside their keeper."
     )
     if len(groups) > MAX_GROUPS_SHOWN:
         status += f" The first {MAX_GROUPS_SHOWN} groups are shown."
     if not groups:
         status += " No two images are that close."
+    copies = coll.exact_copies()  # never stored twice, so not in the groups: listed by name
+    if copies:
+        shown = "; ".join(f"{printable(copy)} = {printable(stored)}" for copy, stored in copies[:10])
+        more = f" and {len(copies) - 10:,} more" if len(copies) > 10 else ""
+        status += f" Exact copies (the same pixels, stored once): {shown}{more}."
     return status, items

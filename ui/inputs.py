@@ -74,6 +74,18 @@ def _shrink_hint(max_pixels: int) -> str:
     return f"Downscale it (e.g. to {side:,} x {side:,} or smaller) and upload it again."
 
 
+API_EXAMPLE_IMAGE = "my_image.png"  # the API page shows handle_file('my_image.png'): a file on the caller's side
+
+
+def local_example(component: gr.components.Component, name: str) -> gr.components.Component:
+    """Make the API page's example for `component` (an upload) a file of the caller's own named `name`, not
+    Gradio's sample on the web (an offline server's users could not fetch it, and it says nothing about what this
+    app expects). Not a subclass, for the same reason as `image_input`."""
+    component.example_payload = lambda: {"path": name, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+    component.example_value = lambda: name
+    return component
+
+
 def image_input(max_pixels: int, **kwargs) -> gr.Image:
     """An upload box for one image that hands the handler a checked PIL RGB image (see `open_upload`), or None.
 
@@ -93,7 +105,7 @@ def image_input(max_pixels: int, **kwargs) -> gr.Image:
             raise gr.Error(str(e), print_exception=False) from e
 
     component.preprocess = preprocess
-    return component
+    return local_example(component, API_EXAMPLE_IMAGE)
 
 
 def require_image(image: Image.Image | None, what: str = "an image") -> Image.Image:

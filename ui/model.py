@@ -12,14 +12,16 @@ from typing import Any
 
 import gradio as gr
 
+from indexing.errors import EmbedStopped
 from ui import status
 from ui.errors import shown
 from ui.inputs import checked_model
 from ui.state import Active, AppState, ModelChoice
 from ui.status import DEMO_HINT, server_status
-from vlm import checkpoint, models
+from vlm import models
 from vlm.errors import ConfigError
 from vlm.printable import printable
+from vlm.rundir import usable_checkpoints
 
 LOG = logging.getLogger(__name__)
 
@@ -77,12 +79,11 @@ def describe_active(state: AppState, active: Active | None = None) -> str:
 
 
 def local_checkpoints(*folders: Path) -> list[str]:
-    """Checkpoint folders under `folders` (a run's final/ and step checkpoints), newest first."""
-    found: list[Path] = []
-    for folder in folders:
-        if folder.is_dir():
-            found += [p.parent for p in folder.glob("**/config.json") if checkpoint.is_checkpoint_dir(p.parent)]
-    found = sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+    """The weights under `folders`, each once (a run by its final/ or newest step: `vlm.rundir.usable_checkpoints`),
+    newest first."""
+    found = sorted(
+        {p for folder in folders for p in usable_checkpoints(folder)}, key=lambda p: p.stat().st_mtime, reverse=True
+    )
     return [str(p) for p in found[:MAX_LISTED]]
 
 
@@ -173,6 +174,7 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> list[gr.componen
             with gr.Row():
                 confirm = gr.Button("Embed and switch", variant="primary", visible=False, elem_id="model-confirm")
                 cancel = gr.Button("Cancel", visible=False, elem_id="model-cancel")
+                stop = gr.Button("Stop embedding", variant="stop", visible=False, elem_id="model-stop")
             refresh = gr.Button("Refresh the list")
             gr.Markdown(
                 "Loading a model first estimates how long embedding the collection with it takes, and asks before "
@@ -200,10 +202,24 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> list[gr.componen
         text = f"**{choice}**: {estimate.describe()}.{warning} Embed and switch, or cancel?"
         return (text, gr.Button(visible=True), gr.Button(visible=True), gr.skip(), gr.skip(), gr.skip())
 
+    note = {"text": ""}  # how the last switch from this app ended, for the plan line (a stop is no error)
+
     @shown
     def model_switch(model: str, pretrained: str | None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        active = state.switch(chosen(state, model, pretrained), progress=True)
+        choice = chosen(state, model, pretrained)
+        note["text"] = ""
+        try:
+            active = state.switch(choice, progress=True)
+        except EmbedStopped as e:
+            note["text"] = f"Stopped: {e}. The active model is unchanged; load **{choice}** again to finish embedding."
+            active = state.active
         return describe_active(state, active), json.dumps(info(state), indent=2, default=str), banner_text(state)
+
+    def model_stop():
+        """Stop the embedding of a switch under way (before its next batch; what is embedded is kept)."""
+        if not state.stop_switch():
+            return "No embedding is under way."
+        return "Stopping after the current batch…"
 
     def model_cancel():
         held = state.release()
@@ -215,10 +231,20 @@ def build(state: AppState, banner: gr.Markdown, tab: gr.Tab) -> list[gr.componen
 
     load.click(model_plan, [model, pretrained], [plan, confirm, cancel, details, provenance, banner],
                api_name="model_plan", concurrency_id="admin", concurrency_limit=1)  # fmt: skip
-    confirm.click(lambda: ("Embedding…", *hidden), None, [plan, confirm, cancel], api_visibility="private").then(
-        model_switch, [model, pretrained], [details, provenance, banner], api_name="model_switch",
-        concurrency_id="admin", concurrency_limit=1,
-    ).then(lambda: "", None, plan, api_visibility="private")  # fmt: skip
+    confirm.click(
+        lambda: ("Embedding…", *hidden, gr.Button(visible=True)),
+        None,
+        [plan, confirm, cancel, stop],
+        api_visibility="private",
+    ).then(
+        model_switch,
+        [model, pretrained],
+        [details, provenance, banner],
+        api_name="model_switch",
+        concurrency_id="admin",
+        concurrency_limit=1,
+    ).then(lambda: (note["text"], gr.Button(visible=False)), None, [plan, stop], api_visibility="private")
+    stop.click(model_stop, None, plan, api_name="model_stop")  # fmt: skip
     cancel.click(model_cancel, None, [plan, confirm, cancel], api_name="model_cancel")
     model.change(lambda m, w: follow_weights(state, m, w), [model, pretrained], pretrained, api_visibility="private")
     refresh.click(lambda: gr.Dropdown(choices=choices(state)), None, model, api_visibility="private")

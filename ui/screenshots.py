@@ -66,9 +66,13 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     tab = lambda name: page.get_by_role("tab", name=name, exact=True).click()  # noqa: E731
 
     tab("Classify")
-    upload(page, "classify-image", labelled_scene(home / "shapes", CLASSIFY_LABEL))
-    page.locator("#classify-labels textarea").fill(CLASSIFY_LABELS)
-    page.locator("#classify-button").click()
+    examples = page.locator("#classify-examples tbody tr")
+    if examples.count():  # the demo model: its first-visit examples (from its card), one click
+        examples.last.locator("td").first.click()
+    else:
+        upload(page, "classify-image", labelled_scene(home / "shapes", CLASSIFY_LABEL))
+        page.locator("#classify-labels textarea").fill(CLASSIFY_LABELS)
+        page.locator("#classify-button").click()
     expect(page.locator("#classify-notes")).to_contain_text("prompt templates")
     page.locator("#classify-scores button.confidence-set").first.click()  # the most probable label
     expect(page.locator("#classify-why img")).to_be_visible()
@@ -90,10 +94,14 @@ def take(page: Page, home: Path, out: Path, train_steps: int) -> None:
     shoot(page, out / "why-it-matched.png")
 
     tab("Segment")
-    upload(page, "segment-image", scene)
-    page.locator("#segment-phrases textarea").fill("a red circle\na green star")
-    page.get_by_role("button", name="Segment", exact=True).click()
-    expect(page.locator("#segment-summary li")).to_have_count(2)
+    examples = page.locator("#segment-examples tbody tr")
+    if examples.count():  # a shape that is in the scene and one that is not ("not found in this image")
+        examples.first.locator("td").first.click()
+    else:
+        upload(page, "segment-image", scene)
+        page.locator("#segment-phrases textarea").fill("a red circle\na green star")
+        page.get_by_role("button", name="Segment", exact=True).click()
+    expect(page.locator("#segment-summary li")).to_have_count(2, timeout=180_000)  # the first measures "absent"
     shoot(page, out / "segment.png")
 
     tab("Train")

@@ -25,10 +25,11 @@ from indexing.results import Hits
 from indexing.store import Filter
 from ui.collection_views import MAX_THRESHOLD, MIN_THRESHOLD, duplicates_view, render_duplicates
 from ui.errors import shown
+from ui.examples import search_queries
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_float, checked_int, checked_text, image_input, require_image, server_path
 from ui.state import AppState
-from vlm import demo, query
+from vlm import query
 from vlm.errors import ConfigError
 from vlm.printable import printable
 from vlm.segment import explain
@@ -114,8 +115,8 @@ def _render(
 def build(state: AppState) -> None:
     limits = state.limits
     with gr.Row():
-        with gr.Column(scale=1):
-            tries = demo.describe(state.active.encoders.provenance).queries if state.active.is_demo else ()
+        with gr.Column(scale=1) as query_column:
+            tries = search_queries(state)
             query = gr.Textbox(
                 label="Search by text",
                 placeholder=tries[0] if tries else "a red circle",
@@ -138,7 +139,14 @@ def build(state: AppState) -> None:
                     elem_id="search-order",
                 )  # fmt: skip
             with gr.Accordion("Add images", open=False):
-                folder = gr.Textbox(label="Folder on the server", placeholder="/path/to/photos")
+                folder = gr.Textbox(
+                    label="Folder on the server",
+                    placeholder="/path/to/photos",
+                    info="inside one of the folders this app may read: "
+                    + (", ".join(printable(str(d)) for d in state.allowed_dirs) or "none")
+                    + " (the server's owner allows more with --allow-dir)",
+                    elem_id="search-add-folder",
+                )
                 add_button = gr.Button("Add folder")
                 rescan_button = gr.Button("Rescan folders", elem_id="search-rescan")
                 added = gr.Markdown(elem_id="search-added")
@@ -310,6 +318,19 @@ def build(state: AppState) -> None:
         return gr.Button(interactive=False)
 
     inputs = [k, caption_filter, path_filter, after, before, order]
+    if tries:
+        with query_column:
+            gr.Examples(
+                [[q, 12, "", "", "", "", "relevance"] for q in tries],
+                [query, *inputs],
+                outputs,
+                fn=search_text,
+                run_on_click=True,
+                label="Try one: a click searches (queries the demo model's card found in held-out data)",
+                visible_columns=[0],
+                elem_id="search-examples",
+                api_visibility="private",
+            )
     gr.on([text_button.click, query.submit], search_text, [query, *inputs], outputs, api_name="search_text")
     gr.on([image_button.click, example.upload], search_image, [example, *inputs], outputs, api_name="search_image")
     similar_button.click(search_similar, [selected, *inputs], outputs, api_name="search_similar")

@@ -11,17 +11,36 @@ import gradio as gr
 from PIL import Image
 
 from ui.errors import shown
+from ui.examples import image_examples
 from ui.inputs import checked_float, checked_phrases, image_input, require_image, server_path
 from ui.state import AppState
 from vlm.errors import ConfigError
+from vlm.rundir import usable_checkpoints
 from vlm.segment import segment
 from vlm.segment.absent import absent_threshold
-from vlm.segment.decoder import load_decoder
+from vlm.segment.decoder import is_decoder_dir, load_decoder
 from vlm.segment.explain import display_size, heat_picture
 
 LOG = logging.getLogger(__name__)
 
 METHODS = {"training-free (dense)": "dense", "learned decoder": "decoder"}
+DENSE = "training-free (dense)"
+
+
+def decoders(state: AppState) -> list[str]:
+    """The decoders trained under the app's runs folder (each run once: `vlm.rundir.usable_checkpoints`)."""
+    return [str(p) for p in usable_checkpoints(state.runs_dir, is_decoder_dir)]
+
+
+def no_decoder_hint(state: AppState) -> str:
+    choice = state.active.choice
+    model = f"--model {choice.model}" + (f" --pretrained {choice.pretrained}" if choice.pretrained else "")
+    return (
+        "*Learned decoder*: none has been trained yet, so only the training-free method is offered. Train one for "
+        f"this model with `vlm train-seg {model} --train-data <phrases.csv> "
+        f"--output-dir {state.runs_dir}/seg` (phrases.csv from `vlm synth`; see vlm/segment/README.md), then reload "
+        "this page."
+    )
 
 
 def run_segmentation(
@@ -67,13 +86,25 @@ def run_segmentation(
 
 def build(state: AppState) -> None:
     with gr.Row():
-        with gr.Column():
+        with gr.Column() as inputs_column:
             image = image_input(state.limits.max_pixels, label="Image", elem_id="segment-image")
             phrases = gr.Textbox(
                 label="Phrases (one per line)", value="a red circle\na blue square", lines=3, elem_id="segment-phrases"
             )
-            method = gr.Radio(list(METHODS), value="training-free (dense)", label="Method")
-            decoder = gr.Textbox(label="Decoder folder on the server (vlm train-seg output)", visible=False)
+            trained = decoders(state)
+            # a learned decoder is offered only when one exists; otherwise the page says how to get one
+            # (hidden, not shortened: the API still takes "learned decoder" with a decoder folder of the caller's)
+            method = gr.Radio(
+                list(METHODS), value=DENSE, label="Method", elem_id="segment-method", visible=bool(trained)
+            )
+            decoder = gr.Textbox(
+                value=trained[0] if trained else "",
+                label="Decoder folder on the server (vlm train-seg output)",
+                info=f"found under the runs folder: {', '.join(trained)}" if trained else None,
+                visible=False,
+            )
+            if not trained:
+                gr.Markdown(no_decoder_hint(state), elem_id="segment-no-decoder")
             threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
             button = gr.Button("Segment", variant="primary")
         with gr.Column():
@@ -84,6 +115,21 @@ def build(state: AppState) -> None:
     @shown
     def segment_image(image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float):
         return run_segmentation(state, image, phrases, method, decoder, threshold)
+
+    tries = [(path, ex) for path, ex in image_examples(state) if ex.phrases]  # scenes: one object there, one not
+    if tries:
+        with inputs_column:
+            gr.Examples(
+                [[path, "\n".join(ex.phrases), DENSE, "", 0.5] for path, ex in tries],
+                [image, phrases, method, decoder, threshold],
+                [overlay, heat, summary],
+                fn=segment_image,
+                run_on_click=True,
+                label="Try one: a click segments it (a shape that is there, and one that is not)",
+                visible_columns=[0, 1],
+                elem_id="segment-examples",
+                api_visibility="private",
+            )
 
     method.change(lambda m: gr.Textbox(visible=METHODS.get(m) == "decoder"), method, decoder, api_visibility="private")
     gr.on(

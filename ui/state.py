@@ -70,6 +70,7 @@ class AppState:
         self._swap = threading.Lock()
         self.switching: ModelChoice | None = None  # a switch under way (shown to every page until it ends)
         self._held: tuple[ModelChoice, Encoders] | None = None  # loaded, waiting for people to confirm the switch
+        self._stop = threading.Event()  # set: the switch under way stops embedding (`stop_switch`)
         self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
@@ -90,13 +91,22 @@ class AppState:
         held, self._held = self._held, None
         return held is not None
 
+    def stop_switch(self) -> bool:
+        """Ask the switch under way to stop embedding (before its next batch); whether one was under way."""
+        if self.switching is None:
+            return False
+        self._stop.set()
+        return True
+
     def switch(self, choice: ModelChoice, progress: bool = True) -> Active:
         """Load `choice` (or take it from `hold`) and its collection (embedding the library's images if this model
         has no collection yet), then make them active. Raises `ModelError` (unknown name, offline download, bad
-        checkpoint) and leaves the active model as it was."""
+        checkpoint) or `EmbedStopped` (`stop_switch`: what was embedded is kept for the next switch to this model)
+        and leaves the active model as it was."""
         if not self._swap.acquire(blocking=False):
             raise SwitchInProgress("another model switch is in progress; wait for it to finish")
         try:
+            self._stop.clear()
             self.switching = choice
             LOG.info("loading model %s", choice)
             held, self._held = self._held, None
@@ -109,7 +119,7 @@ class AppState:
             if previous is not None and previous.encoders.fingerprint == encoders.fingerprint:
                 collection = previous.collection  # same weights: same vectors
             else:
-                collection = self.library.open_for(encoders, progress=progress)
+                collection = self.library.open_for(encoders, progress=progress, should_stop=self._stop.is_set)
             self._active = Active(choice, encoders, collection)
             if previous is not None and previous.collection is not collection:
                 previous.collection.close()  # releases its write lock; requests still holding it can search on

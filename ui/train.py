@@ -21,7 +21,7 @@ import pandas as pd
 
 from ui import wise
 from ui.errors import shown
-from ui.inputs import checked_float, checked_int, checked_model, server_path
+from ui.inputs import checked_float, checked_int, checked_model, local_example, server_path
 from ui.jobs import TrainStatus
 from ui.model import banner_text, describe_active
 from ui.state import AppState, ModelChoice
@@ -238,7 +238,10 @@ def build(state: AppState, banner: gr.Markdown, page: gr.Blocks) -> None:
     with gr.Row():
         with gr.Column():
             data = gr.Textbox(label="Dataset on the server", placeholder="runs/shapes/pairs.csv", elem_id="train-data")
-            upload = gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"])
+            upload = local_example(
+                gr.File(label="…or upload a .zip (or a pairs file)", file_types=[".zip", ".csv", ".tsv", ".jsonl"]),
+                "my_pairs.zip",
+            )
             model = gr.Dropdown(
                 list(MODELS), value=next(iter(MODELS)), label="Model", allow_custom_value=True, elem_id="train-model"
             )

@@ -164,6 +164,31 @@ class RunDir:
         return checkpoint.latest(self.path, self.is_checkpoint)
 
 
+def usable_checkpoints(
+    root: str | Path, is_checkpoint: Callable[[Path], bool] = checkpoint.is_checkpoint_dir
+) -> list[Path]:
+    """Each set of weights under `root` once, newest first: a run folder counts once, by its `usable_checkpoint`
+    (final/, else its newest step checkpoint: a finished run's final/ holds its last step's weights, so listing both
+    would offer the same model twice), and a checkpoint folder outside any run's final/ and checkpoints/ (a WiSE-FT
+    alpha-*/, an export) counts by itself."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    found: set[Path] = set()
+    for config in base.glob("**/config.json"):
+        folder = config.parent
+        if not is_checkpoint(folder):
+            continue
+        run = folder.parent if folder.name == "final" else folder.parent.parent
+        if folder.name == "final" or folder.parent.name == "checkpoints":
+            usable = RunDir(run, is_checkpoint).usable_checkpoint()
+            if usable is not None:
+                found.add(usable)
+        else:
+            found.add(folder)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def newest_run(runs_dir: str | Path) -> RunDir | None:
     """The run under `runs_dir` whose trainer was started last (by process.json), or None."""
     root = Path(runs_dir)

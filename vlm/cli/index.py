@@ -225,8 +225,6 @@ def run_sync(args: argparse.Namespace) -> None:
     from indexing.config import EmbedConfig, WatchConfig
 
     opts, embed_cfg, watch_cfg = _split_overrides(args, config.ModelOptions, EmbedConfig, WatchConfig)
-    if args.watch and args.milvus:
-        raise ConfigError("--watch follows FAISS collections only, for now; run sync --milvus again instead")
     with index_milvus.open_collection(args, read_only=False, device=opts.device, **_runtime(args)) as coll:
         if args.watch:
             _watch(coll, args.folders, embed_cfg, watch_cfg)
@@ -398,6 +396,13 @@ def run_duplicates(args: argparse.Namespace) -> None:
         for m in group:
             mark = "keep" if m["keeper"] else ("same picture" if m["same_picture"] else f"{m['cosine']:.4f}")
             print(printable(f"  {mark:>12}  {m['id']:>8}  {m['path']}"))
+    copies = coll.exact_copies()
+    if copies:
+        print(f"{len(copies):,} exact cop(ies): the same pixels as an image in the collection, so not stored twice")
+        for copy, stored in copies[:200]:
+            print(printable(f"  {copy}  =  {stored}"))
+        if len(copies) > 200:
+            print(f"  ... and {len(copies) - 200:,} more")
 
 
 def run_info(args: argparse.Namespace) -> None:

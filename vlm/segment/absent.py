@@ -68,11 +68,15 @@ def phrase_set(seed: int, scenes: int, size: int = SCENE_SIZE) -> list[PhraseSce
 
 
 def scores_of(
-    encoders: Encoders, scenes: list[PhraseScene], method: str = "dense", decoder: SegDecoder | None = None
+    encoders: Encoders,
+    scenes: list[PhraseScene],
+    method: str = "dense",
+    decoder: SegDecoder | None = None,
+    dense_config: dense.DenseConfig | None = None,
 ) -> np.ndarray:
     """Every phrase's score (`SegmentationResult.scores` of `segment` with its defaults), scene after scene. The
     dense method embeds each distinct phrase and the background prompts once (the same numbers, several times
-    faster than calling `segment` per scene)."""
+    faster than calling `segment` per scene). `dense_config`: the dense method's tiling (default: `segment`'s)."""
     found = []
     if method != "dense":
         for s in scenes:
@@ -81,11 +85,10 @@ def scores_of(
     distinct = sorted({p for s in scenes for p in s.phrases})
     text = dict(zip(distinct, embed_phrases(encoders, distinct)[0], strict=True))
     background = embed_phrases(encoders, list(BACKGROUND_PROMPTS))[0]
+    cfg = dense_config or dense.DenseConfig()
     for s in scenes:
         rows = torch.stack([text[p] for p in s.phrases])
-        logits, _ = dense_logits(
-            encoders, load_image(s.image), rows, background, dense.DenseConfig(), False, encoders.logit_scale
-        )
+        logits, _ = dense_logits(encoders, load_image(s.image), rows, background, cfg, False, encoders.logit_scale)
         found.extend(logits.flatten(1).amax(dim=1).tolist())
     return np.asarray(found, dtype=np.float64)
 
@@ -135,10 +138,12 @@ def calibrate_absent(
     seed: int = CALIBRATION_SEED,
     scenes: int = CALIBRATION_SCENES,
     size: int = SCENE_SIZE,
+    dense_config: dense.DenseConfig | None = None,
 ) -> AbsentCalibration:
-    """Measure the "absent" threshold of `encoders` (and `method`/`decoder`) on `phrase_set(seed, scenes, size)`."""
+    """Measure the "absent" threshold of `encoders` (and `method`/`decoder`, or the dense method's tiling
+    `dense_config`: the threshold holds for `segment` with the same one) on `phrase_set(seed, scenes, size)`."""
     found = phrase_set(seed, scenes, size)
-    scores = scores_of(encoders, found, method, decoder)
+    scores = scores_of(encoders, found, method, decoder, dense_config)
     present = np.array([p for s in found for p in s.present])
     threshold = best_threshold(scores, present)
     precision, recall = precision_recall(scores, present, threshold)
