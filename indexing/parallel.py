@@ -27,8 +27,9 @@ from there, and a worker needs nothing but file names (the trained index, the ch
 re-imports the caller's main module in every worker (torch and open_clip for `vlm` or a bench: 40 s of a 50 s build
 under load), and fork would copy the writer's threads. Their output (faiss prints) goes to a log per worker, shown
 when one fails. On one machine faiss's `add` already runs on every core (OpenMP): the workers split the cores
-between them (`faiss.omp_set_num_threads`), so the gain is memory (no process holds all codes before the merge)
-more than time; see indexing/README.md.
+between them (`faiss.omp_set_num_threads`). The writer still reads every vector to tune, as the one-process build
+does, so its peak memory drops only by the codes it no longer adds itself. On the 2-core development machine the
+parallel build was slower (indexing/README.md): what it buys is the shape (shards filled apart, merged on disk).
 """
 
 from __future__ import annotations
