@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             LOG.warning("row %s not run: %s", row, e)
             results.append({"run": f"({row}) not run", "note": f"{type(e).__name__}: {e}"[:120]})
         LOG.info("%s", results[-1])
+    results = [r for _, r in sorted(zip(rows, results, strict=True), key=lambda pair: ROWS.index(pair[0]))]
     lines = verdicts(results)
     order = ("run", "fashion", "shapes", "twemoji R@5", "twemoji vs base", "beats (a)", "seconds", "note")
     results = [{k: r[k] for k in sorted(r, key=lambda k: order.index(k) if k in order else len(order))}

@@ -26,6 +26,7 @@ def served(tmp_path_factory):
     state = create_state("demo", images=[tmp / "shapes" / "images"], cache_dir=tmp / "cache",
                          runs_dir=tmp / "runs", allowed_dirs=[tmp], device="cpu", progress=False)  # fmt: skip
     with serving(state) as url, browser_page(url) as page:
+        expect(page.locator("#banner")).to_contain_text("Demo", timeout=60_000)  # the page has loaded
         yield page, state
 
 

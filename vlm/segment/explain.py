@@ -84,8 +84,9 @@ class Explanation(NamedTuple):
                 f"log-odds{cut}); {share:.0%} of the image is above one half. Colours run from {scale}."
             )
         return (
-            f"{head}\n\nWhole-image cosine similarity {self.similarity:.3f}: the image as a whole against the text, "
-            f"what search and classification rank by. It is a different measure from the map, which compares each "
+            f"{head}\n\nWhole-image cosine similarity {self.similarity:.3f}: the image as a whole against the text as "
+            f"written, what search ranks by (Classify averages prompt templates, so its cosine differs a little). "
+            f"It is a different measure from the map, which compares each "
             f"region with the text and background words, so a text that matches a small part of the image can have "
             f"a low or even negative cosine while the map finds it."
         )
