@@ -143,7 +143,6 @@ def test_cli_builds_searches_syncs_and_describes_a_milvus_collection(tmp_path, d
         and info["model"]["fingerprint"] == tiny_encoders.fingerprint
     )
     assert main(["index", "info", db, *milvus, "--verify"]) != 0
-    assert main(["index", "sync", db, str(photos), *milvus, "--watch"]) != 0
 
 
 def test_a_caption_longer_than_milvus_keeps_is_refused_before_anything_is_written(db):
