@@ -11,10 +11,17 @@ import itertools
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from indexing.backend import ImageCollection
 from indexing.collection import Collection
+from indexing.embed import EmbedConfig
+from vlm import models
+from vlm.synth import generate
 
 BACKENDS = ["faiss", "milvus"]
 MILVUS_MISSING = [m for m in ("pymilvus", "milvus_lite") if importlib.util.find_spec(m) is None]
@@ -57,3 +64,44 @@ def backend_for(request, tmp_path_factory) -> Backend:
     if MILVUS_MISSING:
         pytest.skip(f"the Milvus backend needs {' and '.join(MILVUS_MISSING)}: pip install -e '.[milvus]'")
     return Backend("milvus", tmp_path_factory.mktemp("milvus") / "collections.db")
+
+
+# The set-up both collection suites use (tests/test_collection.py, tests/test_collection_api.py). The fixtures are
+# imported by their *_fixture names and requested by `name`, so a test's argument does not shadow the import.
+FAST = EmbedConfig(batch_size=8, workers=0, shard_size=16)
+
+
+@pytest.fixture(scope="module", name="shapes")
+def shapes_fixture(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    generate(out, scenes=150, seed=2, image_size=48, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module", name="model_dir")
+def model_dir_fixture(tmp_path_factory, tiny_encoders) -> Path:
+    """The tiny model as a checkpoint, so that a collection (or a subprocess) loads exactly the same weights."""
+    return models.save(tiny_encoders, tmp_path_factory.mktemp("model") / "tiny")
+
+
+def reference_vectors(encoders, paths) -> np.ndarray:
+    """open_clip's model on PIL-decoded images in one batch: independent of the DataLoader pipeline."""
+    pixels = torch.stack([encoders.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return F.normalize(encoders.model.encode_image(pixels).float(), dim=-1).numpy()
+
+
+@pytest.fixture(scope="module", name="shape_vectors")
+def shape_vectors_fixture(shapes, tiny_encoders) -> np.ndarray:
+    """(150, 64): the reference vectors of the shapes images, in file order (= id order when added in order)."""
+    return reference_vectors(tiny_encoders, image_files(shapes))
+
+
+def brute_force(queries, vectors, ids, k):
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
+
+
+def image_files(data: Path) -> list[Path]:
+    return sorted((data / "images").glob("*.png"))

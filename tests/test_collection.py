@@ -16,59 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
+from collection_backends import (  # noqa: F401 (fixtures)
+    FAST,
+    brute_force,
+    image_files,
+    model_dir_fixture,
+    reference_vectors,
+    shape_vectors_fixture,
+    shapes_fixture,
+)
 from faiss.contrib.evaluation import check_ref_knn_with_draws
-from PIL import Image
 
 from indexing import collection as collection_module
 from indexing import commit, versions
 from indexing.collection import Collection
-from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
 from indexing.store import Filter, ImageRecord
-from vlm import models
-from vlm.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = EmbedConfig(batch_size=8, workers=0, shard_size=16)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes") / "data"
-    generate(out, scenes=150, seed=2, image_size=48, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_encoders) -> Path:
-    """The tiny model as a checkpoint, so that a subprocess loads exactly the same weights."""
-    return models.save(tiny_encoders, tmp_path_factory.mktemp("model") / "tiny")
-
-
-def reference_vectors(encoders, paths) -> np.ndarray:
-    """open_clip's model on PIL-decoded images in one batch: independent of the DataLoader pipeline."""
-    pixels = torch.stack([encoders.preprocess(Image.open(p).convert("RGB")) for p in paths])
-    with torch.no_grad():
-        return F.normalize(encoders.model.encode_image(pixels).float(), dim=-1).numpy()
-
-
-@pytest.fixture(scope="module")
-def shape_vectors(shapes, tiny_encoders) -> np.ndarray:
-    """(150, 64): the reference vectors of the shapes images, in file order (= id order when added in order)."""
-    return reference_vectors(tiny_encoders, image_files(shapes))
-
-
-def brute_force(queries, vectors, ids, k):
-    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
-
-
-def image_files(data: Path) -> list[Path]:
-    return sorted((data / "images").glob("*.png"))
 
 
 def test_read_only_and_single_writer(tmp_path, tiny_encoders):

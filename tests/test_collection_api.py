@@ -8,64 +8,32 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from collection_backends import BACKENDS, backend_for
+from collection_backends import (  # noqa: F401 (fixtures)
+    BACKENDS,
+    FAST,
+    backend_for,
+    brute_force,
+    image_files,
+    model_dir_fixture,
+    reference_vectors,
+    shape_vectors_fixture,
+    shapes_fixture,
+)
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 from PIL import Image
 
-from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError, ModelMismatchError
 from indexing.store import Filter
 from vlm import models
-from vlm.synth import generate
-
-FAST = EmbedConfig(batch_size=8, workers=0, shard_size=16)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request, tmp_path_factory):
     return backend_for(request, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes") / "data"
-    generate(out, scenes=150, seed=2, image_size=48, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_encoders) -> Path:
-    """The tiny model as a checkpoint, so that a collection can record it and load it again."""
-    return models.save(tiny_encoders, tmp_path_factory.mktemp("model") / "tiny")
-
-
-def reference_vectors(encoders, paths) -> np.ndarray:
-    """open_clip's model on PIL-decoded images in one batch: independent of the DataLoader pipeline."""
-    pixels = torch.stack([encoders.preprocess(Image.open(p).convert("RGB")) for p in paths])
-    with torch.no_grad():
-        return F.normalize(encoders.model.encode_image(pixels).float(), dim=-1).numpy()
-
-
-@pytest.fixture(scope="module")
-def shape_vectors(shapes, tiny_encoders) -> np.ndarray:
-    """(150, 64): the reference vectors of the shapes images, in file order (= id order when added in order)."""
-    return reference_vectors(tiny_encoders, image_files(shapes))
-
-
-def brute_force(queries, vectors, ids, k):
-    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
-
-
-def image_files(data: Path) -> list[Path]:
-    return sorted((data / "images").glob("*.png"))
 
 
 def test_round_trip_add_search_remove_reopen(backend, tmp_path, shapes, tiny_encoders, shape_vectors):
