@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vlm import measured
 from vlm.models import Encoders
 from vlm.synth import LABELS
 from vlm.synth.scenes import single_object_scene
@@ -78,19 +79,42 @@ def reference_images(seeds: int = REFERENCE_SEEDS, size: int = REFERENCE_SIZE) -
     return images, ids
 
 
+MEASUREMENT = "classify-fit"  # the kind of figure kept by vlm.measured
+MEASUREMENT_VERSION = 1  # bump when what `reference_fit` measures changes: files of other versions are measured again
+
 _CACHE: dict[str, FitCalibration] = {}
 _LOCK = threading.Lock()
 
 
+def _measure(encoders: Encoders) -> dict:
+    images, ids = reference_images()
+    made = calibrate(
+        encoders, images, ids, list(LABELS), what=f"synthetic single-object scenes ({REFERENCE_SIZE} px, seeds 1000+)"
+    )
+    return {"matched": made.matched.tolist(), "threshold": made.threshold, "quantile": made.quantile, "how": made.how}
+
+
+def _parse(fingerprint: str):
+    def parse(value: dict) -> FitCalibration:
+        matched = np.asarray(value["matched"], dtype=np.float64)
+        if matched.ndim != 1 or not len(matched) or not np.all(np.isfinite(matched)):
+            raise ValueError("matched must be a non-empty list of numbers")
+        return FitCalibration(
+            fingerprint, np.sort(matched), float(value["threshold"]), float(value["quantile"]), str(value["how"])
+        )
+
+    return parse
+
+
 def reference_fit(encoders: Encoders) -> FitCalibration:
-    """`calibrate` on the synthetic world's single-object scenes (`reference_images`), once per set of weights."""
+    """`calibrate` on the synthetic world's single-object scenes (`reference_images`), once per set of weights: kept
+    in memory, and on disk by `vlm.measured` (a restart reads it instead of measuring again)."""
     with _LOCK:
         found = _CACHE.get(encoders.fingerprint)
     if found is not None:
         return found
-    images, ids = reference_images()
-    made = calibrate(
-        encoders, images, ids, list(LABELS), what=f"synthetic single-object scenes ({REFERENCE_SIZE} px, seeds 1000+)"
+    made = measured.remember(
+        MEASUREMENT, MEASUREMENT_VERSION, encoders.fingerprint, lambda: _measure(encoders), _parse(encoders.fingerprint)
     )
     with _LOCK:
         return _CACHE.setdefault(encoders.fingerprint, made)
