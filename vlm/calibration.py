@@ -40,6 +40,7 @@ from vlm.zeroshot import build_classifier, embed_images
 LOG = logging.getLogger(__name__)
 
 NONE_FITS_QUANTILE = 0.05  # a label below 95 % of its domain's true matches on the reference data does not fit
+WEAK_FIT = 0.25  # a fitting label below 75 % of its domain's true matches fits only weakly (said so, for people)
 REFERENCE_SEEDS = 4  # scenes per label for a model without reference data: 48 labels x 4 = 192 images
 REFERENCE_SIZE = 64  # pixels; the demo collection's scenes are 128, the training scenes 64
 REFERENCE_TEMPLATES = "generic"
@@ -105,10 +106,13 @@ def calibrate(
     clf = build_classifier(encoders, labels, templates)
     cos = clf.similarity(embed_images(encoders, images)).numpy()
     matched = np.sort(cos[np.arange(len(images)), np.asarray(label_ids)])
-    return _domain(what, vocabulary, matched, quantile, f"{len(labels)} labels, '{templates}' prompt templates")
+    return make_domain(what, vocabulary, matched, quantile, f"{len(labels)} labels, '{templates}' prompt templates")
 
 
-def _domain(name: str, vocabulary: frozenset[str], matched: np.ndarray, quantile: float, detail: str = "") -> Domain:
+def make_domain(
+    name: str, vocabulary: frozenset[str], matched: np.ndarray, quantile: float, detail: str = ""
+) -> Domain:
+    """A domain judging `vocabulary` by its true-match cosines `matched` (sorted), threshold at their `quantile`."""
     threshold = float(np.quantile(matched, quantile))
     how = (
         f"threshold cosine {threshold:.3f} = the {quantile:.0%} quantile of the cosine between {len(matched)} {name} "
@@ -186,10 +190,10 @@ def measure(encoders: Encoders, specs: tuple[str, ...], quantile: float = NONE_F
         domain = calibrate(encoders, images, ids, list(LABELS), quantile=quantile, what=what)
         how = f"no reference data with this model: every label is judged by one {domain.how}"
         return FitCalibration(encoders.fingerprint, (domain,), quantile, "; ".join([how, *notes]))
-    domains = [_domain(f"{name} images", vocab, m, quantile) for name, vocab, m in labelled]
+    domains = [make_domain(f"{name} images", vocab, m, quantile) for name, vocab, m in labelled]
     rest = captioned or labelled  # every other label: the caption sets together, else all sets together
     pooled = np.sort(np.concatenate([m for _, _, m in rest]))
-    domains.append(_domain(f"{' + '.join(name for name, _, _ in rest)} images", frozenset(), pooled, quantile))
+    domains.append(make_domain(f"{' + '.join(name for name, _, _ in rest)} images", frozenset(), pooled, quantile))
     parts = [f"the {len(d.vocabulary)} labels of {d.name.removesuffix(' images')}: {d.how}" for d in domains[:-1]]
     parts.append(f"{ANY_LABEL}: {domains[-1].how}")
     parts.append(f"'{REFERENCE_TEMPLATES}' prompt templates, at most {MAX_PER_SET} images a set")
