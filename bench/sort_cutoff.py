@@ -11,8 +11,10 @@ through the library and searched by text with every image scored (`search_text(k
                     "a <colour> <shape>" for every object that occurs; relevant: the scenes holding that object
     fashion-mnist   ../shared/data/fashion_mnist_train5k; queries "a photo of a <label>"; relevant: that label
 Each set's images are split in two halves (seeded): the cut-off with the best F1 on the tuning half is reported on
-the test half, beside the current default (`indexing.queries.default_min_score`). The default is picked from the
-`--pick-on` set (the model's own domain for the demo model) on its tuning half.
+the test half, beside the current default (`indexing.queries.default_min_score` of the model the collection
+recorded: by the weights' fingerprint, as a search looks it up, so a checkpoint path of the demo model gets the demo
+model's cut-off). The default is picked from the `--pick-on` set (the model's own domain for the demo model) on its
+tuning half.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ import argparse
 import csv
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.common import report, shared_data
+
+if TYPE_CHECKING:
+    from indexing.results import ModelSpec
 
 CUTS = np.round(np.arange(-0.2, 0.95, 0.01), 2)
 
@@ -57,8 +63,11 @@ def fashion_set(limit: int) -> tuple[list[Path], list[str], np.ndarray]:
     return [data / r["path"] for r in rows], queries, relevant
 
 
-def scores_of(model: str, pretrained: str | None, images: list[Path], queries: list[str], tmp: Path) -> np.ndarray:
-    """(queries, images) cosine of every image with every query, from a collection searched through the library."""
+def scores_of(
+    model: str, pretrained: str | None, images: list[Path], queries: list[str], tmp: Path
+) -> tuple[np.ndarray, ModelSpec]:
+    """(queries, images) cosine of every image with every query, from a collection searched through the library, and
+    the model the collection recorded (with its weights' fingerprint)."""
     from indexing.collection import Collection
     from indexing.config import EmbedConfig
 
@@ -71,8 +80,9 @@ def scores_of(model: str, pretrained: str | None, images: list[Path], queries: l
     for q, (records, scores) in enumerate(zip(hits.records, hits.scores, strict=True)):
         for record, score in zip(records, scores, strict=False):
             out[q, position[str(Path(record.image_ref(root).path).resolve())]] = score
+    spec = coll.model
     coll.close()
-    return out
+    return out, spec
 
 
 def rates(scores: np.ndarray, relevant: np.ndarray, cut: float) -> dict:
@@ -95,10 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from indexing.queries import default_min_score
-    from indexing.results import ModelSpec
 
-    default = default_min_score(ModelSpec(args.model, args.pretrained, "", "", 0))
-    rows, picked = [], {}
+    rows, picked, default = [], {}, None
     with tempfile.TemporaryDirectory() as tmp:
         sets = {"shapes": shapes_set(Path(tmp) / "shapes", args.scenes, seed=21)}
         if args.fashion:
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, (images, queries, relevant) in sets.items():
             where = Path(tmp) / f"coll-{name}" / "x"
             where.parent.mkdir()
-            scores = scores_of(args.model, args.pretrained, images, queries, where)
+            scores, spec = scores_of(args.model, args.pretrained, images, queries, where)
+            default = default_min_score(spec)  # as a search finds it: by the weights' fingerprint, then the name
             tune = np.random.default_rng(args.seed).random(len(images)) < 0.5
             f1 = [rates(scores[:, tune], relevant[:, tune], c)["F1"] for c in CUTS]
             best = float(CUTS[int(np.argmax(f1))])
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         model=args.model,
         pretrained=args.pretrained,
+        fingerprint=spec.fingerprint,
         current_default=default,
         best_on_tuning_half=picked,
         suggested_default=picked.get(args.pick_on),

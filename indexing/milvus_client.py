@@ -11,7 +11,7 @@ from pathlib import Path
 
 from indexing import milvus_expr
 from indexing.errors import IndexingError
-from indexing.store import ImageRecord
+from indexing.store import ImageRecord, RecordLookups
 
 MAX_K = 16384  # Milvus's limit on results per query
 BATCH = 512  # ids or paths per `in [...]` query
@@ -91,8 +91,9 @@ def shown(uri: str) -> str:
     return re.sub(r"://[^/@]*@", "://***@", str(uri))
 
 
-class MilvusRecords:
-    """The metadata reads `ImageCollection` needs (`get`, `by_paths`, `by_hashes`, `files`), as Milvus queries."""
+class MilvusRecords(RecordLookups):
+    """The metadata reads `ImageCollection` needs (`get`, `by_paths`, `by_hashes` over `select`; `files`), as Milvus
+    queries."""
 
     def __init__(self, client, name: str, timeout_s: float):
         self._client, self._name, self._timeout = client, name, timeout_s
@@ -114,21 +115,13 @@ class MilvusRecords:
         finally:
             it.close()
 
-    def _select(self, field: str, values: list) -> list[ImageRecord]:
+    def select(self, column: str, values: list) -> list[ImageRecord]:
+        column = self.key_column(column)
         out = []
         for start in range(0, len(values), BATCH):
             chunk = values[start : start + BATCH]
-            out += [milvus_expr.to_record(r) for r in self.query(milvus_expr.in_list(field, chunk), limit=len(chunk))]
+            out += [milvus_expr.to_record(r) for r in self.query(milvus_expr.in_list(column, chunk), limit=len(chunk))]
         return out
-
-    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
-        return {r.id: r for r in self._select("id", [int(i) for i in ids])}
-
-    def by_paths(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
-        return {r.path: r for r in self._select("path", list(paths))}
-
-    def by_hashes(self, hashes: Sequence[str]) -> dict[str, ImageRecord]:
-        return {r.sha256: r for r in self._select("sha256", list(hashes))}
 
     def files(self) -> list[ImageRecord]:
         return sorted((milvus_expr.to_record(r) for r in self.scan('kind == "file"')), key=lambda r: r.id)

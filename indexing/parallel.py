@@ -34,6 +34,8 @@ parallel build was slower (indexing/README.md): what it buys is the shape (shard
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import itertools
 import json
@@ -42,7 +44,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -120,16 +124,43 @@ def fill_all(shards: list[Shard], logs: Path) -> None:
             raise IndexingError(f"index shard worker {i} exited with status {code}:\n{tail}")
 
 
+@contextlib.contextmanager
+def c_stdout_to_log(logger: logging.Logger = LOG) -> Iterator[None]:
+    """Send what compiled code prints to this process's standard output meanwhile to `logger` (INFO), not to the
+    terminal: faiss's merge `printf`s "resizing FILE to N bytes", which would land in the CLI's output (a table, JSON).
+    File descriptor 1 points at a temporary file until the block ends (C's buffers flushed on both sides); anything
+    else written to standard output meanwhile, from any thread, is logged too."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                libc.fflush(None)
+                os.dup2(saved, 1)
+                caught.seek(0)
+                for line in caught.read().decode(errors="replace").splitlines():
+                    logger.info("faiss: %s", line)
+    finally:
+        os.close(saved)
+
+
 def merge_on_disk(trained: faiss.Index, shard_paths: list[str], lists_path: Path) -> None:
     """Concatenate the shards' inverted lists, list by list in shard order, into `lists_path` (an
-    `OnDiskInvertedLists` file) and make it the lists of the empty `trained` index."""
+    `OnDiskInvertedLists` file) and make it the lists of the empty `trained` index. faiss's prints go to the log."""
     shards = [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in shard_paths]  # mapped: RAM need not hold them
     pointers = faiss.InvertedListsPtrVector()
     for shard in shards:
         pointers.push_back(faiss.extract_index_ivf(shard).invlists)
     ivf = faiss.extract_index_ivf(trained)
     merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(lists_path))
-    total = merged.merge_from_multiple(pointers.data(), pointers.size(), False)
+    with c_stdout_to_log():
+        total = merged.merge_from_multiple(pointers.data(), pointers.size(), False)
     ivf.replace_invlists(merged, True)
     merged.this.disown()  # the index's now
     trained.ntotal = ivf.ntotal = total

@@ -41,11 +41,12 @@ columns to its copy (`copy_to`), and `Collection.sync` fills them for the files 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -112,6 +113,7 @@ LATER_COLUMNS = {"taken": "TEXT", "camera": "TEXT", "width": "INTEGER", "height"
 # The date of an image: EXIF DateTimeOriginal, else the file's mtime as local wall-clock time (as `ImageRecord.date`).
 DATE_SQL = "coalesce(taken, strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
 _BATCH = 500  # values per IN (...) query, below SQLite's variable limit
+KEY_COLUMNS = ("id", "path", "sha256")  # the columns `RecordLookups.select` looks records up by
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,33 @@ def ref_json(ref: ImageRef) -> str | None:
     return None if ref.kind == "file" else json.dumps(dataclasses.asdict(ref), sort_keys=True)
 
 
-class Store:
+class RecordLookups(abc.ABC):
+    """The keyed reads of a collection's records, shared by its backends (`Store` here, `MilvusRecords` for Milvus):
+    each implements `select` and gets `get`, `by_paths` and `by_hashes` from it."""
+
+    @abc.abstractmethod
+    def select(self, column: str, values: list) -> list[ImageRecord]:
+        """The records whose `column` (one of `KEY_COLUMNS`) is one of `values` (any number of them; values that match
+        no record are skipped). Implementations check the column with `key_column`."""
+
+    @staticmethod
+    def key_column(column: str) -> str:
+        """`column`, if records can be looked up by it; a clear error otherwise (it is written into a query)."""
+        if column not in KEY_COLUMNS:
+            raise IndexingError(f"records are looked up by one of {', '.join(KEY_COLUMNS)}, not by {column!r}")
+        return column
+
+    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        return {r.id: r for r in self.select("id", [int(i) for i in ids])}
+
+    def by_paths(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
+        return {r.path: r for r in self.select("path", list(paths))}
+
+    def by_hashes(self, hashes: Sequence[str]) -> dict[str, ImageRecord]:
+        return {r.sha256: r for r in self.select("sha256", list(hashes))}
+
+
+class Store(RecordLookups):
     """One `meta.sqlite`. Thread-safe: one connection, used under a lock (queries take microseconds)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, writable: bool):
@@ -213,22 +241,14 @@ class Store:
             rows = self._conn.execute("SELECT id FROM images ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
-        return {r.id: r for r in self._select("id", [int(i) for i in ids])}
-
-    def by_paths(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
-        return {r.path: r for r in self._select("path", list(paths))}
-
-    def by_hashes(self, hashes: Sequence[str]) -> dict[str, ImageRecord]:
-        return {r.sha256: r for r in self._select("sha256", list(hashes))}
-
     def files(self) -> list[ImageRecord]:
         """Every record of an image file (kind "file"), by id: what a sync compares with the folders on disk."""
         with self._lock:
             rows = self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {self._table} WHERE kind = 'file' ORDER BY id")
             return [ImageRecord(*row) for row in rows]
 
-    def _select(self, column: str, values: list) -> Iterable[ImageRecord]:
+    def select(self, column: str, values: list) -> list[ImageRecord]:
+        column = self.key_column(column)
         out = []
         with self._lock:
             for start in range(0, len(values), _BATCH):

@@ -11,6 +11,18 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def measured_dir(tmp_path_factory):
+    """Figures that `vlm.measured` keeps go to this session's own folder, not the user's ~/.cache."""
+    old = os.environ.get("VLM_MEASURED_DIR")
+    os.environ["VLM_MEASURED_DIR"] = str(tmp_path_factory.mktemp("measured"))
+    yield os.environ["VLM_MEASURED_DIR"]
+    if old is None:
+        os.environ.pop("VLM_MEASURED_DIR", None)
+    else:
+        os.environ["VLM_MEASURED_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_encoders():
     from vlm import models

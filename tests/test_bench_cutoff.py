@@ -30,3 +30,19 @@ def test_shapes_relevance_matches_the_scene_records(tmp_path):
             assert relevant[q, i] == holds, (query, i)
     assert relevant.any(axis=1).all()  # every query has a relevant scene
     assert pytest.approx(relevant.sum()) == sum(len({(o["colour"], o["shape"]) for o in s["objects"]}) for s in scenes)
+
+
+def test_current_default_is_looked_up_by_the_weights_fingerprint(monkeypatch):
+    """The demo model given by its checkpoint folder (a name the by-name table does not know) gets the cut-off of its
+    weights' fingerprint, as a search over its collection does; not the fallback for other models."""
+    from bench import sort_cutoff
+    from indexing.queries import MIN_SCORE_BY_FINGERPRINT, OTHER_MODELS_MIN_SCORE
+    from vlm.demo import DEMO_MODEL
+
+    fingerprint = json.loads((DEMO_MODEL / "config.json").read_text())["fingerprint"]
+    assert MIN_SCORE_BY_FINGERPRINT[fingerprint] != OTHER_MODELS_MIN_SCORE  # else the test could not tell them apart
+    seen = {}
+    monkeypatch.setattr(sort_cutoff, "report", lambda name, rows, **meta: seen.update(rows=rows, **meta))
+    sort_cutoff.main(["--model", str(DEMO_MODEL), "--scenes", "12", "--fashion", "0"])
+    assert seen["fingerprint"] == fingerprint and seen["current_default"] == MIN_SCORE_BY_FINGERPRINT[fingerprint]
+    assert [r["cut-off"] for r in seen["rows"] if r["pick"] == "current default"] == [seen["current_default"]]

@@ -90,6 +90,16 @@ def test_duplicates_and_unusable_files_are_reported_not_added(backend, tmp_path,
     shutil.copy(folder / "4.png", tmp_path / "later.png")
     later = coll.add(tmp_path / "later.png", embed=FAST, progress=False)
     assert later.added == 0 and later.duplicates == [(str((tmp_path / "later.png").resolve()), "4.png")]
+    # The keyed lookups (shared by both backends over their `select`): the copy is not stored, its twin is.
+    view = coll.records_view
+    one = view.by_paths(["1.png", "copy_of_1.png", "nope.png"])
+    assert list(one) == ["1.png"] and one["1.png"].caption is None
+    record = one["1.png"]
+    assert view.get([record.id, 999]) == {record.id: record} and view.by_hashes([record.sha256]) == {
+        record.sha256: record
+    }
+    with pytest.raises(IndexingError, match="looked up by one of id, path, sha256, not by 'caption'"):
+        view.select("caption", ["x"])
 
 
 def test_a_different_model_is_refused(backend, tmp_path, shapes, tiny_encoders, model_dir):

@@ -4,7 +4,9 @@ the next writer finishes the same index. The reference is `faiss_index.build`, t
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -48,8 +50,9 @@ def lists(index: faiss.Index) -> list[tuple[np.ndarray, bytes]]:
     return out
 
 
-def test_two_process_build_equals_the_one_process_build(tmp_path):
-    """SQ8 codes, re-ranked from the chunks (Flat lists: the collection test below)."""
+def test_two_process_build_equals_the_one_process_build(tmp_path, capfd, caplog):
+    """SQ8 codes, re-ranked from the chunks (Flat lists: the collection test below). Nothing reaches standard output
+    (a CLI's table or JSON): faiss's merge prints go to the log."""
     n, d, nlist = 6000, 32, 32
     data = clustered(n + 200, d, seed=4)
     vectors, fresh = data[:n], data[n:]
@@ -64,7 +67,12 @@ def test_two_process_build_equals_the_one_process_build(tmp_path):
     one, one_info = fi.build(vectors, ids, cfg)
     folder = tmp_path / "v"
     folder.mkdir()
-    two, two_info = parallel.build(stored, ids[::-1], dataclasses.replace(cfg, build_workers=2), folder)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="indexing.parallel"):
+        two, two_info = parallel.build(stored, ids[::-1], dataclasses.replace(cfg, build_workers=2), folder)
+    ctypes.CDLL(None).fflush(None)  # what C code printed, out of its buffer
+    assert capfd.readouterr().out == ""
+    assert f"faiss: resizing {folder / 'index.ivfdata'} to" in caplog.text
 
     assert one_info.factory.endswith("SQ8") and one_info.rerank and two_info.factory == one_info.factory
     assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "index.ivfdata"]  # scratch shards gone

@@ -62,21 +62,32 @@ def classify(
 
 
 def fit_notes(encoders, clf: ZeroShotClassifier, embedding: torch.Tensor, shown: Sequence[str]) -> str:
-    """The calibrated similarity beside the softmax (`vlm.calibration`): each shown label's cosine and fit, and
-    "none of the labels fits well" when the best label's cosine is below the model's threshold."""
+    """The calibrated similarity beside the softmax (`vlm.calibration`): each shown label's cosine, the threshold of
+    its domain and its fit, and "none of the labels fits well" when no label reaches its domain's threshold."""
     cal = reference_fit(encoders)
     cosines = dict(zip(clf.labels, clf.similarity(embedding)[0].tolist(), strict=True))
-    rows = [f"| {label} | {cosines[label]:.3f} | {cal.fit(cosines[label]):.0%} |" for label in shown]
-    top = max(cosines.values())
-    verdict = (
-        f"**None of the labels fits well**: the best cosine, {top:.3f}, is below this model's threshold "
-        f"{cal.threshold:.3f}; the percentages above only compare these labels with each other."
-        if not cal.fits(top)
-        else f"The best label fits (cosine {top:.3f} ≥ threshold {cal.threshold:.3f})."
-    )
+    rows = [
+        f"| {label} | {cosines[label]:.3f} | {cal.threshold(label):.3f} | {cal.fit(cosines[label], label):.0%} |"
+        for label in shown
+    ]
+    fitting = [label for label, cos in cosines.items() if cal.fits(cos, label)]
+    top = max(cosines, key=cosines.get)
+    if fitting:
+        best = max(fitting, key=lambda label: cal.fit(cosines[label], label))
+        verdict = (
+            f"The best label fits: '{best}' (cosine {cosines[best]:.3f} ≥ its threshold {cal.threshold(best):.3f}"
+            f"{'' if len(fitting) == 1 else f'; {len(fitting)} labels reach theirs'})."
+        )
+    else:
+        verdict = (
+            f"**None of the labels fits well**: no label reaches this model's threshold for it (the best cosine, "
+            f"{cosines[top]:.3f} for '{top}', is below {cal.threshold(top):.3f}); the percentages above only compare "
+            f"these labels with each other."
+        )
     return (
-        f"\n\n{verdict}\n\n| label | cosine | fit |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
-        f"*Fit*: the share of true matches on the model's reference data with a lower cosine ({cal.how}).\n\n"
+        f"\n\n{verdict}\n\n| label | cosine | threshold | fit |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+        f"*Fit*: the share of true matches on the model's reference data with a lower cosine; the threshold is the "
+        f"{cal.quantile:.0%} quantile of those true matches, measured per domain ({cal.how}).\n\n"
     )
 
 
