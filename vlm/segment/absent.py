@@ -208,10 +208,10 @@ def calibrate_absent(
     present = np.array([p for s in found for p in s.present])
     threshold = best_threshold(scores, present)
     precision, recall = precision_recall(scores, present, threshold)
+    what = WHAT[score] if method == "dense" else "peak logit of the decoder"
     how = (
-        f"threshold {threshold:.2f} ({WHAT[score] if method == 'dense' else 'peak logit of the decoder'}) = the best "
-        f"separation of "
-        f"{int(present.sum())} present and {int((~present).sum())} absent phrases on {scenes} synthetic scenes "
+        f"threshold {threshold:.2f} ({what}) = the best separation of {int(present.sum())} present and "
+        f"{int((~present).sum())} absent phrases on {scenes} synthetic scenes "
         f"({size} px, seed {seed}): 'absent' precision {precision:.3f}, recall {recall:.3f} there; present phrases "
         f"scored median {float(np.median(scores[present])):.2f}, absent ones {float(np.median(scores[~present])):.2f}"
     )
