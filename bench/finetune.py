@@ -24,9 +24,9 @@ Rows:
                  185 held-out icons' R@5, the trainer's ref/score; never the scored sets)
     (d) LoRA     `vlm.lora` adapters on both towers (rank 8, peft's default targets) at lr 5e-4 (LoRA's usual range;
                  1e-5 barely moves adapters that start at zero), the rest as (b)
-    (e) replay   (b) + half of each batch replayed from what the base learned from (the shipped demo: its own recipe,
-                 `vlm.demo.replay_set`, 2,000 of its shapes scenes and all its icons; another base: `--keep-data`,
-                 a seeded `--keep-rows` of it)
+    (e) replay   (b) + half of each batch replayed from what the base learned from: a seeded `--keep-rows` sample of
+                 `--keep-data` (the shipped demo by default: `vlm.demo.replay_data`, its own training data
+                 runs/demo-corpus/pairs.csv where it is here, else the part `vlm.demo.replay_set` rebuilds offline)
     (f1) replay at lr 5e-4, then WiSE-FT picking the best validation top-1 among the alpha that keep 95 % of the
                  base's reference score (`--pick min-reference=...`): a higher lr to learn the new data, replay and
                  weight averaging to keep the old
@@ -229,15 +229,22 @@ def wise(base: Base, finetuned: Path, out: Path, data: Data, keep_share: float |
 
 
 def keep_pairs(base: Base, work: Path, args: argparse.Namespace) -> str:
-    """The replay set: the shipped demo's own recipe (smaller), or a seeded `--keep-rows` sample of `--keep-data`'s
-    images copied, with every caption, into the work folder (the readers refuse paths that leave a set's folder)."""
-    if args.keep_data is None:
+    """The replay set: a seeded `--keep-rows` sample of `--keep-data`'s images (for the shipped demo by default:
+    `vlm.demo.replay_data`, its own training data where it is here) copied, with every caption, into the work folder
+    (the readers refuse paths that leave a set's folder); or, where the demo's data is not here, the part of it
+    `vlm.demo.replay_set` rebuilds offline (smaller; the log says which)."""
+    keep_data = args.keep_data
+    if keep_data is None:
         if base.dir.resolve() != demo.DEMO_MODEL.resolve():
             raise SystemExit("rows e/f* replay what the base learned from: give --keep-data PAIRS for this --base")
-        return str(demo.replay_set(work.parent / "demo-replay"))
+        path, what = demo.replay_data(work.parent / "demo-replay", base.dir)
+        LOG.info("replay: %s", what)
+        if path.parent == work.parent / "demo-replay":
+            return str(path)
+        keep_data = str(path)
     folder = work / "keep"
     if not (folder / "pairs.csv").is_file():
-        source = read_pairs(args.keep_data, verify_images=False, progress=False).pairs
+        source = read_pairs(keep_data, verify_images=False, progress=False).pairs
         chosen = np.random.default_rng(args.seed).permutation(len(source))[: args.keep_rows]
         tmp = work / "keep.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -322,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base", default="demo", help="the model fine-tuned: 'demo' (the shipped one) or a model folder")
     p.add_argument("--keep-data", help="pairs the base learned from, replayed by rows e/f* (default for the "
-                   "shipped demo: its own recipe, vlm.demo.replay_set)")  # fmt: skip
+                   "shipped demo: its own training data, vlm.demo.replay_data)")  # fmt: skip
     p.add_argument("--keep-rows", type=int, default=4000, help="a seeded sample of --keep-data this large")
     p.add_argument("--work", default="runs/bench-finetune",
                    help="runs and each row's scores are kept here; a finished row is reused, not rerun")  # fmt: skip

@@ -165,3 +165,32 @@ def test_replay_run_trains_on_both_sets(tmp_path, shapes):
     result = train(cfg)
     recorded = checkpoint.read_config(result.final_checkpoint)["provenance"]["config"]["data"]
     assert recorded["keep_data"] == str(keep / "pairs.csv") and recorded["keep_fraction"] == 0.25
+
+
+def _demo_like(folder: Path, train_data: str, corpus: bool) -> Path:
+    """A copy of the shipped demo model's folder whose card names `train_data` (and a data card where `corpus`)."""
+    folder.mkdir()
+    (folder / checkpoint.WEIGHTS_NAME).symlink_to((demo.DEMO_MODEL / checkpoint.WEIGHTS_NAME).resolve())
+    record = json.loads((demo.DEMO_MODEL / checkpoint.CONFIG_NAME).read_text())
+    record["provenance"]["config"]["data"]["train_data"] = train_data
+    if not corpus:
+        record["provenance"].pop("demo_data_card", None)
+    (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(record))
+    return folder
+
+
+def test_demo_replay_is_the_training_data_its_card_names_else_says_what_part_is_rebuilt(tmp_path):
+    assert "demo_data_card" in checkpoint.read_config(demo.DEMO_MODEL)["provenance"]  # the shipped one: corpus
+    corpus = tmp_path / "demo-corpus" / "pairs.csv"
+    corpus.parent.mkdir()
+    corpus.write_text("path,caption\n")
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "here", str(corpus), corpus=True))
+    assert path == corpus and "own training data" in line
+    rebuilt = tmp_path / "replay" / "pairs.csv"  # replay_set reuses a set it built before
+    rebuilt.parent.mkdir()
+    rebuilt.write_text("path,caption\n")
+    gone = str(tmp_path / "gone" / "pairs.csv")
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "corpus", gone, corpus=True))
+    assert path == rebuilt and "part of" in line and "not its icon sets" in line and gone in line
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "first", gone, corpus=False))
+    assert path == rebuilt and "own training recipe" in line

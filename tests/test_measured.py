@@ -100,16 +100,18 @@ def test_reference_fit_after_a_restart_reads_its_file_and_runs_no_model(tiny_enc
     real = calibration.embed_images
     monkeypatch.setattr(calibration, "embed_images", lambda *a, **k: runs.append(1) or real(*a, **k))
     first = calibration.reference_fit(tiny_encoders)
-    assert runs and measured.path_for(calibration.MEASUREMENT, tiny_encoders.fingerprint).is_file()
+    (path,) = tmp_path.iterdir()  # one file, named by the kind and the weights' fingerprint
+    assert runs and path.name.startswith(f"{calibration.MEASUREMENT}-{tiny_encoders.fingerprint}")
     monkeypatch.setattr(calibration, "_CACHE", {})  # a fresh process: nothing in memory
     runs.clear()
     second = calibration.reference_fit(tiny_encoders)
     assert runs == []
-    assert second is not first and second.threshold == first.threshold and second.how == first.how
-    assert np.array_equal(second.matched, first.matched) and second.fingerprint == tiny_encoders.fingerprint
+    assert second is not first and second.how == first.how and second.fingerprint == tiny_encoders.fingerprint
+    for a, b in zip(first.domains, second.domains, strict=True):
+        assert np.array_equal(a.matched, b.matched) and a.threshold == b.threshold and a.vocabulary == b.vocabulary
     # A corrupt file: measured again (the model runs), same figures, file repaired.
-    measured.path_for(calibration.MEASUREMENT, tiny_encoders.fingerprint).write_text("{not json")
+    path.write_text("{not json")
     monkeypatch.setattr(calibration, "_CACHE", {})
     third = calibration.reference_fit(tiny_encoders)
-    assert runs and np.allclose(third.matched, first.matched, atol=1e-6)
-    assert measured.load(calibration.MEASUREMENT, calibration.MEASUREMENT_VERSION, tiny_encoders.fingerprint)
+    assert runs and np.allclose(third.domains[0].matched, first.domains[0].matched, atol=1e-6)
+    assert json.loads(path.read_text())["version"] == calibration.MEASUREMENT_VERSION

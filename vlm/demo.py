@@ -41,7 +41,7 @@ REFERENCE_SHAPES = DEMO_DATA / "reference-shapes"
 REFERENCE_ICONS = DEMO_DATA / "reference-icons.csv"
 REFERENCE = (f"zeroshot:{REFERENCE_SHAPES}", f"retrieval:{REFERENCE_ICONS}")
 # The first demo model's recipe (configs/demo-first.yaml): what `replay_set` rebuilds, smaller, to replay. The corpus
-# recipe (configs/demo.yaml) needs npm packages; its shapes and Twemoji are in this one too.
+# recipe (configs/demo.yaml) needs npm packages; its shapes and Twemoji are in this one too (`replay_data` says which).
 DEMO_RECIPE = {"scenes": 40000, "seed": 0, "image_size": 64, "val_fraction": 0.1}
 REFERENCE_SCENES_SEED = 2_000_000  # single_object_scene's own stream: never one of the training scenes
 
@@ -83,6 +83,28 @@ def replay_set(dest: str | Path, scenes: int = 2000) -> Path:
     build_training_data(tmp, scenes=scenes, seed=DEMO_RECIPE["seed"], image_size=DEMO_RECIPE["image_size"])
     tmp.rename(dest)  # complete or absent: a crash half-way leaves only the .tmp folder, rebuilt next time
     return dest / "pairs.csv"
+
+
+def replay_data(dest: str | Path, model: str | Path = DEMO_MODEL) -> tuple[Path, str]:
+    """What a fine-tune of the demo model `model` replays, and a line saying what it is: the training data its card
+    names (`provenance.config.data.train_data`, e.g. `runs/demo-corpus/pairs.csv` after `make demo`) where it exists,
+    relative to the working folder or the repository; otherwise what can be rebuilt offline, `replay_set` under
+    `dest`: all of the first recipe's data, but for a corpus-trained model (its card has a data card) only the
+    shapes and Twemoji part of its corpus, which the line says."""
+    record = checkpoint.read_config(model)
+    named = record.get("provenance", {}).get("config", {}).get("data", {}).get("train_data")
+    if named:
+        for candidate in (Path(named).expanduser(), Path(__file__).resolve().parent.parent / named):
+            if candidate.is_file():
+                return candidate, f"the demo model's own training data ({candidate})"
+    rebuilt = replay_set(dest)
+    if "demo_data_card" in record.get("provenance", {}):
+        return rebuilt, (
+            f"part of the demo model's training data, rebuilt offline ({rebuilt}): its shapes and Twemoji icons, not "
+            f"its icon sets, Apple emoji and translated names ({named or 'the demo corpus'} is not here; "
+            "`vlm demo corpus` builds it)"
+        )
+    return rebuilt, f"the demo model's own training recipe, rebuilt smaller ({rebuilt})"
 
 
 def build_reference(per_label: int = 4, image_size: int = 64) -> tuple[Path, Path]:
