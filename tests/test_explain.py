@@ -75,6 +75,7 @@ def test_a_text_below_the_models_threshold_is_not_found_and_shown_unscaled(tiny_
     assert found.not_found and not found.stretched and found.presence == pytest.approx(score)
     text = found.describe("a red square")
     assert "**a red square** is not found in this image" in text and f"threshold {score + 1.0:.2f}" in text
+    assert f"presence score is {score:.2f}" in text and f"score {found.score:.2f} log-odds" in text
     by_hand = blend_by_hand(display_size(picture), found.heat)  # unscaled
     assert np.abs(np.asarray(found.picture, dtype=np.float64) - by_hand).max() <= 1.01
     below = explain(enc, picture, "a red square", dataclasses.replace(above, threshold=score - 1.0))

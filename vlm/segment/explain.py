@@ -69,7 +69,7 @@ class Explanation(NamedTuple):
                 f"**{text}** is not found in this image: its presence score is {self.presence:.2f}, below this "
                 f"model's threshold {self.absent.threshold:.2f} (measured on synthetic scenes with known objects). "
                 f"The map shows where it comes closest, unscaled: dark purple is no match, yellow would be a certain "
-                f"one (peak heat {self.peak:.2f})."
+                f"one (peak heat {self.peak:.2f}, score {self.score:.2f} log-odds against the background words)."
             )
         else:
             scale = (
