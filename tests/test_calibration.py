@@ -83,6 +83,8 @@ def test_each_domain_judges_its_labels_with_its_own_true_matches(tiny_encoders, 
     shapes, rest = cal.domains
     assert shapes.vocabulary == {"red circle", "blue square", "green star"} and rest.vocabulary == frozenset()
     assert cal.domain(" Red Circle") is shapes and cal.domain("hindu temple") is rest and cal.domain("love") is rest
+    assert cal.domain("a red circle") is shapes and cal.domain("The Green Star") is shapes
+    assert cal.domain("another red circle") is rest and cal.domain("red circles") is rest
     t = shapes.threshold
     assert cal.fits(t, "red circle") and not cal.fits(t - 1e-4, "red circle")
     assert cal.fit(rest.matched[-1] + 1, "a cat") == 1.0 and cal.threshold("a cat") == rest.threshold
@@ -123,3 +125,33 @@ def test_the_demo_model_is_calibrated_on_its_shipped_sets():
         provenance = None
 
     assert calibration.reference_sets(Weights()) == (*demo.REFERENCE, calibration.DEMO_ICONS)
+
+
+def test_the_app_says_fits_fits_weakly_or_none_fits_by_each_labels_own_domain(monkeypatch):
+    import ui.classify
+
+    shapes = calibration.make_domain("shape scenes", frozenset({"red circle"}), np.linspace(0.70, 0.90, 21), 0.05)
+    icons = calibration.make_domain("icons", frozenset(), np.linspace(0.20, 0.80, 61), 0.05)
+    cal = calibration.FitCalibration("0" * 16, (shapes, icons), 0.05, "by hand")
+    monkeypatch.setattr(ui.classify, "reference_fit", lambda encoders: cal)
+
+    class Cosines:  # the classifier's cosines for one image, chosen by hand
+        def __init__(self, values):
+            self.labels = list(values)
+            self.values = torch.tensor([list(values.values())])
+
+        def similarity(self, embedding):
+            return self.values
+
+    def notes(values):
+        return ui.classify.fit_notes(None, Cosines(values), None, list(values))
+
+    # 0.605 is below every shape true match but above 41 of the 61 icons': the icon label fits, the shape one not.
+    text = notes({"red circle": 0.605, "hindu temple": 0.605})
+    assert "The best label fits: 'hindu temple'" in text and "| red circle | 0.605 | 0.710 | 0% |" in text
+    assert "| hindu temple | 0.605 | 0.230 | 67% |" in text
+    # Above the icons' threshold (5 % quantile, 0.23) but below their lower quartile (0.35): fits only weakly.
+    text = notes({"red circle": 0.305, "hindu temple": 0.305})
+    assert "fits only weakly: 'hindu temple'" in text and "below 82% of the true matches" in text
+    text = notes({"red circle": 0.69, "hindu temple": 0.22})
+    assert "None of the labels fits well" in text and "0.690 for 'red circle', is below 0.710" in text

@@ -17,7 +17,7 @@ from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import demo
 from vlm import templates as template_sets
-from vlm.calibration import reference_fit
+from vlm.calibration import WEAK_FIT, reference_fit
 from vlm.segment import explain
 from vlm.segment.absent import absent_threshold
 from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
@@ -74,9 +74,15 @@ def fit_notes(encoders, clf: ZeroShotClassifier, embedding: torch.Tensor, shown:
     top = max(cosines, key=cosines.get)
     if fitting:
         best = max(fitting, key=lambda label: cal.fit(cosines[label], label))
+        fit = cal.fit(cosines[best], best)
+        others = "" if len(fitting) == 1 else f"; {len(fitting)} labels reach theirs"
         verdict = (
             f"The best label fits: '{best}' (cosine {cosines[best]:.3f} ≥ its threshold {cal.threshold(best):.3f}"
-            f"{'' if len(fitting) == 1 else f'; {len(fitting)} labels reach theirs'})."
+            f"{others})."
+            if fit >= WEAK_FIT
+            else f"The best label fits only weakly: '{best}' (cosine {cosines[best]:.3f}, above its threshold "
+            f"{cal.threshold(best):.3f} but below {1 - fit:.0%} of the true matches on the reference data{others}); "
+            f"an image of something this model does not know can score as much."
         )
     else:
         verdict = (

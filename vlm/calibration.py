@@ -22,6 +22,7 @@ single-object scenes (192 images, one domain for every label), as before. The re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from vlm.zeroshot import build_classifier, embed_images
 LOG = logging.getLogger(__name__)
 
 NONE_FITS_QUANTILE = 0.05  # a label below 95 % of its domain's true matches on the reference data does not fit
+WEAK_FIT = 0.25  # a fitting label below 75 % of its domain's true matches fits only weakly (said so, for people)
 REFERENCE_SEEDS = 4  # scenes per label for a model without reference data: 48 labels x 4 = 192 images
 REFERENCE_SIZE = 64  # pixels; the demo collection's scenes are 128, the training scenes 64
 REFERENCE_TEMPLATES = "generic"
@@ -76,8 +78,11 @@ class FitCalibration:
     how: str  # for people: what was measured, on what
 
     def domain(self, label: str) -> Domain:
+        """The domain that judges `label`: the labelled set holding it (case-folded, with or without a leading
+        article: "a red circle" is "red circle"), else the last one."""
         key = label.strip().casefold()
-        return next((d for d in self.domains if key in d.vocabulary), self.domains[-1])
+        keys = {key, re.sub(r"^(a|an|the)\s+", "", key)}
+        return next((d for d in self.domains if keys & d.vocabulary), self.domains[-1])
 
     def threshold(self, label: str) -> float:
         return self.domain(label).threshold
@@ -105,10 +110,13 @@ def calibrate(
     clf = build_classifier(encoders, labels, templates)
     cos = clf.similarity(embed_images(encoders, images)).numpy()
     matched = np.sort(cos[np.arange(len(images)), np.asarray(label_ids)])
-    return _domain(what, vocabulary, matched, quantile, f"{len(labels)} labels, '{templates}' prompt templates")
+    return make_domain(what, vocabulary, matched, quantile, f"{len(labels)} labels, '{templates}' prompt templates")
 
 
-def _domain(name: str, vocabulary: frozenset[str], matched: np.ndarray, quantile: float, detail: str = "") -> Domain:
+def make_domain(
+    name: str, vocabulary: frozenset[str], matched: np.ndarray, quantile: float, detail: str = ""
+) -> Domain:
+    """A domain judging `vocabulary` by its true-match cosines `matched` (sorted), threshold at their `quantile`."""
     threshold = float(np.quantile(matched, quantile))
     how = (
         f"threshold cosine {threshold:.3f} = the {quantile:.0%} quantile of the cosine between {len(matched)} {name} "
@@ -186,10 +194,10 @@ def measure(encoders: Encoders, specs: tuple[str, ...], quantile: float = NONE_F
         domain = calibrate(encoders, images, ids, list(LABELS), quantile=quantile, what=what)
         how = f"no reference data with this model: every label is judged by one {domain.how}"
         return FitCalibration(encoders.fingerprint, (domain,), quantile, "; ".join([how, *notes]))
-    domains = [_domain(f"{name} images", vocab, m, quantile) for name, vocab, m in labelled]
+    domains = [make_domain(f"{name} images", vocab, m, quantile) for name, vocab, m in labelled]
     rest = captioned or labelled  # every other label: the caption sets together, else all sets together
     pooled = np.sort(np.concatenate([m for _, _, m in rest]))
-    domains.append(_domain(f"{' + '.join(name for name, _, _ in rest)} images", frozenset(), pooled, quantile))
+    domains.append(make_domain(f"{' + '.join(name for name, _, _ in rest)} images", frozenset(), pooled, quantile))
     parts = [f"the {len(d.vocabulary)} labels of {d.name.removesuffix(' images')}: {d.how}" for d in domains[:-1]]
     parts.append(f"{ANY_LABEL}: {domains[-1].how}")
     parts.append(f"'{REFERENCE_TEMPLATES}' prompt templates, at most {MAX_PER_SET} images a set")
