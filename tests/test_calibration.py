@@ -83,6 +83,8 @@ def test_each_domain_judges_its_labels_with_its_own_true_matches(tiny_encoders, 
     shapes, rest = cal.domains
     assert shapes.vocabulary == {"red circle", "blue square", "green star"} and rest.vocabulary == frozenset()
     assert cal.domain(" Red Circle") is shapes and cal.domain("hindu temple") is rest and cal.domain("love") is rest
+    assert cal.domain("a red circle") is shapes and cal.domain("The Green Star") is shapes
+    assert cal.domain("another red circle") is rest and cal.domain("red circles") is rest
     t = shapes.threshold
     assert cal.fits(t, "red circle") and not cal.fits(t - 1e-4, "red circle")
     assert cal.fit(rest.matched[-1] + 1, "a cat") == 1.0 and cal.threshold("a cat") == rest.threshold

@@ -22,6 +22,7 @@ single-object scenes (192 images, one domain for every label), as before. The re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,11 @@ class FitCalibration:
     how: str  # for people: what was measured, on what
 
     def domain(self, label: str) -> Domain:
+        """The domain that judges `label`: the labelled set holding it (case-folded, with or without a leading
+        article: "a red circle" is "red circle"), else the last one."""
         key = label.strip().casefold()
-        return next((d for d in self.domains if key in d.vocabulary), self.domains[-1])
+        keys = {key, re.sub(r"^(a|an|the)\s+", "", key)}
+        return next((d for d in self.domains if keys & d.vocabulary), self.domains[-1])
 
     def threshold(self, label: str) -> float:
         return self.domain(label).threshold
