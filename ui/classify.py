@@ -45,7 +45,9 @@ def classify(
     encoders = state.active.encoders
     clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers, template_files=False)
     if len(clf.labels) == 1:
-        return _one_label(clf, embed_images(encoders, [image]))
+        embedding = embed_images(encoders, [image])
+        scores, table, note = _one_label(clf, embedding)
+        return scores, table, note + fit_notes(encoders, clf, embedding, clf.labels)
     k = max(1, min(int(k), len(clf.labels)))
     embedding = embed_images(encoders, [image])
     best = top_k(clf.probs(embedding), clf.labels, k)[0]
@@ -90,10 +92,11 @@ def fit_notes(encoders, clf: ZeroShotClassifier, embedding: torch.Tensor, shown:
             f"{cosines[top]:.3f} for '{top}', is below {cal.threshold(top):.3f}); the percentages above only compare "
             f"these labels with each other."
         )
+    per_domain = ", measured per domain of the reference data" if len(cal.domains) > 1 else ""
     return (
         f"\n\n{verdict}\n\n| label | cosine | threshold | fit |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
         f"*Fit*: the share of true matches on the model's reference data with a lower cosine; the threshold is the "
-        f"{cal.quantile:.0%} quantile of those true matches, measured per domain ({cal.how}).\n\n"
+        f"{cal.quantile:.0%} quantile of those true matches{per_domain} ({cal.how}).\n\n"
     )
 
 
@@ -104,8 +107,8 @@ def _one_label(clf: ZeroShotClassifier, image_embedding: torch.Tensor) -> tuple[
     cosine = float(image_embedding[0] @ clf.weights[0].to(image_embedding))
     note = (
         f"Only one label: a probability over one label is always 100 %, so this shows the cosine similarity "
-        f"between the image and '{label}' instead: {cosine:.3f} (about 0.2-0.35 for a match with CLIP models; "
-        f"compare labels rather than reading it alone). Add labels to choose between them."
+        f"between the image and '{label}' instead: {cosine:.3f}; below, whether it reaches this model's threshold "
+        f"for it. Add labels to choose between them."
     )
     return {label: cosine}, pd.DataFrame({"label": [label], "probability": [max(cosine, 0.0)]}), note
 
