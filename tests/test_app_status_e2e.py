@@ -113,13 +113,6 @@ def test_a_photo_classified_by_the_demo_model_says_no_label_fits(page, served):
     expect(notes).not_to_contain_text("None of the labels fits well")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 18's retrained demo model (vlm-rn-wide): its measured dense 'absent' threshold (1.65 on 100 "
-    "synthetic scenes) lies above the score of a phrase that IS in the image (green star: -0.93 to -1.10), so both "
-    "phrases are reported absent; the per-model segmentation thresholds are being re-measured (helper app2). "
-    "Remove this mark when the present phrase gets its mask again (strict: an unexpected pass fails).",
-)
 def test_a_phrase_not_in_the_image_gets_no_mask(page, served):
     _, state = served
     assert state.active.is_demo  # switched to in the test above

@@ -125,6 +125,10 @@ def test_the_demo_model_is_calibrated_on_its_shipped_sets():
         provenance = None
 
     assert calibration.reference_sets(Weights()) == (*demo.REFERENCE, calibration.DEMO_ICONS)
+    Weights.fingerprint += "-int8"  # the same weights run by ONNX Runtime in int8
+    assert calibration.reference_sets(Weights()) == (*demo.REFERENCE, calibration.DEMO_ICONS)
+    Weights.fingerprint = "0" * 16
+    assert calibration.reference_sets(Weights()) == ()
 
 
 def test_the_app_says_fits_fits_weakly_or_none_fits_by_each_labels_own_domain(monkeypatch):

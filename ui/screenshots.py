@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as runs:
+    Path("runs").mkdir(exist_ok=True)  # the pages show the runs folder (Segment's decoder hint): a run folder reads
+    with tempfile.TemporaryDirectory(dir="runs", prefix="app-") as runs:  # better there than a /tmp path
         state = create_state(args.model, args.pretrained, cache_dir=args.cache_dir, runs_dir=runs)
         demo = build_app(state)
         url = launch(demo, state, port=None, block=False, quiet=True)

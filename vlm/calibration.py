@@ -143,7 +143,8 @@ def reference_sets(encoders: Encoders) -> tuple[str, ...]:
     `vlm train` was scored on, where they still exist; () when it has none."""
     specs: tuple[str, ...] = ()
     try:
-        if encoders.fingerprint == checkpoint.read_config(demo.DEMO_MODEL).get("fingerprint"):
+        # "<fingerprint>-int8": the same weights run quantised (vlm.onnx_export), measured on their own
+        if encoders.fingerprint.split("-")[0] == checkpoint.read_config(demo.DEMO_MODEL).get("fingerprint"):
             specs = (*demo.REFERENCE, DEMO_ICONS)
     except VLMError:
         pass  # no shipped demo model here: nothing to compare with
