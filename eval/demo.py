@@ -23,6 +23,7 @@ from vlm.demo import SHAPES_FIGURE, SHAPES_HELD_OUT_TEMPLATES
 from vlm.demo_corpus import is_corpus
 from vlm.errors import DataError
 from vlm.models import Encoders
+from vlm.readers.images import ImageRef
 from vlm.synth import LABELS, single_object_scene
 
 # Shapes zero-shot as `bench.shapes_zeroshot` measures it (issue 18's ">= 0.90"): held-out single-object scenes from
@@ -171,6 +172,36 @@ def held_out(encoders: Encoders, corpus_dir: str | Path, ks: tuple[int, ...] = (
         names[lang] = (captions, text_emb, torch.tensor(owners))
     cats = {p.key: categories.get(str(Path(p.image.path).resolve()), "") for p in emoji}
     return HeldOut(figures, emoji, emb, cats, names, icons, icons_emb)
+
+
+def style_gap(encoders: Encoders, corpus_dir: str | Path, k: int = 5) -> dict[str, float]:
+    """Where the unseen-style gap sits (`bench.demo_quality --style-gap`, a diagnostic for the next recipe). For each
+    trained emoji style in the corpus (`emoji/<vendor>/`), on the emoji that OpenMoji also draws:
+
+    - "<vendor> (trained style) text->image R@k": the English names against that vendor's images, which were trained
+      on: how well the names were learnt at all;
+    - "OpenMoji image -> <vendor> image R@k": each OpenMoji image against the vendor's images, hit when the same
+      emoji is in the top k: the image tower alone, how style-bound its features are."""
+    root = Path(corpus_dir).resolve()
+    listing = root / "heldout" / "openmoji" / "pairs.csv"
+    if not listing.is_file() or not (root / "emoji").is_dir():
+        raise DataError(f"{root} lacks {listing.name} or emoji/: is it a `vlm demo corpus` folder?")
+    emoji = read_pairs(listing, progress=False).pairs
+    row = {Path(p.key).stem.lower(): i for i, p in enumerate(emoji)}
+    openmoji = embed_pairs(encoders, emoji).image_emb
+    figures: dict[str, float] = {}
+    for folder in sorted(d for d in (root / "emoji").iterdir() if d.is_dir()):
+        codes = [c for c in row if (folder / f"{c}.png").is_file()]
+        if not codes:
+            continue
+        pairs = [Pair(c, ImageRef("file", str(folder / f"{c}.png")), emoji[row[c]].captions[:1]) for c in codes]
+        emb = embed_pairs(encoders, pairs)
+        named = retrieval_recall(emb.image_emb, emb.text_emb, emb.text_to_image, ks=(k,))
+        figures[f"{folder.name} (trained style) text->image R@{k}"] = named[f"image_retrieval_recall@{k}"]
+        queries = openmoji[[row[c] for c in codes]]  # OpenMoji images as the queries, the vendor's as the gallery
+        looks = retrieval_recall(emb.image_emb, queries, torch.arange(len(codes)), ks=(k,))
+        figures[f"OpenMoji image -> {folder.name} image R@{k}"] = looks[f"image_retrieval_recall@{k}"]
+    return figures
 
 
 def margins(query_emb: torch.Tensor, item_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:

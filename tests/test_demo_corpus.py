@@ -263,6 +263,23 @@ def test_corpus_figures_read_every_held_out_set(fake_sources, tmp_path, tiny_enc
         corpus_figures(tiny_encoders, tmp_path / "c")
 
 
+def test_style_gap_compares_openmoji_with_each_trained_style(fake_sources, tmp_path, tiny_encoders):
+    from eval.demo import style_gap
+
+    sources, cache = fake_sources
+    build_corpus(tmp_path / "c", cache, sources=sources, scenes=1, held_out_fraction=0.3, download=False)
+    root = tmp_path / "c"
+    for code in ("1f355", "1f408", "1f680"):  # Twitter's images made OpenMoji's own: the same look, found first
+        (root / f"emoji/twitter/{code}.png").write_bytes((root / f"heldout/openmoji/images/{code}.png").read_bytes())
+    gap = style_gap(tiny_encoders, root, k=1)
+    assert set(gap) == {f"{v} (trained style) text->image R@1" for v in ("apple", "twitter")} | {
+        f"OpenMoji image -> {v} image R@1" for v in ("apple", "twitter")}  # fmt: skip
+    assert gap["OpenMoji image -> twitter image R@1"] == 1.0
+    assert all(0 <= v <= 1 for v in gap.values())
+    with pytest.raises(DataError, match="emoji/"):
+        style_gap(tiny_encoders, tmp_path)
+
+
 def test_exclude_leaves_a_training_source_out_and_the_cards_say_so(fake_sources, tmp_path):
     from vlm.cli import build_parser
 
