@@ -20,8 +20,9 @@ Rows:
     (b) vlm train        this trainer's defaults for a run from weights (`vlm.finetune`: frozen BatchNorm
                  statistics, lr 1e-5, wd 0.1, warm-up min(500, 5 %), cosine)
     (c) (b) + WiSE-FT    (b)'s weights averaged with the base at the alpha `vlm.wiseft` picks (best sum of the
-                 validation top-1 and the demo reference score, `vlm.demo.REFERENCE`: 192 shapes scenes' top-1 and
-                 185 held-out icons' R@5, the trainer's ref/score; never the scored sets)
+                 validation top-1 and the demo reference score, `vlm.demo.REFERENCE`: 192 shapes scenes' top-1 (in
+                 the held-out templates the scored shapes use, on other scenes) and 185 icons' R@5, the trainer's
+                 ref/score; never the scored images)
     (d) LoRA     `vlm.lora` adapters on both towers (rank 8, peft's default targets) at lr 5e-4 (LoRA's usual range;
                  1e-5 barely moves adapters that start at zero), the rest as (b)
     (e) replay   (b) + half of each batch replayed from what the base learned from: a seeded `--keep-rows` sample of

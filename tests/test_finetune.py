@@ -105,15 +105,38 @@ def test_reference_is_scored_before_step_one_and_at_the_end(tmp_path, shapes):
     refs = [r for r in rows if "ref/score" in r]
     assert [r["step"] for r in refs] == [0, 2]
     assert rows.index(refs[0]) == 0  # before any training step was logged
-    # Step 0 is the untouched demo model: an independent zero-shot evaluation of it gives the same top-1.
+    # Step 0 is the untouched demo model: an independent zero-shot evaluation of it, with the templates the set ships
+    # (phrasings no shapes caption uses, as bench.shapes_zeroshot's), gives the same top-1; the generic ones do not.
     encoders = models.load("demo", device="cpu", precision="fp32")
     data = read_labelled(demo.REFERENCE_SHAPES, workers=1)
-    expected = evaluate_zeroshot(encoders, data, "generic").metrics["acc1"]
+    templates = json.loads((demo.REFERENCE_SHAPES / "templates.json").read_text())
+    assert tuple(templates) == demo.SHAPES_HELD_OUT_TEMPLATES
+    expected = evaluate_zeroshot(encoders, data, templates).metrics["acc1"]
     assert refs[0]["ref/reference-shapes/acc1"] == pytest.approx(expected, abs=1e-6)
+    assert evaluate_zeroshot(encoders, data, "generic").metrics["acc1"] != pytest.approx(expected, abs=1e-6)
     assert refs[0]["ref/score"] == refs[0]["ref/reference-shapes/acc1"]
     assert result.metrics["ref/score"] == refs[1]["ref/score"]  # the final report holds it
     written = json.loads((result.output_dir / "result.json").read_text())
     assert written["metrics"]["ref/score"] == refs[1]["ref/score"]
+
+
+def test_a_labelled_reference_set_is_scored_with_the_templates_in_its_folder(tmp_path, tiny_encoders):
+    generate(tmp_path / "s", scenes=12, seed=3, image_size=32, progress=False)
+    labels = tmp_path / "s" / "labels.csv"
+    data = read_labelled(labels, workers=1)
+    plain = reference.load([f"zeroshot:{labels}"], workers=1)
+    assert plain.sets[0].templates == "generic"
+    expected = evaluate_zeroshot(tiny_encoders, data, "generic").metrics["acc1"]
+    assert plain(tiny_encoders)["s/acc1"] == pytest.approx(expected, abs=1e-6)
+    own = ["a {c} icon.", "{c}"]
+    (tmp_path / "s" / "templates.json").write_text(json.dumps(own))
+    named = reference.load([f"zeroshot:{labels}", str(tmp_path / "s")], workers=1)  # the labels file or its folder
+    assert [s.templates for s in named.sets] == [tuple(own), tuple(own)]
+    expected = evaluate_zeroshot(tiny_encoders, data, own).metrics["acc1"]
+    assert named(tiny_encoders)["s/acc1"] == pytest.approx(expected, abs=1e-6)
+    (tmp_path / "s" / "templates.json").write_text(json.dumps(["no class field"]))
+    with pytest.raises(DataError, match=r"templates\.json.*no \{c\}"):
+        reference.load([f"zeroshot:{labels}"], workers=1)
 
 
 def test_demo_reference_icons_are_the_ones_its_run_held_out():
