@@ -19,7 +19,7 @@ from eval.metrics import retrieval_recall
 from eval.retrieval import PairEmbeddings, embed_pairs, evaluate_pairs
 from eval.zeroshot import ZeroShotResult, evaluate_zeroshot
 from vlm.data import Pair, read_pairs, split
-from vlm.demo import SHAPES_FIGURE
+from vlm.demo import SHAPES_FIGURE, SHAPES_HELD_OUT_TEMPLATES
 from vlm.demo_corpus import is_corpus
 from vlm.errors import DataError
 from vlm.models import Encoders
@@ -27,7 +27,7 @@ from vlm.synth import LABELS, single_object_scene
 
 # Shapes zero-shot as `bench.shapes_zeroshot` measures it (issue 18's ">= 0.90"): held-out single-object scenes from
 # their own random stream, 48 bare "colour shape" labels, in templates unlike every training caption's phrasing.
-SHAPES_TEMPLATES = ("a photo of a {c}.", "a rendering of a {c}.", "a {c} icon.", "this is a {c}.", "{c}")
+SHAPES_TEMPLATES = SHAPES_HELD_OUT_TEMPLATES  # also the demo reference set's (`vlm.demo`)
 SHAPES_FIRST_SEED = 1_000_000
 
 

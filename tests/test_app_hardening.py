@@ -287,6 +287,9 @@ def test_one_label_in_the_app_answers_the_cosine_with_a_note(app):
     cosine = float(re.search(r"cosine similarity (-?\d+\.\d+)", info).group(1))
     assert scores["label"] == "red circle" and "cosine similarity" in notes and "always 100 %" in notes
     assert scores["confidences"][0]["confidence"] == pytest.approx(cosine, abs=1e-3)
+    # and whether it reaches the model's calibrated threshold (vlm.calibration), with the figures it rests on
+    assert re.search(r"\| red circle \| -?\d\.\d{3} \| -?\d\.\d{3} \| \d+% \|", notes)
+    assert "fits" in notes and "quantile of those true matches" in notes
 
 
 # ---------------------------------------------------------------------------------------------------------------

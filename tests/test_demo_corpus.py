@@ -27,6 +27,7 @@ from vlm.errors import ConfigError, DataError
 EMOJI = {"1F355": ("pizza", ["cheese", "food"], 4), "1F408": ("cat", ["pet"], 3), "1F680": ("rocket", ["space"], 5)}
 NAMES = {"de": {"1F355": "Pizza", "1F408": "Katze", "1F680": "Rakete"}, "ja": {"1F355": "ピザ", "1F408": "猫"}}
 GROUPS = ["smileys-emotion", "people-body", "component", "animals-nature", "food-drink", "travel-places"]
+SUBGROUPS = {"1F355": ("food-prepared", 7), "1F408": ("animal-mammal", 3)}  # the rocket has none
 
 
 def svg(i: int, fill: str = "none") -> bytes:
@@ -51,9 +52,12 @@ def name(label: str, lang: str) -> str:
 
 def package_files(kind: str, vendor: str = "twitter") -> dict[str, bytes]:
     if kind == "emojibase":
-        files = {"en/messages.json": json.dumps({"groups": [{"order": i, "message": g} for i, g in enumerate(GROUPS)]})}
+        subgroups = [{"key": k, "message": "x", "order": o} for k, o in SUBGROUPS.values()]
+        groups = [{"order": i, "message": g} for i, g in enumerate(GROUPS)]
+        files = {"en/messages.json": json.dumps({"groups": groups, "subgroups": subgroups})}
         for lang in LANGUAGES:
-            rows = [{"label": NAMES.get(lang, {}).get(h, name(lab, lang)), "hexcode": h, "tags": tags, "group": g}
+            rows = [{"label": NAMES.get(lang, {}).get(h, name(lab, lang)), "hexcode": h, "tags": tags, "group": g,
+                     **({"subgroup": SUBGROUPS[h][1]} if h in SUBGROUPS else {})}
                     for h, (lab, tags, g) in EMOJI.items()]  # fmt: skip
             files[f"{lang}/data.json"] = json.dumps(rows, ensure_ascii=False)
         return {k: v.encode() for k, v in files.items()}
@@ -172,6 +176,31 @@ def test_two_builds_are_byte_identical_and_held_out_sets_stay_out_of_training(fa
     assert by["openmoji"]["counts"] == {"held-out images": 3} and "CC-BY-SA" in by["openmoji"]["licence"]
     assert by["emoji-datasource-twitter"]["counts"]["training images"] == 3
     assert "openmoji" in (root / "DATA_CARD.md").read_text("utf-8")
+
+
+def test_category_captions_and_artwork_pairs_are_options_that_leave_the_default_build_alone(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    kw = {"sources": sources, "scenes": 3, "held_out_fraction": 0.3, "download": False}
+    build_corpus(tmp_path / "a", cache, **kw)
+    build_corpus(tmp_path / "b", cache, **kw, category_captions=True, artwork_pairs=True)
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert set(b) - set(a) == {"pairs-artwork.csv"}
+    assert {k for k in a if a[k] != b[k]} == {"pairs.csv", "data_card.json", "DATA_CARD.md"}  # images, held-out: same
+    plain = collections.Counter(tuple(r.values()) for r in rows(tmp_path / "a/pairs.csv"))
+    more = collections.Counter(tuple(r.values()) for r in rows(tmp_path / "b/pairs.csv"))
+    added = more - plain
+    assert not plain - more  # every default row is still there
+    assert set(added) == {(f"emoji/{v}/{h}.png", c) for v in ("apple", "twitter")
+                          for h, c in (("1f355", "food-drink"), ("1f355", "food prepared"), ("1f408", "animals-nature"),
+                                       ("1f408", "animal mammal"), ("1f680", "travel-places"))}  # fmt: skip
+    artwork = [tuple(r.values()) for r in rows(tmp_path / "b/pairs-artwork.csv")]
+    assert artwork == [r for r in (tuple(r.values()) for r in rows(tmp_path / "b/pairs.csv")) if r[0][:7] != "shapes/"]
+    assert {r[0].split("/")[0] for r in artwork} == {"emoji", "icons"}
+    card_a, card_b = (json.loads((tmp_path / n / "data_card.json").read_text("utf-8")) for n in "ab")
+    assert "category_captions" not in card_a["build"] and "artwork_pairs" not in card_a["build"]
+    assert card_b["build"]["category_captions"] is True and card_b["build"]["artwork_pairs"] is True
+    # the held-out category labels are the evaluation's, whatever the captions
+    assert rows(tmp_path / "a/heldout/openmoji/labels.csv") == rows(tmp_path / "b/heldout/openmoji/labels.csv")
 
 
 def test_a_missing_package_is_named(fake_sources, tmp_path):

@@ -67,12 +67,15 @@ def test_the_figures_beside_the_map_are_the_maps_own(tiny_encoders, picture):
 
 def test_a_text_below_the_models_threshold_is_not_found_and_shown_unscaled(tiny_encoders, picture):
     enc = tiny_encoders
-    score = explain(enc, picture, "a red square").score
-    above = AbsentCalibration(enc.fingerprint, "dense", score + 1.0, 0.9, 0.9, "by hand")
+    never = AbsentCalibration(enc.fingerprint, "dense", -np.inf, 0.9, 0.9, "by hand")
+    score = explain(enc, picture, "a red square", never).presence  # the presence score decides, not the map's peak
+    assert score == pytest.approx(segment(enc, display_size(picture), ["a red square"], absent_below=0).presence[0])
+    above = dataclasses.replace(never, threshold=score + 1.0)
     found = explain(enc, picture, "a red square", above)
-    assert found.not_found and not found.stretched
+    assert found.not_found and not found.stretched and found.presence == pytest.approx(score)
     text = found.describe("a red square")
     assert "**a red square** is not found in this image" in text and f"threshold {score + 1.0:.2f}" in text
+    assert f"presence score is {score:.2f}" in text and f"score {found.score:.2f} log-odds" in text
     by_hand = blend_by_hand(display_size(picture), found.heat)  # unscaled
     assert np.abs(np.asarray(found.picture, dtype=np.float64) - by_hand).max() <= 1.01
     below = explain(enc, picture, "a red square", dataclasses.replace(above, threshold=score - 1.0))
@@ -93,7 +96,7 @@ def test_explain_command_writes_the_picture_and_prints_the_figures(tmp_path, pic
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and printed["text"] == "a red square"
     assert -1 <= printed["similarity"] <= 1 and 0 <= printed["share_above_half"] <= 1
-    assert printed["not_found"] == (printed["score"] < printed["absent_threshold"])
+    assert printed["not_found"] == (printed["presence"] < printed["absent_threshold"])
     assert Image.open(out).size == display_size(picture).size
 
 

@@ -105,15 +105,38 @@ def test_reference_is_scored_before_step_one_and_at_the_end(tmp_path, shapes):
     refs = [r for r in rows if "ref/score" in r]
     assert [r["step"] for r in refs] == [0, 2]
     assert rows.index(refs[0]) == 0  # before any training step was logged
-    # Step 0 is the untouched demo model: an independent zero-shot evaluation of it gives the same top-1.
+    # Step 0 is the untouched demo model: an independent zero-shot evaluation of it, with the templates the set ships
+    # (phrasings no shapes caption uses, as bench.shapes_zeroshot's), gives the same top-1; the generic ones do not.
     encoders = models.load("demo", device="cpu", precision="fp32")
     data = read_labelled(demo.REFERENCE_SHAPES, workers=1)
-    expected = evaluate_zeroshot(encoders, data, "generic").metrics["acc1"]
+    templates = json.loads((demo.REFERENCE_SHAPES / "templates.json").read_text())
+    assert tuple(templates) == demo.SHAPES_HELD_OUT_TEMPLATES
+    expected = evaluate_zeroshot(encoders, data, templates).metrics["acc1"]
     assert refs[0]["ref/reference-shapes/acc1"] == pytest.approx(expected, abs=1e-6)
+    assert evaluate_zeroshot(encoders, data, "generic").metrics["acc1"] != pytest.approx(expected, abs=1e-6)
     assert refs[0]["ref/score"] == refs[0]["ref/reference-shapes/acc1"]
     assert result.metrics["ref/score"] == refs[1]["ref/score"]  # the final report holds it
     written = json.loads((result.output_dir / "result.json").read_text())
     assert written["metrics"]["ref/score"] == refs[1]["ref/score"]
+
+
+def test_a_labelled_reference_set_is_scored_with_the_templates_in_its_folder(tmp_path, tiny_encoders):
+    generate(tmp_path / "s", scenes=12, seed=3, image_size=32, progress=False)
+    labels = tmp_path / "s" / "labels.csv"
+    data = read_labelled(labels, workers=1)
+    plain = reference.load([f"zeroshot:{labels}"], workers=1)
+    assert plain.sets[0].templates == "generic"
+    expected = evaluate_zeroshot(tiny_encoders, data, "generic").metrics["acc1"]
+    assert plain(tiny_encoders)["s/acc1"] == pytest.approx(expected, abs=1e-6)
+    own = ["a {c} icon.", "{c}"]
+    (tmp_path / "s" / "templates.json").write_text(json.dumps(own))
+    named = reference.load([f"zeroshot:{labels}", str(tmp_path / "s")], workers=1)  # the labels file or its folder
+    assert [s.templates for s in named.sets] == [tuple(own), tuple(own)]
+    expected = evaluate_zeroshot(tiny_encoders, data, own).metrics["acc1"]
+    assert named(tiny_encoders)["s/acc1"] == pytest.approx(expected, abs=1e-6)
+    (tmp_path / "s" / "templates.json").write_text(json.dumps(["no class field"]))
+    with pytest.raises(DataError, match=r"templates\.json.*no \{c\}"):
+        reference.load([f"zeroshot:{labels}"], workers=1)
 
 
 def test_demo_reference_icons_are_the_ones_its_run_held_out():
@@ -165,3 +188,32 @@ def test_replay_run_trains_on_both_sets(tmp_path, shapes):
     result = train(cfg)
     recorded = checkpoint.read_config(result.final_checkpoint)["provenance"]["config"]["data"]
     assert recorded["keep_data"] == str(keep / "pairs.csv") and recorded["keep_fraction"] == 0.25
+
+
+def _demo_like(folder: Path, train_data: str, corpus: bool) -> Path:
+    """A copy of the shipped demo model's folder whose card names `train_data` (and a data card where `corpus`)."""
+    folder.mkdir()
+    (folder / checkpoint.WEIGHTS_NAME).symlink_to((demo.DEMO_MODEL / checkpoint.WEIGHTS_NAME).resolve())
+    record = json.loads((demo.DEMO_MODEL / checkpoint.CONFIG_NAME).read_text())
+    record["provenance"]["config"]["data"]["train_data"] = train_data
+    if not corpus:
+        record["provenance"].pop("demo_data_card", None)
+    (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(record))
+    return folder
+
+
+def test_demo_replay_is_the_training_data_its_card_names_else_says_what_part_is_rebuilt(tmp_path):
+    assert "demo_data_card" in checkpoint.read_config(demo.DEMO_MODEL)["provenance"]  # the shipped one: corpus
+    corpus = tmp_path / "demo-corpus" / "pairs.csv"
+    corpus.parent.mkdir()
+    corpus.write_text("path,caption\n")
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "here", str(corpus), corpus=True))
+    assert path == corpus and "own training data" in line
+    rebuilt = tmp_path / "replay" / "pairs.csv"  # replay_set reuses a set it built before
+    rebuilt.parent.mkdir()
+    rebuilt.write_text("path,caption\n")
+    gone = str(tmp_path / "gone" / "pairs.csv")
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "corpus", gone, corpus=True))
+    assert path == rebuilt and "part of" in line and "not its icon sets" in line and gone in line
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "first", gone, corpus=False))
+    assert path == rebuilt and "own training recipe" in line

@@ -2,6 +2,7 @@
 or foreign file is measured again instead of crashing; vlm.calibration keeps Classify's threshold there."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -31,6 +32,30 @@ def test_a_second_remember_reads_the_file_and_measures_nothing(tmp_path):
     record = json.loads(path.read_text())
     assert record["fingerprint"] == FP and record["version"] == 1 and record["value"]["threshold"] == 0.25
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_callers_asking_at_once_measure_once(tmp_path):
+    """The app's background warm-up and a visitor's first request may ask for the same figure together."""
+    started, release, calls, answers = threading.Event(), threading.Event(), [], []
+
+    def slow_measure():
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return {"threshold": 0.5}
+
+    def ask():
+        answers.append(measured.remember("thing", 1, FP, slow_measure, dict, root=tmp_path))
+
+    first, second = threading.Thread(target=ask), threading.Thread(target=ask)
+    first.start()
+    assert started.wait(10)
+    second.start()
+    second.join(0.3)  # time for the second caller to reach the file while the first is still measuring
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(calls) == 1 and answers == [{"threshold": 0.5}] * 2
 
 
 @pytest.mark.parametrize(
@@ -100,16 +125,18 @@ def test_reference_fit_after_a_restart_reads_its_file_and_runs_no_model(tiny_enc
     real = calibration.embed_images
     monkeypatch.setattr(calibration, "embed_images", lambda *a, **k: runs.append(1) or real(*a, **k))
     first = calibration.reference_fit(tiny_encoders)
-    assert runs and measured.path_for(calibration.MEASUREMENT, tiny_encoders.fingerprint).is_file()
+    (path,) = tmp_path.iterdir()  # one file, named by the kind and the weights' fingerprint
+    assert runs and path.name.startswith(f"{calibration.MEASUREMENT}-{tiny_encoders.fingerprint}")
     monkeypatch.setattr(calibration, "_CACHE", {})  # a fresh process: nothing in memory
     runs.clear()
     second = calibration.reference_fit(tiny_encoders)
     assert runs == []
-    assert second is not first and second.threshold == first.threshold and second.how == first.how
-    assert np.array_equal(second.matched, first.matched) and second.fingerprint == tiny_encoders.fingerprint
+    assert second is not first and second.how == first.how and second.fingerprint == tiny_encoders.fingerprint
+    for a, b in zip(first.domains, second.domains, strict=True):
+        assert np.array_equal(a.matched, b.matched) and a.threshold == b.threshold and a.vocabulary == b.vocabulary
     # A corrupt file: measured again (the model runs), same figures, file repaired.
-    measured.path_for(calibration.MEASUREMENT, tiny_encoders.fingerprint).write_text("{not json")
+    path.write_text("{not json")
     monkeypatch.setattr(calibration, "_CACHE", {})
     third = calibration.reference_fit(tiny_encoders)
-    assert runs and np.allclose(third.matched, first.matched, atol=1e-6)
-    assert measured.load(calibration.MEASUREMENT, calibration.MEASUREMENT_VERSION, tiny_encoders.fingerprint)
+    assert runs and np.allclose(third.domains[0].matched, first.domains[0].matched, atol=1e-6)
+    assert json.loads(path.read_text())["version"] == calibration.MEASUREMENT_VERSION

@@ -17,7 +17,7 @@ from ui.inputs import checked_int, checked_labels, image_input, require_image
 from ui.state import AppState
 from vlm import demo
 from vlm import templates as template_sets
-from vlm.calibration import reference_fit
+from vlm.calibration import WEAK_FIT, reference_fit
 from vlm.segment import explain
 from vlm.segment.absent import absent_threshold
 from vlm.zeroshot import ZeroShotClassifier, build_classifier, embed_images, top_k
@@ -45,7 +45,9 @@ def classify(
     encoders = state.active.encoders
     clf = build_classifier(encoders, clean.labels, templates or None, cache=state.classifiers, template_files=False)
     if len(clf.labels) == 1:
-        return _one_label(clf, embed_images(encoders, [image]))
+        embedding = embed_images(encoders, [image])
+        scores, table, note = _one_label(clf, embedding)
+        return scores, table, note + fit_notes(encoders, clf, embedding, clf.labels)
     k = max(1, min(int(k), len(clf.labels)))
     embedding = embed_images(encoders, [image])
     best = top_k(clf.probs(embedding), clf.labels, k)[0]
@@ -62,21 +64,39 @@ def classify(
 
 
 def fit_notes(encoders, clf: ZeroShotClassifier, embedding: torch.Tensor, shown: Sequence[str]) -> str:
-    """The calibrated similarity beside the softmax (`vlm.calibration`): each shown label's cosine and fit, and
-    "none of the labels fits well" when the best label's cosine is below the model's threshold."""
+    """The calibrated similarity beside the softmax (`vlm.calibration`): each shown label's cosine, the threshold of
+    its domain and its fit, and "none of the labels fits well" when no label reaches its domain's threshold."""
     cal = reference_fit(encoders)
     cosines = dict(zip(clf.labels, clf.similarity(embedding)[0].tolist(), strict=True))
-    rows = [f"| {label} | {cosines[label]:.3f} | {cal.fit(cosines[label]):.0%} |" for label in shown]
-    top = max(cosines.values())
-    verdict = (
-        f"**None of the labels fits well**: the best cosine, {top:.3f}, is below this model's threshold "
-        f"{cal.threshold:.3f}; the percentages above only compare these labels with each other."
-        if not cal.fits(top)
-        else f"The best label fits (cosine {top:.3f} ≥ threshold {cal.threshold:.3f})."
-    )
+    rows = [
+        f"| {label} | {cosines[label]:.3f} | {cal.threshold(label):.3f} | {cal.fit(cosines[label], label):.0%} |"
+        for label in shown
+    ]
+    fitting = [label for label, cos in cosines.items() if cal.fits(cos, label)]
+    top = max(cosines, key=cosines.get)
+    if fitting:
+        best = max(fitting, key=lambda label: cal.fit(cosines[label], label))
+        fit = cal.fit(cosines[best], best)
+        others = "" if len(fitting) == 1 else f"; {len(fitting)} labels reach theirs"
+        verdict = (
+            f"The best label fits: '{best}' (cosine {cosines[best]:.3f} ≥ its threshold {cal.threshold(best):.3f}"
+            f"{others})."
+            if fit >= WEAK_FIT
+            else f"The best label fits only weakly: '{best}' (cosine {cosines[best]:.3f}, above its threshold "
+            f"{cal.threshold(best):.3f} but below {1 - fit:.0%} of the true matches on the reference data{others}); "
+            f"an image of something this model does not know can score as much."
+        )
+    else:
+        verdict = (
+            f"**None of the labels fits well**: no label reaches this model's threshold for it (the best cosine, "
+            f"{cosines[top]:.3f} for '{top}', is below {cal.threshold(top):.3f}); the percentages above only compare "
+            f"these labels with each other."
+        )
+    per_domain = ", measured per domain of the reference data" if len(cal.domains) > 1 else ""
     return (
-        f"\n\n{verdict}\n\n| label | cosine | fit |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
-        f"*Fit*: the share of true matches on the model's reference data with a lower cosine ({cal.how}).\n\n"
+        f"\n\n{verdict}\n\n| label | cosine | threshold | fit |\n| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+        f"*Fit*: the share of true matches on the model's reference data with a lower cosine; the threshold is the "
+        f"{cal.quantile:.0%} quantile of those true matches{per_domain} ({cal.how}).\n\n"
     )
 
 
@@ -87,8 +107,8 @@ def _one_label(clf: ZeroShotClassifier, image_embedding: torch.Tensor) -> tuple[
     cosine = float(image_embedding[0] @ clf.weights[0].to(image_embedding))
     note = (
         f"Only one label: a probability over one label is always 100 %, so this shows the cosine similarity "
-        f"between the image and '{label}' instead: {cosine:.3f} (about 0.2-0.35 for a match with CLIP models; "
-        f"compare labels rather than reading it alone). Add labels to choose between them."
+        f"between the image and '{label}' instead: {cosine:.3f}; below, whether it reaches this model's threshold "
+        f"for it. Add labels to choose between them."
     )
     return {label: cosine}, pd.DataFrame({"label": [label], "probability": [max(cosine, 0.0)]}), note
 

@@ -6,6 +6,7 @@ is "not found in this image" and gets no mask. API: `segment`."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image
@@ -32,14 +33,22 @@ def decoders(state: AppState) -> list[str]:
     return [str(p) for p in usable_checkpoints(state.runs_dir, is_decoder_dir)]
 
 
+def as_typed(path: Path) -> str:
+    """`path` as a person would type it where the app runs: relative to the working folder when it is inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def no_decoder_hint(state: AppState) -> str:
     choice = state.active.choice
     model = f"--model {choice.model}" + (f" --pretrained {choice.pretrained}" if choice.pretrained else "")
     return (
         "*Learned decoder*: none has been trained yet, so only the training-free method is offered. Train one for "
         f"this model with `vlm train-seg {model} --train-data <phrases.csv> "
-        f"--output-dir {state.runs_dir}/seg` (phrases.csv from `vlm synth`; see vlm/segment/README.md), then reload "
-        "this page."
+        f"--output-dir {as_typed(state.runs_dir / 'seg')}` (phrases.csv from `vlm synth`; see vlm/segment/README.md; "
+        "a decoder under the app's runs folder is offered here), then reload this page."
     )
 
 
@@ -67,7 +76,7 @@ def run_segmentation(
         (state.files.image(heat_picture(image, h)), p) for h, p in zip(result.heatmaps, result.phrases, strict=True)
     ]
     lines = []
-    for p, m, score, absent in zip(result.phrases, result.masks, result.scores, result.absent, strict=True):
+    for p, m, score, absent in zip(result.phrases, result.masks, result.presence, result.absent, strict=True):
         if absent:
             lines.append(
                 f"- **{p}**: not found in this image (score {score:.2f}, below the threshold {cal.threshold:.2f})"
@@ -76,10 +85,14 @@ def run_segmentation(
             lines.append(f"- **{p}**: {m.mean():.1%} of the image (score {score:.2f}, threshold {cal.threshold:.2f})")
     if any(result.truncated):
         lines.append("- some phrases were too long for the text encoder and were cut")
-    what = "log-odds against the background prompts" if kind == "dense" else "logit of the decoder"
+    what = (
+        "peak log-odds against background words and words for a colour or a shape alone ('a red shape', 'a star'), "
+        "on a coarser view of the image than the masks'"
+        if kind == "dense"
+        else "peak logit of the decoder (the heat map's brightest pixel)"
+    )
     lines.append(
-        f"\nScore: the phrase's peak {what} (the heat map's brightest pixel, before the maps are scaled to their "
-        f"maximum). Below the threshold the phrase is not in the image and gets no mask; {cal.how}."
+        f"\nScore: the phrase's {what}. Below the threshold the phrase is not in the image and gets no mask; {cal.how}."
     )
     return state.files.image(result.overlay(image)), heat, "\n".join(lines)
 

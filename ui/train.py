@@ -86,14 +86,17 @@ def recipe(state: AppState, model: str) -> tuple[float, str]:
     return r.lr, line
 
 
-def keep_data_for(state: AppState, name: str) -> str | None:
-    """The pairs a fine-tune of `name` replays: its own training data where it names it (the demo model's recipe is
-    rebuilt, smaller, under the runs folder once)."""
+def keep_data_for(state: AppState, name: str) -> tuple[str, str] | None:
+    """The pairs a fine-tune of `name` replays, and a line saying what they are: its own training data where it names
+    it (`vlm.demo.replay_data` for the demo model: its corpus where it exists, else a part rebuilt offline under the
+    runs folder once)."""
     from vlm import demo
 
     if demo.is_demo_model(name):
-        return str(demo.replay_set(state.runs_dir / "demo-replay"))
-    return finetune.own_training_data(name)
+        path, what = demo.replay_data(state.runs_dir / "demo-replay")
+        return str(path), what
+    own = finetune.own_training_data(name)
+    return (own, f"the model's own training data ({own})") if own else None
 
 
 def start(state: AppState, data: str, upload: str | None, model: str, epochs: int, steps: int, batch_size: int,
@@ -141,8 +144,8 @@ def start(state: AppState, data: str, upload: str | None, model: str, epochs: in
         fine = finetune.starts_from_weights(cfg)
         keep = keep_data_for(state, name) if fine and replay else None
         if keep:
-            cfg = replace(cfg, data=replace(cfg.data, keep_data=keep, keep_fraction=KEEP_FRACTION))
-            notes.append(f"replaying {KEEP_FRACTION:.0%} of each batch from the model's own training data ({keep})")
+            cfg = replace(cfg, data=replace(cfg.data, keep_data=keep[0], keep_fraction=KEEP_FRACTION))
+            notes.append(f"replaying {KEEP_FRACTION:.0%} of each batch from {keep[1]}")
         total = planned_steps(cfg, dataset.pairs)
         if total > limits.max_train_steps:
             raise ConfigError(_too_many_steps(total, limits.max_train_steps))

@@ -434,6 +434,25 @@ class DataConfig:
     augment: bool = dataclasses.field(
         default=False, metadata=_help("open_clip's random-resized-crop training augmentation")
     )
+    style_augment: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata={
+            **_help("style-removing augmentations for drawn artwork (vlm/style_augment.py): grayscale, jitter, "
+                    "posterize, outline, background; repeatable; none = off"),
+            "repeatable": True,
+        },
+    )  # fmt: skip
+    style_augment_p: float = dataclasses.field(
+        default=0.5, metadata=_help("probability of each style augmentation (used only with style_augment)")
+    )
+    style_augment_prefixes: tuple[str, ...] = dataclasses.field(
+        default=("emoji/", "icons/"),
+        metadata={
+            **_help("style augmentations apply to images whose path (relative to the data root) starts with one of "
+                    "these; repeatable"),
+            "repeatable": True,
+        },
+    )  # fmt: skip
     reference: tuple[str, ...] = dataclasses.field(
         default=(),
         metadata={
@@ -457,6 +476,10 @@ class DataConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0.0 < self.keep_fraction < 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1), got {self.keep_fraction}")
+        if self.style_augment:
+            from vlm.style_augment import StyleAugment  # torchvision: only when asked
+
+            StyleAugment(self.style_augment, self.style_augment_p, self.style_augment_prefixes)  # raises if wrong
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from vlm.readers.images import ImageRef
 from vlm.readers.paths import RootedPaths
 from vlm.readers.rows import BadRow
 from vlm.readers.split import stable_hash
+
+if TYPE_CHECKING:
+    from vlm.style_augment import StyleAugment
 
 LOG = logging.getLogger(__name__)
 
@@ -225,9 +228,11 @@ class PairDataset(torch.utils.data.Dataset):
     so a sample is the same whichever worker makes it and whether or not the run was resumed.
     """
 
-    def __init__(self, pairs: Sequence[Pair], transform: Callable, tokenizer: Callable, *, seed: int = 0):
+    def __init__(self, pairs: Sequence[Pair], transform: Callable, tokenizer: Callable, *, seed: int = 0,
+                 style: StyleAugment | None = None):  # fmt: skip
         self.pairs = list(pairs)
         self.transform = transform
+        self.style = style  # applied before `transform` to the pairs it `applies` to (vlm/style_augment.py)
         self.tokenizer = tokenizer
         self.seed = seed
 
@@ -243,5 +248,7 @@ class PairDataset(torch.utils.data.Dataset):
         caption = pair.captions[random.Random(sample_seed).randrange(len(pair.captions))]
         image = pair.image.open()
         with seeded_rngs(sample_seed):
+            if self.style is not None and self.style.applies(pair.key):
+                image = self.style(image)
             pixels = self.transform(image)
         return pixels, self.tokenizer([caption])[0]

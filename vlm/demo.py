@@ -40,8 +40,13 @@ DEMO_MODEL = Path(__file__).parent / "demo_model"
 REFERENCE_SHAPES = DEMO_DATA / "reference-shapes"
 REFERENCE_ICONS = DEMO_DATA / "reference-icons.csv"
 REFERENCE = (f"zeroshot:{REFERENCE_SHAPES}", f"retrieval:{REFERENCE_ICONS}")
+# The templates the reference scenes are scored with (`reference-shapes/templates.json`, read by `eval.reference`):
+# phrasings no shapes caption uses ("a picture of", "an image of", "a drawing of" are the captions' own), as
+# `bench.shapes_zeroshot` scores. With the "generic" ones, a fine-tune that replays the shapes captions kept its
+# reference score flat while it forgot the labels (README, "What it buys, measured").
+SHAPES_HELD_OUT_TEMPLATES = ("a photo of a {c}.", "a rendering of a {c}.", "a {c} icon.", "this is a {c}.", "{c}")
 # The first demo model's recipe (configs/demo-first.yaml): what `replay_set` rebuilds, smaller, to replay. The corpus
-# recipe (configs/demo.yaml) needs npm packages; its shapes and Twemoji are in this one too.
+# recipe (configs/demo.yaml) needs npm packages; its shapes and Twemoji are in this one too (`replay_data` says which).
 DEMO_RECIPE = {"scenes": 40000, "seed": 0, "image_size": 64, "val_fraction": 0.1}
 REFERENCE_SCENES_SEED = 2_000_000  # single_object_scene's own stream: never one of the training scenes
 
@@ -85,9 +90,32 @@ def replay_set(dest: str | Path, scenes: int = 2000) -> Path:
     return dest / "pairs.csv"
 
 
+def replay_data(dest: str | Path, model: str | Path = DEMO_MODEL) -> tuple[Path, str]:
+    """What a fine-tune of the demo model `model` replays, and a line saying what it is: the training data its card
+    names (`provenance.config.data.train_data`, e.g. `runs/demo-corpus/pairs.csv` after `make demo`) where it exists,
+    relative to the working folder or the repository; otherwise what can be rebuilt offline, `replay_set` under
+    `dest`: all of the first recipe's data, but for a corpus-trained model (its card has a data card) only the
+    shapes and Twemoji part of its corpus, which the line says."""
+    record = checkpoint.read_config(model)
+    named = record.get("provenance", {}).get("config", {}).get("data", {}).get("train_data")
+    if named:
+        for candidate in (Path(named).expanduser(), Path(__file__).resolve().parent.parent / named):
+            if candidate.is_file():
+                return candidate, f"the demo model's own training data ({candidate})"
+    rebuilt = replay_set(dest)
+    if "demo_data_card" in record.get("provenance", {}):
+        return rebuilt, (
+            f"part of the demo model's training data, rebuilt offline ({rebuilt}): its shapes and Twemoji icons, not "
+            f"its icon sets, Apple emoji and translated names ({named or 'the demo corpus'} is not here; "
+            "`vlm demo corpus` builds it)"
+        )
+    return rebuilt, f"the demo model's own training recipe, rebuilt smaller ({rebuilt})"
+
+
 def build_reference(per_label: int = 4, image_size: int = 64) -> tuple[Path, Path]:
-    """Write the demo model's reference set (see `REFERENCE`): `per_label` scenes of each of the 48 labels, and the
-    held-out icons with their names (the caption evaluations use). Deterministic; returns the two paths."""
+    """Write the demo model's reference set (see `REFERENCE`): `per_label` scenes of each of the 48 labels with the
+    templates they are scored with (`SHAPES_HELD_OUT_TEMPLATES`), and the held-out icons with their names (the
+    caption evaluations use). Deterministic; returns the two paths."""
     from vlm.synth import LABELS, single_object_scene
 
     tmp = REFERENCE_SHAPES.with_name(f".{REFERENCE_SHAPES.name}.tmp")
@@ -106,6 +134,7 @@ def build_reference(per_label: int = 4, image_size: int = 64) -> tuple[Path, Pat
     writer.writerow(["path", "label"])
     writer.writerows(rows)
     atomic_write_text(tmp / "labels.csv", buf.getvalue())
+    atomic_write_text(tmp / "templates.json", json.dumps(list(SHAPES_HELD_OUT_TEMPLATES), indent=2) + "\n")
     shutil.rmtree(REFERENCE_SHAPES, ignore_errors=True)
     tmp.rename(REFERENCE_SHAPES)
     held = set(held_out_icons())

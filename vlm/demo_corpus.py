@@ -109,14 +109,17 @@ def held_out(group: str, key: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def collect(sources: Sequence[Source], tarballs: dict[str, Path], limit: int | None = None) -> dict[str, list[Item]]:
-    """Each package's items (the first `limit` of each in name order, for small builds), keyed by package."""
+def collect(sources: Sequence[Source], tarballs: dict[str, Path], limit: int | None = None, *,
+            categories: bool = False) -> dict[str, list[Item]]:  # fmt: skip
+    """Each package's items (the first `limit` of each in name order, for small builds), keyed by package; with
+    `categories`, emoji captions include their emojibase group and subgroup (`Cldr.captions`)."""
     for s in sources:
         refuse_forbidden(s.package)
     cldr_src = [s for s in sources if s.kind == "emojibase"]
     if len(cldr_src) != 1:
         raise DataError("the demo corpus needs exactly one emojibase-data source (the emoji names and keywords)")
     cldr = Cldr.read(cldr_src[0], tarballs[cldr_src[0].package])
+    cldr.categories = categories
     out = {}
     for s in sources:
         if s.kind == "emojibase":
@@ -154,9 +157,16 @@ def build_corpus(
     held_out_fraction: float = HELD_OUT_ICONS,
     limit: int | None = None,
     download: bool = True,
+    category_captions: bool = False,
+    artwork_pairs: bool = False,
 ) -> dict:
     """Fetch (into `cache`) and read every source but those in `exclude`, write the corpus to `out_dir` atomically;
-    return the card."""
+    return the card.
+
+    Options for the next recipe, off by default (the default build is the shipped model's corpus, byte for byte):
+    `category_captions` adds each training emoji's emojibase group ("food & drink") and subgroup ("food fruit") to
+    its captions; `artwork_pairs` also writes `pairs-artwork.csv`, the training rows without the shapes, so that a
+    run can weight the shapes (`shapes/pairs.csv`) with `keep_data` / `keep_fraction`."""
     from vlm.synth import generate
 
     if not 0 < held_out_fraction < 1:
@@ -165,7 +175,7 @@ def build_corpus(
     sources = without(sources, excluded)
     for s in sources:
         refuse_forbidden(s.package)
-    items = collect(sources, fetch(sources, cache, download=download), limit)
+    items = collect(sources, fetch(sources, cache, download=download), limit, categories=category_captions)
     train_rows: list[tuple[str, str]] = []
     heldout_icons: list[tuple[str, str, str]] = []
     openmoji: list[Item] = []
@@ -197,8 +207,14 @@ def build_corpus(
             with open(shapes.out_dir / "pairs.csv", encoding="utf-8", newline="") as f:
                 train_rows += [(f"shapes/{r['path']}", r["caption"]) for r in csv.DictReader(f)]
         (tmp / "pairs.csv").write_text(_csv(["path", "caption"], sorted(train_rows)), "utf-8")
+        # the card names only the options set, so that a default build's card stays as it was
+        options = {"category_captions": category_captions, "artwork_pairs": artwork_pairs}
+        options = {k: True for k, on in options.items() if on}
+        if artwork_pairs:
+            artwork = sorted(r for r in train_rows if not r[0].startswith("shapes/"))
+            (tmp / "pairs-artwork.csv").write_text(_csv(["path", "caption"], artwork), "utf-8")
         card = data_card(sources, counts, scenes=scenes, seed=seed, held_out_fraction=held_out_fraction, limit=limit,
-                         exclude=excluded, train_rows=len(train_rows))  # fmt: skip
+                         exclude=excluded, train_rows=len(train_rows), **options)  # fmt: skip
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", "utf-8")
         (tmp / "DATA_CARD.md").write_text(card_markdown(card), "utf-8")
     LOG.info("demo corpus: %d training caption rows in %s", len(train_rows), out_dir)

@@ -167,10 +167,13 @@ def _norm_hex(code: str) -> str:
 
 @dataclass
 class Cldr:
-    """emojibase-data: per language, hexcode (without FE0F) -> (label, tags); and each emoji's group name."""
+    """emojibase-data: per language, hexcode (without FE0F) -> (label, tags); each emoji's group name ("food &
+    drink") and subgroup in words ("food fruit"). With `categories`, `captions` adds the group and subgroup."""
 
     names: dict[str, dict[str, tuple[str, tuple[str, ...]]]]
     groups: dict[str, str]
+    subgroups: dict[str, str] = field(default_factory=dict)
+    categories: bool = False
 
     @classmethod
     def read(cls, source: Source, path: Path, languages: Iterable[str] = LANGUAGES) -> Cldr:
@@ -179,21 +182,27 @@ class Cldr:
                              or n == "en/messages.json")  # fmt: skip
         names: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {}
         groups: dict[str, str] = {}
+        subgroups: dict[str, str] = {}
         try:
-            messages = {g["order"]: g["message"] for g in json.loads(files["en/messages.json"])["groups"]}
+            messages = json.loads(files["en/messages.json"])
+            group_names = {g["order"]: g["message"] for g in messages["groups"]}
+            subgroup_words = {g["order"]: _words(g["key"]) for g in messages.get("subgroups", ())}
             for lang in languages:
                 table = names.setdefault(lang, {})
                 for e in json.loads(files[f"{lang}/data.json"]):
                     table[_norm_hex(e["hexcode"])] = (e["label"].strip(), tuple(t.strip() for t in e.get("tags", ())))
                     if lang == "en" and "group" in e:
-                        groups[_norm_hex(e["hexcode"])] = messages[e["group"]]
+                        groups[_norm_hex(e["hexcode"])] = group_names[e["group"]]
+                    if lang == "en" and e.get("subgroup") in subgroup_words:
+                        subgroups[_norm_hex(e["hexcode"])] = subgroup_words[e["subgroup"]]
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{source.package}: missing or malformed CLDR data ({e!r})") from e
-        return cls(names, groups)
+        return cls(names, groups, subgroups)
 
     def captions(self, code: str, fallback: str) -> tuple[str, ...]:
         """English: the name, "NAME emoji", the name with up to three keywords, two keywords alone; then the name in
-        each other language. Duplicates dropped, order kept."""
+        each other language; with `categories`, then the emoji's group ("food & drink") and subgroup ("food fruit").
+        Duplicates dropped, order kept."""
         code = _norm_hex(code)
         label, tags = self.names.get("en", {}).get(code, (fallback, ()))
         tags = tuple(t for t in tags if t.lower() != label.lower())
@@ -202,6 +211,8 @@ class Cldr:
             out.append(f"{label}, {', '.join(tags[:3])}")
         out += tags[:2]
         out += [self.names[lang][code][0] for lang in self.names if lang != "en" and code in self.names[lang]]
+        if self.categories:
+            out += [self.groups.get(code, ""), self.subgroups.get(code, "")]
         return tuple(dict.fromkeys(c for c in out if c))
 
     def extra(self, code: str) -> dict[str, str]:

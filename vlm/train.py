@@ -37,6 +37,7 @@ from vlm.data import Pair, PairDataset, read_pairs, split
 from vlm.errors import ConfigError, DataError
 from vlm.loss import LOGIT_SCALE_MAX, SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, ClipLoss, SigLipLoss
 from vlm.rundir import RunDir
+from vlm.style_augment import StyleAugment
 from vlm.training import RESUME_FREE_FIELDS as RUN_RESUME_FREE_FIELDS
 from vlm.training import (
     Loop,
@@ -234,7 +235,9 @@ class ContrastiveTask(Task):
         self.train_items, self.val_items, self.keep_pairs = distributed.broadcast_object(loaded, self.dist)
         transform = self.encoders.preprocess_train if dc.augment else self.encoders.preprocess
         pairs = list(self.train_items) + self.keep_pairs  # keep pairs follow: ReplaySampler's indices from len(train)
-        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed)
+        ops, p, prefixes = dc.style_augment, dc.style_augment_p, dc.style_augment_prefixes
+        style = StyleAugment(ops, p, prefixes) if ops else None
+        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed, style=style)
 
     def items_per_batch(self) -> int:
         return new_per_batch(self.cfg)

@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--exclude", action="append", default=[], metavar="PACKAGE",
                    help="leave this training source out (repeatable), e.g. emoji-datasource-apple, whose images are "
                    "not licensed for commercial use")  # fmt: skip
+    c.add_argument("--category-captions", action="store_true", help="add each training emoji's emojibase group and "
+                   "subgroup ('food & drink', 'food fruit') to its captions (configs/demo-next.yaml)")  # fmt: skip
+    c.add_argument("--artwork-pairs", action="store_true", help="also write pairs-artwork.csv (the training rows "
+                   "without the shapes), to weight the shapes with keep_data (configs/demo-next.yaml)")  # fmt: skip
     c.set_defaults(run=run_corpus)
     col = steps.add_parser("collection", help="copy a corpus's held-out icons and their licences into the app's demo "
                            "collection (vlm/demo_data/icons)")  # fmt: skip
@@ -68,7 +72,8 @@ def run_corpus(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     card = build_corpus(args.out_dir, args.cache, scenes=args.scenes, seed=args.seed, held_out_fraction=args.held_out,
-                        limit=args.limit, download=not args.offline, exclude=args.exclude)  # fmt: skip
+                        limit=args.limit, download=not args.offline, exclude=args.exclude,
+                        category_captions=args.category_captions, artwork_pairs=args.artwork_pairs)  # fmt: skip
     for s in card["sources"]:
         print(f"  {s['package']}@{s['version']}: " + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "names"))
         if s["restriction"]:

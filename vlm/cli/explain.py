@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> None:
         "similarity": round(found.similarity, 6),
         "max_heat": round(found.peak, 4),
         "score": round(found.score, 4),  # the peak log-odds against the background prompts
+        "presence": round(found.presence, 4),  # against background and colour/shape words, on a coarser pass
         "absent_threshold": round(found.absent.threshold, 4),
         "not_found": found.not_found,
         "share_above_half": round(float((found.heat >= 0.5).mean()), 4),

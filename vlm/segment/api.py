@@ -36,6 +36,7 @@ from vlm.readers.images import ImageRef, to_rgb
 from vlm.segment import dense, towers
 from vlm.segment.decoder import SegDecoder, load_decoder, predict_logits
 from vlm.segment.overlay import overlay
+from vlm.synth.world import COLOURS, SHAPES
 
 LOG = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ BACKGROUND_PROMPTS = (
     "the sky",
     "a texture",
 )
+# "Is the phrase in the image at all?" (the dense method; `vlm.segment.absent` says why it is decided so): a second,
+# coarser pass (short side PRESENCE_SIDE x the window, the mask pass's default is 2 x) where each phrase competes with
+# the background prompts and with words that name one attribute alone, a colour or a shape ("a red shape", "a star"),
+# so that a phrase wins only where more than its colour or its shape matches. A competitor that is the phrase itself
+# (up to case and a leading article) is left out for it.
+PRESENCE_SIDE = 1.25
+ATTRIBUTE_PROMPTS = tuple(f"a {c} shape" for c in COLOURS) + tuple(f"a {s}" for s in SHAPES)
 MAX_OUTPUT_PIXELS = 100_000_000  # P * H * W; the masks and heat maps then take at most 500 MB
 DEFAULT_THRESHOLD = 0.5
 
@@ -67,9 +75,12 @@ class SegmentationResult:
     compute_size: tuple[int, int]  # (rows, cols) of the image as the model saw it
     # per phrase: the peak logit at compute resolution (dense: the phrase's log-odds against the background prompts,
     # or against everything else with `exclusive`; decoder: its logit); the heat map is its sigmoid, so a phrase's
-    # best pixel has heat sigmoid(score). Compared with `absent_below` (`vlm.segment.absent` measures one per model).
+    # best pixel has heat sigmoid(score).
     scores: tuple[float, ...] = ()
-    absent: tuple[bool, ...] = ()  # per phrase: its score was below `absent_below`, so its mask is empty
+    # per phrase, only when `absent_below` was given: the score that decides whether it is in the image at all (dense:
+    # the presence pass, `presence_scores`; decoder: the same as `scores`)
+    presence: tuple[float, ...] = ()
+    absent: tuple[bool, ...] = ()  # per phrase: its presence was below `absent_below`, so its mask is empty
     absent_below: float | None = None
 
     def overlay(self, image: Image.Image, alpha: float = 0.45) -> Image.Image:
@@ -169,6 +180,18 @@ def _token_count(encoders: Encoders, text: str) -> int:
     return 0  # an unknown tokenizer: truncation cannot be detected
 
 
+def _dense_scores(
+    encoders: Encoders, image: Image.Image, rows: torch.Tensor, cfg: dense.DenseConfig, logit_scale: float
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N, h, w) scaled cosines of the N embeddings `rows` over the image at compute resolution, and (h, w)."""
+    visual = towers.check_supported(encoders.model.visual)
+    tile = dense.tiling((image.height, image.width), visual, cfg)
+    pixels = Pixels.of(encoders)(image, tile.size).to(encoders.device)
+    with encoders.autocast():
+        scores = dense.dense_scores(visual, pixels, rows.to(encoders.device), tile, cfg.batch)
+    return scores.cpu() * logit_scale, tile.size
+
+
 def dense_logits(
     encoders: Encoders,
     image: Image.Image,
@@ -180,19 +203,42 @@ def dense_logits(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """The dense method on an RGB image with (P, D) phrase and (K, D) background embeddings (`embed_phrases`):
     (P, h, w) phrase log-odds at compute resolution (their sigmoid is the heat map), and (h, w)."""
-    visual = towers.check_supported(encoders.model.visual)
-    tile = dense.tiling((image.height, image.width), visual, cfg)
-    pixels = Pixels.of(encoders)(image, tile.size).to(encoders.device)
-    with encoders.autocast():
-        scores = dense.dense_scores(visual, pixels, torch.cat([text, background]).to(encoders.device), tile, cfg.batch)
-    scores = scores.cpu() * logit_scale  # (P + K, h, w)
+    scores, size = _dense_scores(encoders, image, torch.cat([text, background]), cfg, logit_scale)  # (P + K, h, w)
     p = text.shape[0]
     if exclusive:  # softmax over phrases and background; a phrase's share is sigmoid(s_p - logsumexp(the others))
         others = torch.stack([torch.logsumexp(torch.cat([scores[:i], scores[i + 1 :]]), dim=0) for i in range(p)])
-        return scores[:p] - others, tile.size
+        return scores[:p] - others, size
     # each phrase against the background prompts alone: softmax over [phrase, bg_1 .. bg_K], the phrase's share
     bg = torch.logsumexp(scores[p:], dim=0) if len(background) else torch.full_like(scores[0], -torch.inf)
-    return scores[:p] - bg, tile.size
+    return scores[:p] - bg, size
+
+
+def _bare(text: str) -> str:
+    words = text.lower().split()
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ("a", "an", "the") else words)
+
+
+def presence_scores(
+    encoders: Encoders,
+    image: Image.Image,
+    phrases: Sequence[str],
+    text: torch.Tensor,
+    competitors: Sequence[str],
+    competing: torch.Tensor,
+    cfg: dense.DenseConfig,
+    logit_scale: float,
+) -> list[float]:
+    """Each phrase's presence score: its peak log-odds on the presence pass (the image at short side PRESENCE_SIDE
+    x the window of `cfg`) against the `competitors` (background and attribute prompts, embedded as `competing`)
+    other than the phrase itself. `text`: the phrases' (P, D) embeddings."""
+    window = cfg.window or towers.default_input_size(towers.check_supported(encoders.model.visual))
+    coarse = dataclasses.replace(cfg, short_side=max(1, round(PRESENCE_SIDE * window)))
+    scores, _ = _dense_scores(encoders, image, torch.cat([text, competing]), coarse, logit_scale)
+    p, out = len(phrases), []
+    for i, phrase in enumerate(phrases):
+        keep = [p + k for k, c in enumerate(competitors) if _bare(c) != _bare(phrase)]
+        out.append(float((scores[i] - torch.logsumexp(scores[keep], dim=0)).max()) if keep else float("inf"))
+    return out
 
 
 def _decoder_heat(
@@ -236,8 +282,9 @@ def segment(
     dense_config : tiling of the dense method (window, stride, compute resolution)
     logit_scale : softmax temperature of the dense method; default: the model's own learned scale
     max_output_pixels : refuse when P * H * W exceeds this (the output arrays take 5 bytes per value)
-    absent_below : a phrase whose score (peak logit, see `SegmentationResult.scores`) is below this is "not in the
-        image": its mask is empty (its heat map is kept). `vlm.segment.absent.absent_threshold` measures one per model
+    absent_below : a phrase whose presence score (`SegmentationResult.presence`; dense: `presence_scores` with the
+        `background` and ATTRIBUTE_PROMPTS, which costs a second, coarser pass) is below this is "not in the image":
+        its mask is empty (its heat map is kept). `vlm.segment.absent.absent_threshold` measures one per model
     """
     if method not in METHODS:
         raise ConfigError(f"unknown segmentation method {method!r}; choose one of {list(METHODS)}")
@@ -260,6 +307,10 @@ def segment(
         scale = encoders.logit_scale if logit_scale is None else logit_scale
         cfg = dense_config or dense.DenseConfig()
         logits, size = dense_logits(encoders, image, text, bg, cfg, exclusive, scale)
+        if absent_below is not None:
+            competitors = [*background, *ATTRIBUTE_PROMPTS]
+            competing = torch.cat([bg, embed_phrases(encoders, list(ATTRIBUTE_PROMPTS), templates)[0]])
+            presence = presence_scores(encoders, image, phrases, text, competitors, competing, cfg, scale)
     else:
         if decoder is None:
             raise ConfigError("method 'decoder' needs a trained decoder: pass decoder=<SegDecoder or directory>")
@@ -267,7 +318,11 @@ def segment(
             decoder = load_decoder(decoder, encoders)
         logits, size = _decoder_heat(encoders, image, text, decoder)
     scores = tuple(float(v) for v in logits.flatten(1).amax(dim=1))
-    absent = tuple(absent_below is not None and v < absent_below for v in scores)
+    if absent_below is None:
+        presence = ()
+    elif method != "dense":
+        presence = scores
+    absent = tuple(v < absent_below for v in presence) if absent_below is not None else (False,) * len(phrases)
     heat = torch.sigmoid(logits)[None].float()
     heat = F.interpolate(heat, size=(rows, cols), mode="bilinear", align_corners=False)[0]
     masks = heat >= threshold  # (P, H, W)
@@ -284,6 +339,7 @@ def segment(
         truncated=truncated,
         compute_size=size,
         scores=scores,
+        presence=tuple(presence),
         absent=absent,
         absent_below=absent_below,
     )

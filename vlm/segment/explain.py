@@ -4,7 +4,8 @@ The map comes from the training-free dense matching of `vlm.segment` (ClearCLIP 
 the same model that classified or found the image: at each pixel, the text's probability against the background
 prompts (`vlm.segment.BACKGROUND_PROMPTS`). Its figure is its **peak** (the brightest pixel's heat) and the
 **score** behind it (the peak log-odds, `SegmentationResult.scores`); with the model's "absent" threshold
-(`vlm.segment.absent`) a text scoring below it is "not found in this image", and its map is shown unscaled (dark).
+(`vlm.segment.absent`) a text whose presence score (`SegmentationResult.presence`, a second, coarser pass against
+background and colour/shape words) is below it is "not found in this image", and its map is shown unscaled (dark).
 The whole image's cosine with the text (what search and classification rank by) is reported beside it as what it
 is: a different measure, which can be low for a text that matches a small part of the image.
 The app's "Why it matched" tab and `vlm explain IMAGE TEXT --out heat.png` are thin over `explain`.
@@ -43,6 +44,7 @@ class Explanation(NamedTuple):
     similarity: float  # cosine similarity of the whole image and the text, as search and classification use it
     score: float  # the map's peak log-odds of the text against the background prompts (heat = its sigmoid)
     absent: AbsentCalibration | None = None  # the model's "not in this image" threshold, if it was applied
+    presence: float | None = None  # the text's presence score (`vlm.segment.absent`), compared with `absent`
 
     @property
     def peak(self) -> float:
@@ -56,7 +58,7 @@ class Explanation(NamedTuple):
 
     @property
     def not_found(self) -> bool:
-        return self.absent is not None and self.absent.is_absent(self.score)
+        return self.absent is not None and self.presence is not None and self.absent.is_absent(self.presence)
 
     def describe(self, text: str) -> str:
         """Markdown for people: what the map says (its peak and score, or "not found"), what its colours mean,
@@ -64,10 +66,10 @@ class Explanation(NamedTuple):
         share = float((self.heat >= 0.5).mean())
         if self.not_found:
             head = (
-                f"**{text}** is not found in this image: its best spot scores {self.score:.2f}, below this model's "
-                f"threshold {self.absent.threshold:.2f} (measured on synthetic scenes with known objects). The map "
-                f"shows where it comes closest, unscaled: dark purple is no match, yellow would be a certain one "
-                f"(peak heat {self.peak:.2f})."
+                f"**{text}** is not found in this image: its presence score is {self.presence:.2f}, below this "
+                f"model's threshold {self.absent.threshold:.2f} (measured on synthetic scenes with known objects). "
+                f"The map shows where it comes closest, unscaled: dark purple is no match, yellow would be a certain "
+                f"one (peak heat {self.peak:.2f}, score {self.score:.2f} log-odds against the background words)."
             )
         else:
             scale = (
@@ -76,7 +78,10 @@ class Explanation(NamedTuple):
                 else "dark purple (no match) to yellow (a certain match), unscaled: the map is faint everywhere"
             )
             cut = (
-                "" if self.absent is None else f", above this model's 'not here' threshold {self.absent.threshold:.2f}"
+                ""
+                if self.absent is None or self.presence is None
+                else f"; presence score {self.presence:.2f}, above this model's 'not here' threshold "
+                f"{self.absent.threshold:.2f}"
             )
             head = (
                 f"**{text}** matches best where the map is brightest: there the text wins {self.peak:.0%} against "
@@ -106,9 +111,10 @@ def explain(encoders: Encoders, image: Image.Image, text: str, absent: AbsentCal
     """Where `text` matches `image` (any size; the map and picture are at `display_size`). With `absent` (the
     model's `vlm.segment.absent.absent_threshold`), a text scoring below it is "not found" and shown unscaled."""
     shown_image = display_size(image.convert("RGB"))
-    result = segment(encoders, shown_image, [text], method="dense")
+    below = absent.threshold if absent is not None else None
+    result = segment(encoders, shown_image, [text], method="dense", absent_below=below)
     heat, score = result.heatmaps[0], result.scores[0]
     pixels = encoders.preprocess(image.convert("RGB"))[None]
     similarity = float((encoders.encode_image(pixels) @ encoders.encode_text([text]).T).item())
-    found = Explanation(shown_image, heat, similarity, score, absent)
+    found = Explanation(shown_image, heat, similarity, score, absent, result.presence[0] if result.presence else None)
     return found._replace(picture=heat_picture(shown_image, heat, stretch=found.stretched))
