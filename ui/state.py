@@ -77,6 +77,7 @@ class AppState:
         self.switching: ModelChoice | None = None  # a switch under way (shown to every page until it ends)
         self._held: tuple[ModelChoice, Encoders] | None = None  # loaded, waiting for people to confirm the switch
         self._stop = threading.Event()  # set: the switch under way stops embedding (`stop_switch`)
+        self.warming: threading.Thread | None = None  # the latest warm-up (`warm_up`), for whoever wants to wait
         self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
@@ -131,7 +132,8 @@ class AppState:
                 previous.collection.close()  # releases its write lock; requests still holding it can search on
             LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.count)
             if self.warm_up:
-                threading.Thread(target=_warm_up, args=(encoders,), name="vlm-warm-up", daemon=True).start()
+                self.warming = threading.Thread(target=_warm_up, args=(encoders,), name="vlm-warm-up", daemon=True)
+                self.warming.start()
             return self._active
         finally:
             self.switching = None
