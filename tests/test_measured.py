@@ -2,6 +2,7 @@
 or foreign file is measured again instead of crashing; vlm.calibration keeps Classify's threshold there."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -31,6 +32,30 @@ def test_a_second_remember_reads_the_file_and_measures_nothing(tmp_path):
     record = json.loads(path.read_text())
     assert record["fingerprint"] == FP and record["version"] == 1 and record["value"]["threshold"] == 0.25
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_callers_asking_at_once_measure_once(tmp_path):
+    """The app's background warm-up and a visitor's first request may ask for the same figure together."""
+    started, release, calls, answers = threading.Event(), threading.Event(), [], []
+
+    def slow_measure():
+        calls.append(1)
+        started.set()
+        release.wait(10)
+        return {"threshold": 0.5}
+
+    def ask():
+        answers.append(measured.remember("thing", 1, FP, slow_measure, dict, root=tmp_path))
+
+    first, second = threading.Thread(target=ask), threading.Thread(target=ask)
+    first.start()
+    assert started.wait(10)
+    second.start()
+    second.join(0.3)  # time for the second caller to reach the file while the first is still measuring
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(calls) == 1 and answers == [{"threshold": 0.5}] * 2
 
 
 @pytest.mark.parametrize(

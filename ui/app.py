@@ -47,10 +47,12 @@ def create_state(
     allowed_dirs: Sequence[str | Path] = (),
     device: str | None = None,
     progress: bool = True,
+    warm_up: bool = False,
 ) -> AppState:
     """Load the model and open (or build) its collection. People may type paths inside the --images folders, the
     collection's folder, the runs folder, `allowed_dirs`, the demo's own folders and the folder of a checkpoint
-    given as `model`; nothing else (not the working directory: started from $HOME it would open every file there)."""
+    given as `model`; nothing else (not the working directory: started from $HOME it would open every file there).
+    `warm_up`: measure the thresholds answers need in the background (`AppState.warm_up`; the server turns it on)."""
     library = Library.choose(
         images=[Path(p) for p in images],
         collection=Path(collection) if collection is not None else None,
@@ -71,6 +73,7 @@ def create_state(
         limits=limits or Limits(),
         allowed_dirs=tuple(dict.fromkeys(dirs)),
         device=device,
+        warm_up=warm_up,
     )
     state.start(progress=progress)
     return state

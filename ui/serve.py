@@ -104,6 +104,7 @@ def serve(cfg: ServeConfig) -> None:
         limits=cfg.limits,
         allowed_dirs=list(cfg.allow_dir),
         device=cfg.device,
+        warm_up=True,  # the first visitor should not wait for Classify's and Segment's measured thresholds
     )
     demo = build_app(state, concurrency=cfg.concurrency)
     auth = tuple(cfg.auth.split(":", 1)) if cfg.auth else None

@@ -19,8 +19,10 @@ from ui.files import ResultFiles
 from ui.jobs import TrainRunner
 from ui.limits import Limits
 from vlm import models
+from vlm.calibration import reference_fit
 from vlm.errors import VLMError
 from vlm.models import Encoders
+from vlm.segment.absent import absent_threshold
 from vlm.zeroshot import ClassifierCache
 
 LOG = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ class AppState:
     device: str | None = None  # None: CUDA when available
     classifiers: ClassifierCache = field(default_factory=ClassifierCache)
     files: ResultFiles = field(default_factory=ResultFiles)  # result images, handed to Gradio by path
+    # Measure, in the background, the figures answers need from a newly active model (Classify's "fits" thresholds,
+    # Segment's "absent" threshold: 10-60 s on a CPU, then kept on disk by `vlm.measured`), so that the first
+    # visitor does not wait for them. The server turns it on; tests and scripts that never ask need not pay for it.
+    warm_up: bool = False
 
     def __post_init__(self) -> None:
         self._active: Active | None = None
@@ -71,6 +77,7 @@ class AppState:
         self.switching: ModelChoice | None = None  # a switch under way (shown to every page until it ends)
         self._held: tuple[ModelChoice, Encoders] | None = None  # loaded, waiting for people to confirm the switch
         self._stop = threading.Event()  # set: the switch under way stops embedding (`stop_switch`)
+        self.warming: threading.Thread | None = None  # the latest warm-up (`warm_up`), for whoever wants to wait
         self.trainer = TrainRunner(self.runs_dir, upload_retention_s=self.limits.upload_retention_hours * 3600)
 
     @property
@@ -124,6 +131,9 @@ class AppState:
             if previous is not None and previous.collection is not collection:
                 previous.collection.close()  # releases its write lock; requests still holding it can search on
             LOG.info("active model: %s (%d images in the collection)", encoders.source, collection.count)
+            if self.warm_up:
+                self.warming = threading.Thread(target=_warm_up, args=(encoders,), name="vlm-warm-up", daemon=True)
+                self.warming.start()
             return self._active
         finally:
             self.switching = None
@@ -134,3 +144,13 @@ class AppState:
         self.trainer.close()
         if self._active is not None:
             self._active.collection.close()
+
+
+def _warm_up(encoders: Encoders) -> None:
+    """Measure what the first Classify/Segment answer with `encoders` would otherwise wait for (a request asking at
+    the same moment waits for this measurement instead of making its own: `vlm.measured`)."""
+    for measure in (reference_fit, absent_threshold):
+        try:
+            measure(encoders)
+        except Exception:  # a figure that cannot be measured now is measured (and its error shown) on first use
+            LOG.warning("warm-up: %s failed for %s", measure.__name__, encoders.source, exc_info=True)

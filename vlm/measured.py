@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,7 +110,21 @@ def remember(kind: str, version: int, fingerprint: str, measure: Callable[[], di
              parse: Callable[[dict[str, Any]], T], extra: dict[str, Any] | None = None, *,
              root: Path | None = None) -> T:  # fmt: skip
     """`parse` of the stored value for (kind, version, fingerprint, extra) if there is one and `parse` accepts it
-    (KeyError, TypeError or ValueError: measured again), else of `measure()`, which is stored."""
+    (KeyError, TypeError or ValueError: measured again), else of `measure()`, which is stored. Callers asking for the
+    same file at once measure it once: the others wait and read what the first stored (the app warms figures up in
+    the background while a visitor's first request may ask for the same one)."""
+    path = path_for(kind, fingerprint, extra, root)
+    with _FILE_LOCKS_GUARD:
+        lock = _FILE_LOCKS.setdefault(path, threading.Lock())
+    with lock:
+        return _remember(kind, version, fingerprint, measure, parse, extra, root)
+
+
+_FILE_LOCKS: dict[Path, threading.Lock] = {}  # one per measured file: a figure is measured once however many ask
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _remember(kind, version, fingerprint, measure, parse, extra, root):  # remember's body, under its file's lock
     found = load(kind, version, fingerprint, extra, root=root)
     if found is not None:
         try:
