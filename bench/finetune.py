@@ -245,7 +245,20 @@ def keep_pairs(base: Base, work: Path, args: argparse.Namespace) -> str:
             return str(path)
         keep_data = str(path)
     folder = work / "keep"
-    if not (folder / "pairs.csv").is_file():
+    # The replay rows' runs are cached in `work` with this sample: another --keep-data must not reuse them silently.
+    wanted = f"{Path(keep_data).resolve()} rows={args.keep_rows} seed={args.seed}"
+    marker = folder / "source.txt"
+    if (folder / "pairs.csv").is_file():
+        if not marker.is_file():  # a folder from before the marker: it is taken to be this sample, and says so now
+            LOG.warning("replay: %s has no record of its source; recording %s", folder, wanted)
+            marker.write_text(wanted + "\n", encoding="utf-8")
+        drawn = marker.read_text(encoding="utf-8").strip()
+        if drawn != wanted:
+            raise SystemExit(
+                f"{work}: its replay rows were trained on a sample of {drawn}, not of {wanted}; "
+                "give another --work folder or remove that one"
+            )
+    else:
         source = read_pairs(keep_data, verify_images=False, progress=False).pairs
         chosen = np.random.default_rng(args.seed).permutation(len(source))[: args.keep_rows]
         tmp = work / "keep.tmp"
@@ -260,6 +273,7 @@ def keep_pairs(base: Base, work: Path, args: argparse.Namespace) -> str:
             w = csv.writer(f)
             w.writerow(["filepath", "title"])
             w.writerows(rows)
+        (tmp / "source.txt").write_text(wanted + "\n", encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     return str(folder / "pairs.csv")
