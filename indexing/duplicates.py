@@ -93,7 +93,12 @@ def signature(image: Image.Image) -> np.ndarray:
 
 def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """The best correlation of one signature's full thumbnail with the other's full or cropped ones."""
-    return float(max((a[0] @ b.T).max(), (b[0] @ a.T).max()))
+    return float(pixel_similarities(a, b[None])[0])
+
+
+def pixel_similarities(a: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """`pixel_similarity` of `a` with each signature of the stack `others` (n, crops, pixels), at once."""
+    return np.maximum((others @ a[0]).max(axis=1), (others[:, 0] @ a.T).max(axis=1))
 
 
 @dataclass(frozen=True)
@@ -189,8 +194,7 @@ def _confirm(near: dict[int, dict[int, float]], signature_of, pixels: float) -> 
         later = [(j, b) for j in near[i] if j > i and (b := signature_of(j)) is not None]
         if not later:
             continue
-        b = np.stack([b for _, b in later])  # (pairs, crops, pixels): `pixel_similarity` against each at once
-        similarity = np.maximum((b @ a[0]).max(axis=1), (b[:, 0] @ a.T).max(axis=1))
+        similarity = pixel_similarities(a, np.stack([b for _, b in later]))
         for (j, _), s in zip(later, similarity.tolist(), strict=True):
             if s <= pixels:
                 del near[i][j]
