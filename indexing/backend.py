@@ -7,11 +7,11 @@ Everything that does not depend on where vectors and metadata live is here, once
 (the fingerprint check), embedding through the resumable staging folder, skipping paths already present and
 pixel duplicates, giving fresh ids, planning a sync, resolving removals by id or path, text and image queries,
 looking images up. A backend implements the abstract members: its metadata reads (`records_view`: an object with
-the `indexing.store.Store` read methods `get`, `by_paths`, `by_hashes`, `files`), `commit` (publish records and
-vectors, removals and metadata updates), `search_vector`, and the few properties below. tests/test_collection_api.py
-runs one test suite against both.
+the `indexing.store.Store` read methods `get`, `by_paths`, `by_hashes`, `files`), `commit` (publish a `Change`:
+records and vectors, removals, metadata updates, exclusions), `search_vector`, and the few properties below.
+tests/test_collection_api.py runs one test suite against both.
 
-Size (~490 lines, over the ~400 guide): it is the whole public API of a collection written once (a third of it the
+Size (~510 lines, over the ~400 guide): it is the whole public API of a collection written once (a third of it the
 abstract members a backend fills in, with their contracts, and the exclusion list and exact copies both share);
 splitting add/sync from remove/lookup would scatter one class over modules without making either shorter to read.
 """
