@@ -19,8 +19,8 @@ the approximate top-k, so recall counts only true neighbours (a query always fin
 approximate index by one in k).
 
 Size (~465 lines, over the ~400 guide): plan, build, tune, search and read share the index-string grammar and
-`IndexInfo`; re-ranking (`indexing/rerank.py`), batched scans (`indexing/batch.py`) and GPU copies
-(`indexing/gpu.py`) already live apart.
+`IndexInfo`; re-ranking (`indexing/rerank.py`), batched scans (`indexing/batch.py`), single queries' lists split
+over threads (`indexing/split.py`) and GPU copies (`indexing/gpu.py`) already live apart.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from indexing import batch, rerank
+from indexing import batch, rerank, split
 from indexing.errors import IndexingError
 
 LOG = logging.getLogger(__name__)
@@ -385,6 +385,7 @@ def search(
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if index.ntotal == 0 or k <= 0:
         return np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1)
+    probe, quantizer_params = 0, None
     if info.kind == "flat":
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
     else:
@@ -393,15 +394,20 @@ def search(
             return batch.search(index, queries, k, probe)
         kwargs = {"nprobe": probe, "sel": selector} if selector is not None else {"nprobe": probe}
         if not gpu:
-            kwargs["quantizer_params"] = faiss.SearchParametersHNSW(efSearch=ef_for(probe))
+            kwargs["quantizer_params"] = quantizer_params = faiss.SearchParametersHNSW(efSearch=ef_for(probe))
         params = faiss.SearchParametersIVF(**kwargs)
+
+    def scan(count: int) -> tuple[np.ndarray, np.ndarray]:
+        if info.kind == "ivf" and not gpu and split.applies(index, len(queries), probe):  # single queries
+            return split.search(index, queries, count, probe, quantizer_params=quantizer_params, selector=selector)
+        return index.search(queries, count, params=params)
+
     if info.rerank:
         if fetch is None:
             raise IndexingError("this index re-ranks its candidates: pass `fetch` (the stored vectors)")
-        _, candidates = index.search(queries, info.rerank * k, params=params)
+        _, candidates = scan(info.rerank * k)
         return rerank.refine(queries, candidates, fetch, k)
-    scores, ids = index.search(queries, k, params=params)
-    return scores, ids
+    return scan(k)
 
 
 def selector_for(ids: np.ndarray) -> faiss.IDSelector:

@@ -261,3 +261,46 @@ def test_batched_scan_equals_brute_force_over_the_probed_lists(monkeypatch):
         rows = [position[int(i)] for i in allowed]
         ref_scores, ref_ids = brute_force(queries[q : q + 1], vectors[rows], allowed, 10)
         check_ref_knn_with_draws(ref_scores, ref_ids, scores[q : q + 1], found[q : q + 1], rtol=1e-5)
+
+
+def test_single_query_split_over_threads_equals_faiss_plain_search(monkeypatch):
+    """One query's probed lists scanned in slices (one thread each) and merged give what faiss's own search gives at
+    the same nprobe: same ids and scores up to ties, with and without an id selector, through `fi.search` too."""
+    from indexing import split
+
+    vectors = clustered(4000, 16, clusters=40, seed=12)
+    ids = np.arange(4000, dtype=np.int64) * 5 + 1
+    index = faiss.index_factory(16, "IVF32_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add_with_ids(vectors, ids)
+    queries = clustered(6, 16, clusters=40, seed=13)
+    hnsw = faiss.SearchParametersHNSW(efSearch=64)
+    allowed = ids[::3]
+    for selector in (None, fi.selector_for(allowed)):
+        kwargs = {"sel": selector} if selector is not None else {}
+        ref_scores, ref_ids = index.search(
+            queries, 10, params=faiss.SearchParametersIVF(nprobe=11, quantizer_params=hnsw, **kwargs)
+        )
+        for parts in (2, 3, 11):
+            for q in range(len(queries)):
+                scores, found = split.search(
+                    index, queries[q : q + 1], 10, 11, quantizer_params=hnsw, selector=selector, parts=parts
+                )
+                check_ref_knn_with_draws(ref_scores[q : q + 1], ref_ids[q : q + 1], scores, found, rtol=1e-5)
+                if selector is not None:
+                    assert np.isin(found[found >= 0], allowed).all()
+    original, calls = split.search, []
+
+    def spy(*args, **kwargs):
+        calls.append(args[2:4])  # (k, nprobe)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(split, "threads", lambda: 4)
+    monkeypatch.setattr(split, "search", spy)
+    info = fi.IndexInfo(factory="IVF32_HNSW32,SQ8", kind="ivf", nlist=32, nprobe=11, ef_search=fi.ef_for(11))
+    scores, found = fi.search(index, info, queries[:1], 10)
+    assert calls == [(10, 11)]
+    plain = faiss.SearchParametersIVF(nprobe=11, quantizer_params=faiss.SearchParametersHNSW(efSearch=fi.ef_for(11)))
+    check_ref_knn_with_draws(*index.search(queries[:1], 10, params=plain), scores, found, rtol=1e-5)
+    fi.search(index, info, queries, 10)  # more queries than threads: faiss splits them itself
+    assert len(calls) == 1
