@@ -213,17 +213,21 @@ q = np.load(queries); truth = np.load(truth)
 def anon():
     for x in open("/proc/self/status"):
         if x.startswith("RssAnon:"): return int(x.split()[1]) * 1024
-peak = [anon()]; stop = threading.Event()
-def watch():
-    while not stop.wait(0.05): peak[0] = max(peak[0], anon())
-threading.Thread(target=watch, daemon=True).start()
-base = anon(); t = time.perf_counter()
+def watch(box, stop):  # each phase has its own box and event: a reset cannot race with the sampler
+    while not stop.wait(0.05): box[0] = max(box[0], anon())
+def sampler():
+    box, stop = [anon()], threading.Event()
+    threading.Thread(target=watch, args=(box, stop), daemon=True).start()
+    return box, stop
+peak, stop = sampler()
+base = peak[0]; t = time.perf_counter()
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
             max_index_memory_usage=budget, current_memory_available=build_memory, metric_type="ip", save_on_disk=True,
             nb_cores=int(cores), verbose=logging.INFO)
-build_s = time.perf_counter() - t; build_rss = max(peak[0], anon()) - base
+build_s = time.perf_counter() - t; stop.set(); build_rss = max(peak[0], anon()) - base
 print("BUILT", json.dumps({"build_s": build_s, "rss": build_rss}), flush=True)
-base = peak[0] = anon()
+peak, stop = sampler()
+base = peak[0]
 t = time.perf_counter(); index = faiss.read_index(out + "/knn.index", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
 open_ms = 1000 * (time.perf_counter() - t)
 infos = json.load(open(out + "/infos.json"))
