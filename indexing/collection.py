@@ -270,11 +270,12 @@ class Collection(ImageCollection):
         threshold: float | None = None,
         *,
         filters: Filter | None = None,
-        pixels: float | None = duplicates.PIXEL_THRESHOLD,
+        pixels: float | duplicates.PixelCheck | None = duplicates.PIXEL_THRESHOLD,
         thumbnails: duplicates.Thumbnails | None = None,
     ) -> list:
-        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`, and
-        small thumbnails correlating above `pixels`; None: the vectors alone), the largest first; see
+        """Groups of near-identical images, the largest first: pairs proposed by the vectors (cosine above
+        `threshold`, default `duplicates.DEFAULT_THRESHOLD`) or by small thumbnails, and confirmed by the thumbnails
+        (`pixels`: a `duplicates.PixelCheck`, or its correlation alone; None: the vectors alone); see
         `indexing.duplicates`."""
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
         return duplicates.find(self._v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)

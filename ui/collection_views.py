@@ -53,7 +53,8 @@ def render_duplicates(
             items.append((files.thumbnail(coll, record), f"group {n} · {mark} · {printable(record.path)}"))
     extra = sum(len(g.records) - 1 for g in groups)
     status = (
-        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g}, confirmed by the pixels); "
+        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g} or thumbnails alike, confirmed by the "
+        "pixels); "
         f"{extra:,} image(s) beside their keeper."
     )
     if len(groups) > MAX_GROUPS_SHOWN:
