@@ -50,6 +50,8 @@ vectorised forms belong together.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +65,12 @@ from vlm.errors import DataError
 
 LOG = logging.getLogger(__name__)
 
-# Chosen by bench/duplicates.py on its tuning parts (shapes scenes and Twemoji icons, the demo model 2e8a087393b745e5):
-# the setting whose worse rate over both sets is best; figures of the test parts in indexing/README.md.
-DEFAULT_THRESHOLD = 0.85  # cosine of candidates
-PIXEL_THRESHOLD = 0.92  # colour-thumbnail correlation that confirms a candidate
-RESIDUAL = 20.0  # worst local residual (levels of 255, mean over a WINDOW x WINDOW patch) a confirmed pair may have
+# Chosen by `python -m bench.duplicates` on its tuning parts (shapes scenes and Twemoji icons, the demo model
+# 2e8a087393b745e5): the setting whose worse rate over both sets is best; figures of the test parts in
+# indexing/README.md. SIDE, WINDOW, GAIN and the alignment were fixed before, on the same tuning parts.
+DEFAULT_THRESHOLD = 0.85  # cosine above which the vectors propose a pair
+PIXEL_THRESHOLD = 0.85  # colour-thumbnail correlation that a confirmed pair must exceed
+RESIDUAL = 16.0  # worst local residual (levels of 255, mean over a WINDOW x WINDOW patch) a confirmed pair stays under
 PROPOSE = 0.95  # coarse-thumbnail correlation above which the pixels propose a pair too
 SAME_PICTURE = 0.9995
 BLOCK = 1024
@@ -76,6 +79,7 @@ CROPS = (0.0, 0.05, 0.1)  # centred crops compared, as a share of each side
 COARSE = 8  # side of the thumbnails that propose pairs (SIDE / COARSE px averaged into each)
 WINDOW = 6  # side of the patches whose mean residual is compared, px of a thumbnail
 GAIN = (0.5, 2.0)  # the contrast change the alignment may assume, at most
+DECODERS = min(4, os.cpu_count() or 1)  # threads that decode images for the proposals
 SATURATED = 252  # thumbnail levels at or above it are left out of the alignment fit (a brightened copy clips)
 
 
@@ -107,7 +111,7 @@ def as_check(pixels: float | PixelCheck | None) -> PixelCheck | None:
 
 class Thumbnails:
     """Pixel signatures of images, decoded on first use and kept (a benchmark reuses them across settings). The
-    coarse ones (`coarse`, for proposals: every image) and the full ones (`get`, for confirming: images with a
+    coarse ones (`coarse_all`, for proposals: every image) and the full ones (`get`, for confirming: images with a
     candidate) are kept apart, so holding the coarse ones of a large collection costs little memory."""
 
     def __init__(self, root: Path | None):
@@ -159,13 +163,18 @@ class Thumbnails:
                     self._pairs[pairs[n]][1] = r
         return [None if (v := self._pairs.get(p)) is None else (v[0], v[1] if residual else None) for p in pairs]
 
-    def coarse(self, record: ImageRecord) -> np.ndarray | None:
-        """The `coarse` signature of the image, or None when it cannot be read."""
-        key = (record.path, record.sha256)
-        if key not in self._coarse:
-            full = self._cache[key] if key in self._cache else self._decode(record)
-            self._coarse[key] = None if full is None else coarse(full)
-        return self._coarse[key]
+    def coarse_all(self, records: list[ImageRecord]) -> list[np.ndarray | None]:
+        """The `coarse` signatures of the images (None for one that cannot be read), decoded by `DECODERS` threads
+        (Pillow decodes and resizes outside the GIL)."""
+        keys = [(r.path, r.sha256) for r in records]
+        todo = {k: r for k, r in zip(keys, records, strict=True) if k not in self._coarse and k not in self._cache}
+        with ThreadPoolExecutor(max_workers=DECODERS) as pool:
+            for key, full in zip(todo, pool.map(self._decode, todo.values()), strict=True):
+                self._coarse[key] = None if full is None else coarse(full)
+        for key in keys:
+            if key not in self._coarse:
+                self._coarse[key] = None if self._cache[key] is None else coarse(self._cache[key])
+        return [self._coarse[k] for k in keys]
 
 
 def signature(image: Image.Image) -> np.ndarray:
@@ -319,7 +328,7 @@ def find(
         thumbs = thumbnails if thumbnails is not None else Thumbnails(Path(root) if root is not None else None)
     if check is not None and check.propose is not None:
         everyone = v.store.get([int(i) for i in ids])
-        for i, j in _pixel_pairs([thumbs.coarse(everyone[int(i)]) for i in ids], check.propose):
+        for i, j in _pixel_pairs(thumbs.coarse_all([everyone[int(i)] for i in ids]), check.propose):
             cosine = float(x[i] @ x[j])
             near.setdefault(i, {})[j] = cosine
             near.setdefault(j, {})[i] = cosine
@@ -371,7 +380,9 @@ def _pixel_pairs(signatures: list[np.ndarray | None], above: float) -> list[tupl
     full, pairs = q[:, 0], []
     for start in range(0, len(q), BLOCK):
         block = q[start : start + BLOCK]
-        sims = np.max([np.maximum(block[:, 0] @ q[:, c].T, block[:, c] @ full.T) for c in range(len(CROPS))], axis=0)
+        sims = block[:, 0] @ full.T
+        for c in range(1, len(CROPS)):
+            sims = np.maximum(sims, np.maximum(block[:, 0] @ q[:, c].T, block[:, c] @ full.T))
         rows, cols = np.nonzero(sims > above)
         pairs += [(int(a) + start, int(b)) for a, b in zip(rows, cols, strict=True) if a + start < b]
     return pairs

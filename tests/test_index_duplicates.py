@@ -231,3 +231,30 @@ def test_bad_pixel_checks_are_refused():
             duplicates.PixelCheck(**bad)
     assert duplicates.as_check(0.8) == duplicates.PixelCheck(correlation=0.8)
     assert duplicates.as_check(None) is None
+
+
+def test_edited_copies_of_real_photos_pass_both_measures():
+    """Real photos (scikit-learn's samples) and their edited copies, a 10% crop and lower contrast among them: the
+    copies are well within both pixel measures at their defaults, the two photos far outside."""
+    from sklearn.datasets import load_sample_image
+
+    photos = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
+    signatures = [duplicates.signature(p) for p in photos]
+    for photo, sig in zip(photos, signatures, strict=True):
+        w, h = photo.size
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=40)
+        copies = [
+            photo.resize((w // 2, h // 2), Image.Resampling.BICUBIC),
+            Image.open(buffer),
+            photo.crop((round(w * 0.06), round(h * 0.06), w - round(w * 0.06), h - round(h * 0.06))),
+            photo.crop((round(w * 0.1), round(h * 0.1), w - round(w * 0.1), h - round(h * 0.1))),
+            ImageEnhance.Brightness(photo).enhance(1.25),
+            ImageEnhance.Contrast(photo).enhance(0.8),
+        ]
+        for copy in copies:
+            other = duplicates.signature(copy)
+            assert duplicates.pixel_similarity(sig, other) > max(0.95, duplicates.PIXEL_THRESHOLD)
+            assert duplicates.local_residual(sig, other) < duplicates.RESIDUAL / 2
+    assert duplicates.pixel_similarity(*signatures) < duplicates.PIXEL_THRESHOLD / 2
+    assert duplicates.local_residual(*signatures) > 1.5 * duplicates.RESIDUAL
