@@ -18,7 +18,7 @@ Rows (interleaved in `--rounds` slices of the images, so both see the same machi
   through `vlm.models.load(..., runtime="auto")`, which finds the export next to the checkpoint, and draft decoding.
   `--configs` adds the mixed rows (torch + draft, ONNX + full decode) that show what each part gives end to end.
 Parts (per image, one process, on `--parts` images): decoding (full vs draft), preprocessing and pixel hashing of
-each, the model (PyTorch vs ONNX Runtime, 1 thread as beside two workers, and all threads). int8 (`--int8`): the
+each, the model (PyTorch vs ONNX Runtime, at 1 thread and at all threads). int8 (`--int8`): the
 quantised export's image vectors against fp32's: recall@10 of image->image and text->image search over
 ../shared/data/twemoji_captions, and its speed.
 """

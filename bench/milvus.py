@@ -28,6 +28,7 @@ import numpy as np
 from bench.common import report
 from bench.search import clustered, qps
 from indexing import faiss_index
+from indexing.backend import Change
 from indexing.faiss_index import IndexConfig
 from indexing.results import ModelSpec
 from indexing.store import ImageRecord
@@ -56,7 +57,7 @@ def milvus_rows(args, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarra
     coll = MilvusCollection.create_empty(folder / "bench.db", "bench", spec, config=cfg)
     records = [ImageRecord(i, f"{i}.png", "file", None, None, f"{i:064x}", 1, 0.0, 0.0) for i in range(n)]
     for s in range(0, n, 10_000):
-        coll.commit(records=records[s : s + 10_000], vectors=vectors[s : s + 10_000], remove_ids=np.empty(0, np.int64))
+        coll.commit(Change(records[s : s + 10_000], vectors[s : s + 10_000]))
     coll.flush()
     # Milvus Lite builds the index of a flushed segment in a background thread (its describe_index says "Finished"
     # at once), searching it by brute force meanwhile; loading the collection again builds what is missing first.

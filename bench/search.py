@@ -182,13 +182,18 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vlm-bench-scale")
     scale.add_argument("--build-memory-gb", type=float, default=4.0, help="autofaiss's current_memory_available")
     scale.add_argument("--no-autofaiss", dest="autofaiss", action="store_false", help="skip the autofaiss peer")
+    scale.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads of both peers (thread_env)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.scale:
+        from bench.search_scale import ensure_thread_env, thread_env
         from bench.search_scale import scale as run_scale
 
+        ensure_thread_env(args.threads, argv)
         rows = run_scale(args)
-        report("search_scale", rows, clusters=args.clusters, seed=args.seed, threads=faiss.omp_get_max_threads())
+        report("search_scale", rows, clusters=args.clusters, seed=args.seed, threads=thread_env(args.threads))
         return
     rows = []
     for n in [*args.crossover, *args.sizes]:

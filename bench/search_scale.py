@@ -13,13 +13,23 @@ N vectors of the documented mixture (`bench.search.clustered`, d = 512) are gene
 - autofaiss (PyPI) at the same `max_index_memory_usage`, run from its own virtual environment, which the bench
   creates (autofaiss pins numpy < 2); its index is built by `autofaiss.build_index` and opened with IO_FLAG_MMAP.
 
-Per peer: build seconds, peak anonymous RSS of the build (RssAnon, sampled: memory-mapped file pages are page
-cache, not counted), open milliseconds, recall@10, queries/s one at a time (`--single`) and for the batch of 1000.
+Per peer: build seconds, peak anonymous RSS of the build above the process's RssAnon before it (sampled every 50
+ms; memory-mapped file pages are page cache, not counted), the index file's size, open milliseconds, recall@10,
+queries/s one at a time (`--single`) and for the batch of 1000.
+
+Threads: both peers run under the same settings (`thread_env`): `--threads` OpenMP and BLAS threads (default: all
+cores) and passive OpenMP waiting. The bench re-executes itself under them before faiss
+loads, and hands the same environment and `nb_cores` to autofaiss's process. Without passive waiting, autofaiss's
+faiss-cpu 1.7.4 wheel (OpenBLAS on its own pthreads beside libgomp) trains its OPQ rotation 5x slower on 2 cores.
+
+Each peer's row is printed and appended to `--workdir`/rows.jsonl as soon as it is measured, and autofaiss's own log
+(its phases, timed) goes to `--workdir`/autofaiss.log, so a run stopped part-way still leaves its figures.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,9 +44,36 @@ from bench.search import qps
 from indexing import faiss_index
 from indexing.faiss_index import IndexConfig
 
+LOG = logging.getLogger(__name__)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The thread settings both peers run under: `threads` OpenMP and BLAS threads, and passive OpenMP waiting
+    (idle threads sleep instead of spinning). faiss-cpu 1.7.4's wheel (autofaiss's) has OpenBLAS on its own pthreads
+    beside libgomp: with spinning OpenMP threads, OPQ training on 20,000 vectors (2 of its 50 iterations) took 130 s
+    on 2 cores, 24 s with passive waiting (88 s with BLAS on one thread instead)."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def ensure_thread_env(threads: int, argv: list[str] | None) -> None:
+    """Re-execute this command under `thread_env(threads)` unless it already runs under it (OpenMP and BLAS read
+    their settings when they load, before any argument is parsed). Called with explicit `argv` (a test, another
+    program), only faiss's OpenMP threads are set."""
+    wanted = thread_env(threads)
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    if argv is not None:
+        LOG.warning("thread settings not applied in-process (%s); faiss threads set to %d", wanted, threads)
+        faiss.omp_set_num_threads(threads)
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "bench.search", *sys.argv[1:]], {**os.environ, **wanted})
+
 
 class PeakAnon:
-    """Peak RssAnon of this process (or of `pid`) while in the block, sampled every 50 ms."""
+    """Peak RssAnon of this process (or of `pid`) while in the block, sampled every 50 ms; `start` is its value
+    on entry (`peak - start`: what the block added)."""
 
     def __init__(self, pid: int | None = None):
         self.path, self.peak, self._stop = f"/proc/{pid or 'self'}/status", 0, threading.Event()
@@ -53,7 +90,7 @@ class PeakAnon:
             self.peak = max(self.peak, self.sample())
 
     def __enter__(self) -> PeakAnon:
-        self.peak = self.sample()
+        self.peak = self.start = self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -100,10 +137,14 @@ def exact(vectors: np.ndarray, queries: np.ndarray, k: int = 10, block: int = 20
 
 
 def row(name: str, build_s: float, rss: int, open_ms: float, recall: float, qps: tuple[float, float], **extra):
+    """One peer's figures; `rss` is what its build added to the process's RssAnon, `serve_rss` (in `extra`) what
+    opening and searching added, `index_bytes` the size of the written index."""
     return {
         "peer": name,
         "build_s": round(build_s, 1),
-        "peak_rss_anon_mb": round(rss / 2**20),
+        "build_anon_mb": round(rss / 2**20),
+        "index_mb": round(extra.pop("index_bytes", 0) / 2**20),
+        "serve_anon_mb": round(extra.pop("serve_rss", 0) / 2**20),
         "open_ms": round(open_ms, 1),
         "recall@10": round(recall, 4),
         "qps_single": round(qps[1], 1),
@@ -122,13 +163,15 @@ def run_exact(vectors: np.ndarray, queries: np.ndarray, args) -> tuple[dict, np.
     for i in range(singles):
         exact(vectors, queries[i : i + 1])
     single_qps = singles / (time.perf_counter() - start)
-    return row("exact (memmap brute force)", 0.0, mem.peak, 0.0, 1.0, (len(queries) / batch_s, single_qps)), truth
+    qps_pair = (len(queries) / batch_s, single_qps)
+    return row("exact (memmap brute force)", 0.0, 0, 0.0, 1.0, qps_pair, serve_rss=mem.peak - mem.start), truth
 
 
 def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) -> dict:
     n, d = vectors.shape
     cfg = IndexConfig(exact_threshold=0, memory_budget_gb=args.budget_gb)
     chosen = faiss_index.plan(n, d, cfg)
+    LOG.info("auto plan for %d x %d under %g GB: %s", n, d, args.budget_gb, chosen)
     ids = np.arange(n, dtype=np.int64)
     with PeakAnon() as mem:
         start = time.perf_counter()
@@ -137,33 +180,35 @@ def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) 
     path = args.workdir / "auto.faiss"
     faiss_index.write(index, str(path))
     del index
-    start = time.perf_counter()
-    mapped = faiss_index.read(str(path), mmap="ivf")
-    table = np.load(args.workdir / "emb" / "vectors.npy", mmap_mode="r")
-    open_ms = 1000 * (time.perf_counter() - start)
+    with PeakAnon() as serve:
+        start = time.perf_counter()
+        mapped = faiss_index.read(str(path), mmap="ivf")
+        table = np.load(args.workdir / "emb" / "vectors.npy", mmap_mode="r")
+        open_ms = 1000 * (time.perf_counter() - start)
 
-    def fetch(wanted: np.ndarray) -> np.ndarray:
-        return np.asarray(table[wanted], dtype=np.float32)  # ids are row numbers here
+        def fetch(wanted: np.ndarray) -> np.ndarray:
+            return np.asarray(table[wanted], dtype=np.float32)  # ids are row numbers here
 
-    def search(q):
-        return faiss_index.search(mapped, info, q, 10, fetch=fetch)
+        def search(q):
+            return faiss_index.search(mapped, info, q, 10, fetch=fetch)
 
-    recall = faiss_index.recall_at_k(search(queries)[1], truth)
-    speeds = [qps(search, queries, args.single) for _ in range(args.repeats)]
+        recall = faiss_index.recall_at_k(search(queries)[1], truth)
+        speeds = [qps(search, queries, args.single) for _ in range(args.repeats)]
     median = tuple(float(np.median([s[i] for s in speeds])) for i in (0, 1))
     extra = {
         "index": info.factory,
-        "nprobe": info.nprobe,
-        "k_factor": info.rerank,
+        "params": f"nprobe={info.nprobe},k_factor={info.rerank}",
         "ram_mb_planned": round(chosen.ram_bytes / 2**20),
+        "index_bytes": path.stat().st_size,
+        "serve_rss": serve.peak - serve.start,
     }
-    return row("auto (this project)", build_s, mem.peak, open_ms, recall, median, **extra)
+    return row("auto (this project)", build_s, mem.peak - mem.start, open_ms, recall, median, **extra)
 
 
 AUTOFAISS_SCRIPT = r"""
-import json, sys, time, threading, numpy as np, faiss
+import json, logging, sys, time, threading, numpy as np, faiss
 from autofaiss import build_index
-emb, out, budget, queries, truth, single, repeats, build_memory = sys.argv[1:9]
+emb, out, budget, queries, truth, single, repeats, build_memory, cores = sys.argv[1:10]
 q = np.load(queries); truth = np.load(truth)
 def anon():
     for x in open("/proc/self/status"):
@@ -172,11 +217,13 @@ peak = [anon()]; stop = threading.Event()
 def watch():
     while not stop.wait(0.05): peak[0] = max(peak[0], anon())
 threading.Thread(target=watch, daemon=True).start()
-t = time.perf_counter()
+base = anon(); t = time.perf_counter()
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
             max_index_memory_usage=budget, current_memory_available=build_memory, metric_type="ip", save_on_disk=True,
-            verbose=30)
-build_s = time.perf_counter() - t; stop.set()
+            nb_cores=int(cores), verbose=logging.INFO)
+build_s = time.perf_counter() - t; build_rss = max(peak[0], anon()) - base
+print("BUILT", json.dumps({"build_s": build_s, "rss": build_rss}), flush=True)
+base = peak[0] = anon()
 t = time.perf_counter(); index = faiss.read_index(out + "/knn.index", faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
 open_ms = 1000 * (time.perf_counter() - t)
 infos = json.load(open(out + "/infos.json"))
@@ -190,9 +237,11 @@ for _ in range(int(repeats)):
     t = time.perf_counter()
     for i in range(int(single)): index.search(q[i:i+1], 10)
     runs.append((b, int(single) / (time.perf_counter() - t)))
-print("RESULT", json.dumps({"build_s": build_s, "rss": peak[0], "open_ms": open_ms, "recall": recall,
-      "qps_batch": float(np.median([r[0] for r in runs])), "qps_single": float(np.median([r[1] for r in runs])),
-      "index": infos.get("index_key"), "params": params}))
+stop.set()
+print("RESULT", json.dumps({"build_s": build_s, "rss": build_rss, "serve_rss": max(peak[0], anon()) - base,
+      "open_ms": open_ms, "recall": recall, "qps_batch": float(np.median([r[0] for r in runs])),
+      "qps_single": float(np.median([r[1] for r in runs])), "index": infos.get("index_key"), "params": params}),
+      flush=True)
 """
 
 
@@ -230,31 +279,51 @@ def run_autofaiss(queries: np.ndarray, truth: np.ndarray, args) -> dict:
         str(args.single),
         str(args.repeats),
         build_memory,
+        str(args.threads),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if done.returncode or line is None:
-        raise RuntimeError(f"autofaiss failed ({done.returncode}): {done.stderr[-2000:]}")
+    log = args.workdir / "autofaiss.log"
+    LOG.info("autofaiss running (index budget %s, build memory %s); its log: %s", budget, build_memory, log)
+    env = {**os.environ, **thread_env(args.threads), "PYTHONPATH": ""}
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    text = log.read_text()
+    line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
+    if code or line is None:
+        raise RuntimeError(f"autofaiss failed ({code}), see {log}: {text[-2000:]}")
     r = json.loads(line[7:])
-    qps = (r["qps_batch"], r["qps_single"])
-    return row(
-        "autofaiss", r["build_s"], r["rss"], r["open_ms"], r["recall"], qps, index=r["index"], params=r["params"]
-    )
+    qps_pair = (r["qps_batch"], r["qps_single"])
+    extra = {
+        "index": r["index"],
+        "params": r["params"],
+        "index_bytes": (out / "knn.index").stat().st_size,
+        "serve_rss": r["serve_rss"],
+    }
+    return row("autofaiss", r["build_s"], r["rss"], r["open_ms"], r["recall"], qps_pair, **extra)
 
 
 def scale(args) -> list[dict]:
+    """The three peers' rows; each is printed and appended to `workdir/rows.jsonl` as soon as it is measured."""
     args.workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def keep(r: dict) -> None:
+        r.update(n=args.scale, d=args.dim, budget_gb=args.budget_gb, threads=args.threads)
+        rows.append(r)
+        print("ROW", json.dumps(r), flush=True)
+        with open(args.workdir / "rows.jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+
+    LOG.info("threads: faiss %d, environment %s", faiss.omp_get_max_threads(), thread_env(args.threads))
+    start = time.perf_counter()
     path, queries = generate(args.workdir, args.scale, args.dim, args.clusters, args.seed, args.queries)
     vectors = np.load(path, mmap_mode="r")
-    rows = []
+    LOG.info("data %s ready in %.0f s", vectors.shape, time.perf_counter() - start)
     exact_row, truth = run_exact(vectors, queries, args)
-    rows.append(exact_row)
-    rows.append(run_auto(vectors, queries, truth, args))
+    keep(exact_row)
+    keep(run_auto(vectors, queries, truth, args))
     if args.autofaiss:
         try:
-            rows.append(run_autofaiss(queries, truth, args))
+            keep(run_autofaiss(queries, truth, args))
         except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # the other rows still get reported
-            rows.append({"peer": "autofaiss", "error": str(e).splitlines()[0][:200]})
-    for r in rows:
-        r.update(n=args.scale, d=args.dim, budget_gb=args.budget_gb)
+            keep({"peer": "autofaiss", "error": str(e).splitlines()[0][:200]})
     return rows

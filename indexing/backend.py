@@ -7,11 +7,11 @@ Everything that does not depend on where vectors and metadata live is here, once
 (the fingerprint check), embedding through the resumable staging folder, skipping paths already present and
 pixel duplicates, giving fresh ids, planning a sync, resolving removals by id or path, text and image queries,
 looking images up. A backend implements the abstract members: its metadata reads (`records_view`: an object with
-the `indexing.store.Store` read methods `get`, `by_paths`, `by_hashes`, `files`), `commit` (publish records and
-vectors, removals and metadata updates), `search_vector`, and the few properties below. tests/test_collection_api.py
-runs one test suite against both.
+the `indexing.store.Store` read methods `get`, `by_paths`, `by_hashes`, `files`), `commit` (publish a `Change`:
+records and vectors, removals, metadata updates, exclusions), `search_vector`, and the few properties below.
+tests/test_collection_api.py runs one test suite against both.
 
-Size (~490 lines, over the ~400 guide): it is the whole public API of a collection written once (a third of it the
+Size (~510 lines, over the ~400 guide): it is the whole public API of a collection written once (a third of it the
 abstract members a backend fills in, with their contracts, and the exclusion list and exact copies both share);
 splitting add/sync from remove/lookup would scatter one class over modules without making either shorter to read.
 """
@@ -26,6 +26,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,34 @@ from vlm.readers.images import ImageRef
 from vlm.readers.rows import BadRow
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Change:
+    """What one commit publishes: the current images + `records` (with `vectors`, rows in the same order) -
+    `remove_ids`, `updates` rewritten (records already present, same id and vector, new metadata: a moved or touched
+    file), (path, pixel hash) pairs `exclude`d, paths `unexclude`d, exact copies (path, pixel hash, size, mtime)
+    `twins` recorded and `untwin` forgotten (where the backend keeps them)."""
+
+    records: Sequence[ImageRecord] = ()
+    vectors: np.ndarray | None = None
+    remove_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    updates: Sequence[ImageRecord] = ()
+    exclude: Sequence[tuple[str, str]] = ()
+    unexclude: Sequence[str] = ()
+    twins: Sequence[tuple[str, str, int, float]] = ()
+    untwin: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        rows = 0 if self.vectors is None else len(self.vectors)
+        if rows != len(self.records):
+            raise ValueError(f"a change of {len(self.records)} new records comes with {rows} vectors")
+
+    @property
+    def empty(self) -> bool:
+        """True when publishing it would change nothing."""
+        parts = (self.records, self.remove_ids, self.updates, self.exclude, self.unexclude, self.twins, self.untwin)
+        return not any(len(part) for part in parts)
 
 
 class ImageCollection(abc.ABC):
@@ -115,21 +144,8 @@ class ImageCollection(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def commit(
-        self,
-        *,
-        records: list[ImageRecord],
-        vectors: np.ndarray | None,
-        remove_ids: np.ndarray,
-        updates: Sequence[ImageRecord] = (),
-        exclude: Sequence[tuple[str, str]] = (),
-        unexclude: Sequence[str] = (),
-        twins: Sequence[tuple[str, str, int, float]] = (),
-        untwin: Sequence[str] = (),
-    ) -> None:
-        """Publish current + `records` (with `vectors`, rows in the same order) - `remove_ids`, `updates` rewritten
-        (same id and vector, new metadata), (path, pixel hash) pairs `exclude`d, paths `unexclude`d, exact copies
-        (path, pixel hash, size, mtime) `twins` recorded and `untwin` forgotten (where the backend keeps them)."""
+    def commit(self, change: Change) -> None:
+        """Publish `change` as the next version."""
 
     @abc.abstractmethod
     def search_vector(
@@ -270,12 +286,12 @@ class ImageCollection(abc.ABC):
         records, rows, duplicates, copies, twins = self._new_records(items, done, kept_hashes, excluded)
         changed = sum(r.path in plan.replaces for r in records)
         added = len(records) - changed
-        if records or len(remove_ids) or plan.updates or copies or twins or plan.untwin:
-            vectors = done.vectors[rows] if records else None
-            self.commit(
-                records=records, vectors=vectors, remove_ids=remove_ids, updates=plan.updates,
-                exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins, untwin=plan.untwin,
-            )  # fmt: skip
+        change = Change(
+            records, done.vectors[rows] if records else None, remove_ids, plan.updates,
+            exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins, untwin=plan.untwin,
+        )  # fmt: skip
+        if not change.empty:
+            self.commit(change)
         return SyncResult(
             added=added,
             changed=changed,
@@ -347,11 +363,12 @@ class ImageCollection(abc.ABC):
         records, rows, duplicates, copies, twins = self._new_records(todo, done, known, excluded)
         bad = gathered.bad + [BadRow(todo[p].ref.describe(), None, todo[p].key, reason) for p, reason in done.bad]
         ids = np.array([r.id for r in records], dtype=np.int64)
-        if records or copies or twins:
-            self.commit(
-                records=records, vectors=done.vectors[rows] if records else None, remove_ids=np.empty(0, np.int64),
-                exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins,
-            )  # fmt: skip
+        change = Change(
+            records, done.vectors[rows] if records else None,
+            exclude=[(key, excluded[twin][0]) for key, twin in copies], twins=twins,
+        )  # fmt: skip
+        if not change.empty:
+            self.commit(change)
         left_out = [item.key for item in gathered.items if item.key in excluded]
         return AddResult(len(records), ids, present, duplicates, bad, self.version, stats, left_out, copies)
 
@@ -376,7 +393,7 @@ class ImageCollection(abc.ABC):
             removed = np.array(sorted(found), dtype=np.int64)
             excluded = [(found[i].path, found[i].sha256) for i in removed.tolist()] if exclude else []
             if len(removed):
-                self.commit(records=[], vectors=None, remove_ids=removed, exclude=excluded)
+                self.commit(Change(remove_ids=removed, exclude=excluded))
         return RemoveResult(removed, not_found, self.version, [path for path, _ in excluded])
 
     def exact_copies(self) -> list[tuple[str, str]]:
@@ -394,7 +411,7 @@ class ImageCollection(abc.ABC):
             if new:
                 present = self.records_view.by_paths([path for path, _ in new])
                 remove_ids = np.array(sorted(r.id for r in present.values()), dtype=np.int64)
-                self.commit(records=[], vectors=None, remove_ids=remove_ids, exclude=new)
+                self.commit(Change(remove_ids=remove_ids, exclude=new))
         return len(new)
 
     def excluded(self) -> list[Excluded]:
@@ -414,7 +431,7 @@ class ImageCollection(abc.ABC):
             shas = {listed[key][0] for key in found}
             found = list(dict.fromkeys([*found, *(path for path, (sha, _) in listed.items() if sha in shas)]))
             if found:
-                self.commit(records=[], vectors=None, remove_ids=np.empty(0, np.int64), unexclude=found)
+                self.commit(Change(unexclude=found))
         return found, missing
 
     @contextlib.contextmanager

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 
 from indexing import duplicates, faiss_index, queries, versions
 from indexing import embed as embedding
-from indexing.backend import ImageCollection, load_model, model_spec
+from indexing.backend import Change, ImageCollection, load_model, model_spec
 from indexing.commit import publish_next
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
@@ -200,24 +200,10 @@ class Collection(ImageCollection):
     def next_id(self) -> int:
         return int(self._v.manifest["next_id"])
 
-    def commit(
-        self,
-        *,
-        records: list[ImageRecord],
-        vectors: np.ndarray | None,
-        remove_ids: np.ndarray,
-        updates: Sequence[ImageRecord] = (),
-        exclude: Sequence[tuple[str, str]] = (),
-        unexclude: Sequence[str] = (),
-        twins: Sequence[tuple[str, str, int, float]] = (),
-        untwin: Sequence[str] = (),
-    ) -> None:
-        """Publish the next version: current + `records` (with `vectors`) - `remove_ids`, `updates` rewritten,
-        the exclusion list changed (in the version's store, so published with it)."""
-        self._v = publish_next(
-            self.root, self._v, records=records, vectors=vectors, remove_ids=remove_ids, updates=updates,
-            exclude=exclude, unexclude=unexclude, twins=twins, untwin=untwin,
-        )  # fmt: skip
+    def commit(self, change: Change) -> None:
+        """Publish `change` as the next version (the exclusion list and exact copies in the version's store, so
+        published with it)."""
+        self._v = publish_next(self.root, self._v, change)
 
     def excluded_view(self) -> dict[str, tuple[str, float]]:
         return self._v.store.excluded()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ import faiss
 import numpy as np
 
 from indexing import faiss_index, parallel, versions
+from indexing.backend import Change
 from indexing.faiss_index import IndexConfig, IndexInfo
-from indexing.store import ImageRecord
 from indexing.vectors import Vectors, write_chunk
 from indexing.versions import CHUNKS, INDEX, MANIFEST, STORE, Version
 from vlm.atomic import atomic_write_json
@@ -29,41 +28,27 @@ LOG = logging.getLogger(__name__)
 COMPACT_MIN_DEAD = 1000  # chunks are compacted once they hold more vectors of removed images than this and than live
 
 
-def publish_next(
-    root: Path,
-    old: Version,
-    *,
-    records: list[ImageRecord],
-    vectors: np.ndarray | None,
-    remove_ids: np.ndarray,
-    updates: Sequence[ImageRecord] = (),
-    exclude: Sequence[tuple[str, str]] = (),
-    unexclude: Sequence[str] = (),
-    twins: Sequence[tuple[str, str, int, float]] = (),
-    untwin: Sequence[str] = (),
-) -> Version:
-    """Publish the version after `old`: its images + `records` (with `vectors`) - `remove_ids`, with the metadata
-    of `updates` (records already in `old`, same id and vector: a moved or touched file) replaced, and the
-    (path, pixel hash) pairs of `exclude` added to its exclusion list, the paths of `unexclude` taken off, and its
-    list of exact copies (`twins`: path, pixel hash, size, mtime) added to, `untwin` paths forgotten; return it."""
+def publish_next(root: Path, old: Version, change: Change) -> Version:
+    """Publish the version after `old` with `change` applied (the exclusion list and exact copies in its store);
+    return it."""
     dim, dtype = int(old.manifest["model"]["embed_dim"]), old.manifest["dtype"]
     cfg = IndexConfig(**old.manifest["config"])
     number = versions.next_number(root, old.number)
-    ids = np.array([r.id for r in records], dtype=np.int64)
+    ids = np.array([r.id for r in change.records], dtype=np.int64)
     chunks = list(old.manifest["chunks"])
     if len(ids):
-        chunks.append(write_chunk(root, f"c{number:06d}_0.npy", ids, vectors, dtype))
+        chunks.append(write_chunk(root, f"c{number:06d}_0.npy", ids, change.vectors, dtype))
     built: list = []
 
     def write(folder: Path) -> None:
         store = old.store.copy_to(folder / STORE)
         # Updates are deleted and inserted again rather than UPDATEd: two files that swapped paths would break
         # the UNIQUE path constraint half-way through a row-by-row update.
-        store.delete([*remove_ids.tolist(), *(r.id for r in updates)])
-        store.insert([*updates, *records])
-        store.unexclude(unexclude)
-        store.exclude(exclude, since=time.time())
-        store.set_twins(twins, untwin)
+        store.delete([*change.remove_ids.tolist(), *(r.id for r in change.updates)])
+        store.insert([*change.updates, *change.records])
+        store.unexclude(change.unexclude)
+        store.exclude(change.exclude, since=time.time())
+        store.set_twins(change.twins, change.untwin)
         live = store.ids()
         store.close()
         kept = _compact(root, chunks, live, number, dim, dtype)

@@ -270,13 +270,16 @@ def available_cores() -> int:
 
 
 @contextlib.contextmanager
-def threads_beside_workers(device: torch.device, workers: int) -> Iterator[int]:
+def threads_beside_workers(device: torch.device, workers: int, *, spinning: bool = True) -> Iterator[int]:
     """On CPU, cap the model's intra-op threads at the cores the decoding workers leave free (at least 1) while
-    the block runs; yields the number used. OpenMP threads that outnumber the free cores spin against the workers
-    for the same cores: on 2 cores with 2 workers, 512 px PNGs embed ~1.4x faster with 1 model thread than with 2
-    (bench/embed.py). The setting is process-wide, so concurrent model calls in other threads see it too."""
+    the block runs; yields the number used. PyTorch's OpenMP threads spin while they wait, so when they outnumber
+    the free cores they burn the workers' cores: on 2 cores with 2 workers, 512 px PNGs embed ~1.4x faster with 1
+    model thread than with 2 (bench/embed.py). A runtime whose threads sleep instead (`spinning=False`: ONNX
+    Runtime as `vlm.onnx_runtime` opens it) keeps every core: the workers get theirs whenever they have work, the
+    model the rest (phone photos, ViT-B-32, 2 cores: 15.3 img/s at 2 threads vs 9.4 at 1). The setting is
+    process-wide, so concurrent model calls in other threads see it too."""
     before = torch.get_num_threads()
-    if device.type != "cpu" or workers == 0:
+    if device.type != "cpu" or workers == 0 or not spinning:
         yield before
         return
     threads = min(before, max(1, available_cores() - workers))
@@ -322,7 +325,7 @@ def embed(
     wait = encode = 0.0
     start = mark = time.perf_counter()
     with (
-        threads_beside_workers(encoders.device, workers),
+        threads_beside_workers(encoders.device, workers, spinning=encoders.runtime == "torch"),
         tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar,
     ):
         for batch in loader:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -33,11 +32,11 @@ import numpy as np
 import torch
 
 from indexing import milvus_expr, queries
-from indexing.backend import ImageCollection, load_model, model_spec
+from indexing.backend import Change, ImageCollection, load_model, model_spec
 from indexing.errors import IndexingError
 from indexing.milvus_client import BATCH, MAX_K, NAME, MilvusConfig, MilvusRecords, connect, is_local, shown
 from indexing.results import Hits, ModelSpec
-from indexing.store import Filter, ImageRecord
+from indexing.store import Filter
 from vlm.models import Encoders
 
 MANIFEST_KEY = "vlm.manifest"
@@ -216,21 +215,11 @@ class MilvusCollection(ImageCollection):
     def next_id(self) -> int:
         return int(self._manifest["next_id"])
 
-    def commit(
-        self,
-        *,
-        records: list[ImageRecord],
-        vectors: np.ndarray | None,
-        remove_ids: np.ndarray,
-        updates: Sequence[ImageRecord] = (),
-        exclude: Sequence[tuple[str, str]] = (),
-        unexclude: Sequence[str] = (),
-        twins: Sequence[tuple[str, str, int, float]] = (),  # not kept here: a sync finds exact copies again each time
-        untwin: Sequence[str] = (),
-    ) -> None:
+    def commit(self, change: Change) -> None:
         """Remove, rewrite and insert rows. Not atomic (see the module docstring): the ids are reserved first, so a
         crash leaves a gap, never a reused id. The exclusion list lives in the manifest (a collection property),
-        written with the final write count."""
+        written with the final write count. Exact copies (`twins`) are not kept: a sync finds them again each time."""
+        records, vectors, remove_ids, updates = change.records, change.vectors, change.remove_ids, change.updates
         timeout, step = self.config.timeout_s, self.config.insert_batch
         new = [milvus_expr.to_row(r, v) for r, v in zip(records, np.asarray(vectors), strict=True)] if records else []
         kept = self._records.vectors([r.id for r in updates]) if updates else {}
@@ -248,8 +237,8 @@ class MilvusCollection(ImageCollection):
             self._client.insert(self.name, new[start : start + step], timeout=timeout)
         if len(records) >= self.config.flush_rows:
             self.flush()
-        listed = {p: list(v) for p, v in self._manifest.get("excluded", {}).items() if p not in set(unexclude)}
-        listed.update({path: [sha, time.time()] for path, sha in exclude})
+        listed = {p: list(v) for p, v in self._manifest.get("excluded", {}).items() if p not in set(change.unexclude)}
+        listed.update({path: [sha, time.time()] for path, sha in change.exclude})
         self._write_manifest(writes=self.version + 1, excluded=listed)
 
     def excluded_view(self) -> dict[str, tuple[str, float]]:

@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
+from indexing.backend import Change
 from indexing.collection import Collection
 from indexing.errors import ModelMismatchError
 from indexing.milvus import MilvusCollection
@@ -103,6 +102,6 @@ def _copy(source: Collection, target: MilvusCollection, batch: int) -> tuple[int
             if r.id in taken:
                 r, fresh, renumbered = replace(r, id=fresh), fresh + 1, renumbered + 1
             moved.append(r)
-        target.commit(records=moved, vectors=vectors[keep], remove_ids=np.empty(0, np.int64))
+        target.commit(Change(moved, vectors[keep]))
         copied += len(moved)
     return copied, skipped, renumbered

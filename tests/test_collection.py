@@ -29,6 +29,7 @@ from faiss.contrib.evaluation import check_ref_knn_with_draws
 
 from indexing import collection as collection_module
 from indexing import commit, versions
+from indexing.backend import Change
 from indexing.collection import Collection
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
@@ -119,7 +120,7 @@ def test_a_collection_opens_without_reading_its_lists_or_vectors(tmp_path, tiny_
         )
         for i in range(n)
     ]
-    writer.commit(records=records, vectors=vectors, remove_ids=np.empty(0, np.int64))
+    writer.commit(Change(records, vectors))
     info = writer.stats().index
     assert info.kind == "ivf"
     folder = tmp_path / "c" / (tmp_path / "c" / "CURRENT").read_text().strip()
@@ -342,3 +343,13 @@ def test_sigkill_at_random_points_reopens_consistent_and_resumes_to_the_same_res
         assert not (killed / "staging").exists()
         assert sorted(p.name for p in killed.iterdir() if p.name.startswith("v")) == ["v000001", "v000002"]
     print(f"killed after (s, before the end, committed images, staged shards): {seen}")
+
+
+def test_a_change_with_records_and_no_vectors_is_refused_before_anything_is_written():
+    record = ImageRecord(id=0, path="a.png", kind="file", ref=None, caption=None, sha256="0" * 64, size=1, mtime=0.0,
+                         added=0.0)  # fmt: skip
+    with pytest.raises(ValueError, match="1 new records comes with 0 vectors"):
+        Change([record])
+    with pytest.raises(ValueError, match="0 new records comes with 2 vectors"):
+        Change([], np.zeros((2, 4)))
+    assert Change().empty and not Change(unexclude=["a.png"]).empty and not Change([record], np.zeros((1, 4))).empty

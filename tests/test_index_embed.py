@@ -132,6 +132,17 @@ def test_model_threads_leave_the_decoding_workers_their_cores(monkeypatch, devic
         torch.set_num_threads(original)
 
 
+def test_a_runtime_whose_threads_sleep_keeps_every_core(monkeypatch):
+    original = torch.get_num_threads()
+    monkeypatch.setattr(embed, "available_cores", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        with embed.threads_beside_workers(torch.device("cpu"), 2, spinning=False) as used:
+            assert used == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(original)
+
+
 def test_embed_defaults_follow_the_device():
     from indexing.config import EmbedConfig, embed_defaults
 

@@ -20,6 +20,7 @@ import pytest
 from indexing import faiss_index as fi
 from indexing import parallel
 from indexing import vectors as vectors_module
+from indexing.backend import Change
 from indexing.collection import Collection
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
@@ -134,6 +135,7 @@ def merge_then_wait(*args):
 if __name__ == "__main__":  # the spawned shard workers import this file too: nothing heavy above
     import numpy as np
     from indexing import parallel
+    from indexing.backend import Change
     from indexing.collection import Collection
     from indexing.store import ImageRecord
 
@@ -145,7 +147,7 @@ if __name__ == "__main__":  # the spawned shard workers import this file too: no
                     mtime=0.0, added=0.0)
         for i in range(300, len(vectors))
     ]  # as records() in the test
-    coll.commit(records=records, vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    coll.commit(Change(records, vectors[300:]))
     print("committed", flush=True)
 """
 
@@ -166,7 +168,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
     cfg = IndexConfig(exact_threshold=1000, nlist=16, tune_queries=150, build_workers=2)
     path = tmp_path / "c"
     writer = Collection.create(path, tiny_encoders, index=cfg)
-    writer.commit(records=records(0, 300), vectors=vectors[:300], remove_ids=np.empty(0, np.int64))
+    writer.commit(Change(records(0, 300), vectors[:300]))
     writer.close()  # 300 images: exact
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
@@ -188,7 +190,7 @@ def test_sigkill_during_the_merge_keeps_the_previous_version(tmp_path, tiny_enco
 
     writer = Collection.open(path, read_only=False, encoders=tiny_encoders)  # clears the dead writer's folder
     assert not [p for p in path.iterdir() if p.name.startswith(".tmp-v")]
-    writer.commit(records=records(300, n), vectors=vectors[300:], remove_ids=np.empty(0, np.int64))
+    writer.commit(Change(records(300, n), vectors[300:]))
     assert reader.refresh() and reader.count == n
     reader.verify()
     info = reader.stats().index

@@ -15,6 +15,7 @@ import pytest
 import torch
 from collection_backends import MILVUS_MISSING
 
+from indexing.backend import Change
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError, ModelMismatchError
@@ -151,5 +152,5 @@ def test_a_caption_longer_than_milvus_keeps_is_refused_before_anything_is_writte
     ok = ImageRecord(0, "a.png", "file", None, "short", "0" * 64, 1, 0.0, 0.0)
     long = ImageRecord(1, "b.png", "file", None, "x" * 70_000, "1" * 64, 1, 0.0, 0.0)
     with pytest.raises(IndexingError, match=r"b\.png: its caption is longer than Milvus.s 65535 bytes"):
-        coll.commit(records=[ok, long], vectors=np.eye(4)[:2], remove_ids=np.empty(0, np.int64))
+        coll.commit(Change([ok, long], np.eye(4)[:2]))
     assert coll.count == 0 and coll.next_id == 0 and coll.version == 0

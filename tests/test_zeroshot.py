@@ -256,3 +256,10 @@ def test_eval_commands_write_reports(tmp_path, capsys):
     assert set(record["metrics"]) >= {"image_retrieval_recall@5", "text_retrieval_recall@1"}
     assert main(["eval", "zeroshot", str(tmp_path / "data"), "--templates", "no field", *args]) == 2
     assert "unknown template set" in capsys.readouterr().err
+
+
+def test_a_bare_label_drops_case_spacing_and_a_leading_article_only():
+    bare = template_sets.bare_label
+    assert bare("A  Red circle ") == bare("red circle") == bare("the red circle") == "red circle"
+    assert bare("An apple") == "apple" and bare("a") == "a"  # a lone article is a label of its own
+    assert bare("another red circle") == "another red circle" and bare("red the circle") == "red the circle"

@@ -14,6 +14,7 @@ from PIL import Image
 from ui.errors import shown
 from ui.examples import image_examples
 from ui.inputs import checked_int, checked_labels, image_input, require_image
+from ui.outputs import picture
 from ui.state import AppState
 from vlm import demo
 from vlm import templates as template_sets
@@ -142,13 +143,7 @@ def build(state: AppState) -> None:
             scores = gr.Label(label="Top labels", elem_id="classify-scores")
             chart = gr.BarPlot(x="label", y="probability", y_lim=[0, 1], sort="-y", label="Probabilities", height=240)
             notes = gr.Markdown(elem_id="classify-notes")
-            why = gr.Image(
-                label="Why it matched (click a label)",
-                type="pil",
-                format="png",
-                interactive=False,
-                elem_id="classify-why",
-            )
+            why = picture("Why it matched (click a label)", elem_id="classify-why")
             why_info = gr.Markdown(elem_id="classify-why-info")
 
     if tries:

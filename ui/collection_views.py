@@ -8,6 +8,7 @@ import gradio as gr
 from indexing.collection import Collection
 from indexing.duplicates import DuplicateGroup
 from ui.files import ResultFiles
+from ui.outputs import pictures
 from vlm.printable import printable
 
 MAX_GROUPS_SHOWN = 40
@@ -30,15 +31,7 @@ def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.
             )
             button = gr.Button("Find duplicates", elem_id="search-dups-button")
         status = gr.Markdown(elem_id="search-dups-status")
-        gallery = gr.Gallery(
-            label="Groups (keeper first)",
-            columns=6,
-            height=420,
-            format="png",
-            object_fit="contain",
-            allow_preview=False,
-            elem_id="search-dups-gallery",
-        )
+        gallery = pictures("Groups (keeper first)", height=420, elem_id="search-dups-gallery")
     return threshold, button, status, gallery
 
 

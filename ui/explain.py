@@ -11,6 +11,7 @@ from PIL import Image
 
 from ui.errors import shown
 from ui.inputs import checked_text, image_input, require_image
+from ui.outputs import picture
 from ui.state import AppState
 from vlm.segment.absent import absent_threshold
 from vlm.segment.explain import explain
@@ -30,13 +31,7 @@ def build(state: AppState) -> None:
             text = gr.Textbox(label="Text", placeholder="a red circle", elem_id="explain-text")
             button = gr.Button("Show where it matches", variant="primary")
         with gr.Column():
-            picture = gr.Image(
-                label="Heat map (bright = matches)",
-                type="pil",
-                format="png",
-                interactive=False,
-                elem_id="explain-picture",
-            )
+            heat_map = picture("Heat map (bright = matches)", elem_id="explain-picture")
             info = gr.Markdown(elem_id="explain-info")
 
     @shown
@@ -47,4 +42,4 @@ def build(state: AppState) -> None:
         found = explain(encoders, image, text, absent_threshold(encoders))
         return state.files.image(found.picture), found.describe(text)
 
-    gr.on([button.click, text.submit], explain_image, [image, text], [picture, info], api_name="explain")
+    gr.on([button.click, text.submit], explain_image, [image, text], [heat_map, info], api_name="explain")

@@ -28,6 +28,7 @@ from ui.errors import shown
 from ui.examples import search_queries
 from ui.files import ResultFiles
 from ui.inputs import LARGEST_ID, checked_float, checked_int, checked_text, image_input, require_image, server_path
+from ui.outputs import picture, pictures
 from ui.state import AppState
 from vlm import query
 from vlm.errors import ConfigError
@@ -152,25 +153,10 @@ def build(state: AppState) -> None:
                 added = gr.Markdown(elem_id="search-added")
         with gr.Column(scale=3):
             status = gr.Markdown(elem_id="search-status")
-            gallery = gr.Gallery(
-                label="Results",
-                columns=6,
-                height=520,
-                format="png",
-                object_fit="contain",
-                allow_preview=False,
-                elem_id="search-gallery",
-            )
+            gallery = pictures("Results", height=520, elem_id="search-gallery")
             with gr.Row():
                 with gr.Column():
-                    why = gr.Image(
-                        label="Why it matched",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        height=300,
-                        elem_id="search-why",
-                    )
+                    why = picture("Why it matched", height=300, elem_id="search-why")
                 with gr.Column():
                     why_info = gr.Markdown(elem_id="search-why-info")
                     similar_button = gr.Button("More like this", interactive=False)

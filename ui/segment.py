@@ -14,6 +14,7 @@ from PIL import Image
 from ui.errors import shown
 from ui.examples import image_examples
 from ui.inputs import checked_float, checked_phrases, image_input, require_image, server_path
+from ui.outputs import picture, pictures
 from ui.state import AppState
 from vlm.errors import ConfigError
 from vlm.rundir import usable_checkpoints
@@ -121,9 +122,9 @@ def build(state: AppState) -> None:
             threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
             button = gr.Button("Segment", variant="primary")
         with gr.Column():
-            overlay = gr.Image(label="Masks", type="pil", format="png", interactive=False, elem_id="segment-overlay")
+            overlay = picture("Masks", elem_id="segment-overlay")
             summary = gr.Markdown(elem_id="segment-summary")
-            heat = gr.Gallery(label="Heat maps (bright = matches)", columns=3, format="png", height=260)
+            heat = pictures("Heat maps (bright = matches)", columns=3, height=260, allow_preview=True)
 
     @shown
     def segment_image(image: Image.Image | None, phrases: str, method: str, decoder: str, threshold: float):

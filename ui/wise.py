@@ -16,6 +16,7 @@ from eval import wise_run
 from ui.errors import shown
 from ui.inputs import checked_float
 from ui.model import banner_text, describe_active
+from ui.outputs import picture
 from ui.state import AppState, ModelChoice
 from vlm.errors import VLMError
 
@@ -68,8 +69,7 @@ def build(state: AppState, banner: gr.Markdown) -> None:
     with gr.Accordion("WiSE-FT: between the model it started from and the fine-tune", open=False, elem_id="train-wise"):
         gr.Markdown(INTRO)
         sweep_button = gr.Button("Score every α (after a fine-tune)", elem_id="train-wise-sweep")
-        frontier = gr.Image(label="Frontier: your data against what it knew", type="pil", interactive=False,
-                            height=360, elem_id="train-wise-frontier")  # fmt: skip
+        frontier = picture("Frontier: your data against what it knew", height=360, elem_id="train-wise-frontier")
         alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.1, label="α (0: the model it started from, 1: the fine-tune)",
                           elem_id="train-wise-alpha")  # fmt: skip
         scores = gr.Markdown(elem_id="train-wise-scores")

@@ -22,7 +22,6 @@ single-object scenes (192 images, one domain for every label), as before. The re
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from vlm.errors import VLMError
 from vlm.models import Encoders
 from vlm.synth import LABELS
 from vlm.synth.scenes import single_object_scene
+from vlm.templates import bare_label
 from vlm.zeroshot import build_classifier, embed_images
 
 LOG = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class FitCalibration:
         """The domain that judges `label`: the labelled set holding it (case-folded, with or without a leading
         article: "a red circle" is "red circle"), else the last one."""
         key = label.strip().casefold()
-        keys = {key, re.sub(r"^(a|an|the)\s+", "", key)}
+        keys = {key, bare_label(key)}
         return next((d for d in self.domains if keys & d.vocabulary), self.domains[-1])
 
     def threshold(self, label: str) -> float:

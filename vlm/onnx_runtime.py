@@ -11,9 +11,10 @@ saying why (no export, an export of other weights, a corrupt file, onnxruntime n
 "onnx-int8" explicitly turns each of those into a `ModelError` instead.
 
 Threads: a session's intra-op threads are fixed when it is created, so one session is kept per thread count and
-the count is taken from `torch.get_num_threads()` at each call: the embedding pipeline's cap beside its decoding
-workers (`indexing.embed.threads_beside_workers`) applies to ONNX Runtime as to PyTorch. Spinning threads are
-turned off: on a few shared cores they compete with the decoding workers.
+the count is taken from `torch.get_num_threads()` at each call (a caller's `torch.set_num_threads` applies to both
+runtimes). Spinning threads are turned off: a waiting thread sleeps instead of burning a core, so the embedding
+pipeline lets ONNX Runtime use every core beside its decoding workers (`indexing.embed.threads_beside_workers`),
+where it must cap PyTorch's spinning OpenMP threads.
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ MAX_CHARS = 300  # far beyond any text encoder's 77 tokens; the longest shipped 
 MAX_FIELDS = 3  # `{c}` per template (the shipped sets use it once)
 
 
+def bare_label(label: str) -> str:
+    """`label` case-folded, its whitespace collapsed and without a leading English article, so that "A  red circle"
+    and "red circle" name the same class; a lone article stays as it is."""
+    words = label.casefold().split()
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ("a", "an", "the") else words)
+
+
 def available() -> list[str]:
     """The names of the shipped template sets."""
     return sorted(p.stem for p in TEMPLATE_DIR.glob("*.json"))

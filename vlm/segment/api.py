@@ -37,6 +37,7 @@ from vlm.segment import dense, towers
 from vlm.segment.decoder import SegDecoder, load_decoder, predict_logits
 from vlm.segment.overlay import overlay
 from vlm.synth.world import COLOURS, SHAPES
+from vlm.templates import bare_label
 
 LOG = logging.getLogger(__name__)
 
@@ -213,11 +214,6 @@ def dense_logits(
     return scores[:p] - bg, size
 
 
-def _bare(text: str) -> str:
-    words = text.lower().split()
-    return " ".join(words[1:] if len(words) > 1 and words[0] in ("a", "an", "the") else words)
-
-
 def presence_scores(
     encoders: Encoders,
     image: Image.Image,
@@ -236,7 +232,7 @@ def presence_scores(
     scores, _ = _dense_scores(encoders, image, torch.cat([text, competing]), coarse, logit_scale)
     p, out = len(phrases), []
     for i, phrase in enumerate(phrases):
-        keep = [p + k for k, c in enumerate(competitors) if _bare(c) != _bare(phrase)]
+        keep = [p + k for k, c in enumerate(competitors) if bare_label(c) != bare_label(phrase)]
         out.append(float((scores[i] - torch.logsumexp(scores[keep], dim=0)).max()) if keep else float("inf"))
     return out
 
