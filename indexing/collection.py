@@ -62,6 +62,7 @@ class Collection(ImageCollection):
         self.root = root
         self._v = version
         self._lock_fd = lock_fd
+        self._thumbnails: duplicates.Thumbnails | None = None  # what `duplicates` decoded, kept while open
         self._init_model(encoders, device, runtime)
 
     # Opening.
@@ -262,8 +263,16 @@ class Collection(ImageCollection):
         """Groups of near-identical images, the largest first: pairs proposed by the vectors (cosine above
         `threshold`, default `duplicates.DEFAULT_THRESHOLD`) or by small thumbnails, and confirmed by the thumbnails
         (`pixels`: a `duplicates.PixelCheck`, or its correlation alone; None: the vectors alone); see
-        `indexing.duplicates`."""
+        `indexing.duplicates`. `thumbnails`: signatures to reuse; by default the collection keeps those it decoded
+        while it is open (~2.3 KB per image, ~9 KB more per image with a candidate), so a second call decodes only
+        the images added since."""
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
+        if thumbnails is None:
+            root = self._v.manifest["root"]
+            root = Path(root) if root is not None else None
+            if self._thumbnails is None or self._thumbnails.root != root:
+                self._thumbnails = duplicates.Thumbnails(root)
+            thumbnails = self._thumbnails
         return duplicates.find(self._v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
 
     # Looking things up.

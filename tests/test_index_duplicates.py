@@ -258,3 +258,30 @@ def test_edited_copies_of_real_photos_pass_both_measures():
             assert duplicates.local_residual(sig, other) < duplicates.RESIDUAL / 2
     assert duplicates.pixel_similarity(*signatures) < duplicates.PIXEL_THRESHOLD / 2
     assert duplicates.local_residual(*signatures) > 1.5 * duplicates.RESIDUAL
+
+
+def test_an_open_collection_decodes_each_image_once(tmp_path, tiny_encoders, monkeypatch):
+    """The pixel proposals read every image; an open collection keeps what it decoded, so asking again reads only the
+    images added since."""
+    decoded = []
+    signature = duplicates.signature
+    monkeypatch.setattr(duplicates, "signature", lambda image: decoded.append(image.size) or signature(image))
+    folder = tmp_path / "flags"
+    folder.mkdir()
+    ensign("green disc").save(folder / "a.png")
+    ensign("green disc").resize((60, 30), Image.Resampling.BICUBIC).save(folder / "a_half.png")
+    ensign("yellow square").save(folder / "b.png")
+    c = Collection.create(tmp_path / "c", tiny_encoders, root=folder)
+    c.add(folder, embed=FAST, progress=False)
+    first = c.duplicates()
+    assert [sorted(r.path for r in g.records) for g in first] == [["a.png", "a_half.png"]]
+    assert 3 <= len(decoded) <= 6  # each image for the proposals, and again those with a candidate for the check
+    decoded.clear()
+    assert [g.ids for g in c.duplicates()] == [g.ids for g in first]
+    assert decoded == []
+    ImageEnhance.Brightness(ensign("green disc")).enhance(1.25).save(folder / "a_bright.png")
+    c.add(folder, embed=FAST, progress=False)
+    groups = c.duplicates()
+    assert [sorted(r.path for r in g.records) for g in groups] == [["a.png", "a_bright.png", "a_half.png"]]
+    assert (120, 60) in decoded and len(decoded) <= 2  # the new image only (for the proposals and the check)
+    c.close()
