@@ -32,9 +32,11 @@ A grey copy of a colour photo correlates less with it (the more colourful, the l
 benchmark's edits. An image that cannot be read is never proposed by its pixels and keeps the pairs the vectors
 proposed on their word alone.
 
-Cost: the proposals decode every image once per call (the dominant cost, indexing/README.md; `Thumbnails` keeps them
-for further calls) and compare N^2 x 192 x len(CROPS) coarse values; the confirmation decodes the candidates again at
-`SIDE` and costs ~4 ms per candidate pair that passes the correlation.
+Cost: the proposals need every image's coarse thumbnails and compare N^2 x 192 x len(CROPS) coarse values; the
+confirmation needs the candidates' `SIDE` thumbnails and costs ~4 ms per candidate pair that passes the correlation.
+Decoding is the dominant cost (indexing/README.md), so `Thumbnails` keeps what it decoded, and with a `store` (what
+`Collection.duplicates` gives: `indexing.signatures`, by pixel hash, in the collection's folder) other calls and
+processes decode only images never seen before.
 
 Groups are stars, not chains: images are taken in keeper order (the most pixels first), and each image not yet in a
 group gathers those still free that are confirmed as its copies; so every member is a confirmed copy of its keeper,
@@ -59,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from indexing.errors import IndexingError
+from indexing.signatures import SignatureCache
 from indexing.store import Filter, ImageRecord
 from indexing.versions import Version
 from vlm.errors import DataError
@@ -77,6 +80,8 @@ BLOCK = 1024
 SIDE = 32  # thumbnail side, px
 CROPS = (0.0, 0.05, 0.1)  # centred crops compared, as a share of each side
 COARSE = 8  # side of the thumbnails that propose pairs (SIDE / COARSE px averaged into each)
+COARSE_SHAPE = (len(CROPS), COARSE * COARSE * 3)  # of a `coarse` signature, float32
+FULL_SHAPE = (len(CROPS), SIDE, SIDE, 3)  # of a `signature`, uint8
 WINDOW = 6  # side of the patches whose mean residual is compared, px of a thumbnail
 GAIN = (0.5, 2.0)  # the contrast change the alignment may assume, at most
 DECODERS = min(4, os.cpu_count() or 1)  # threads that decode images for the proposals
@@ -112,10 +117,19 @@ def as_check(pixels: float | PixelCheck | None) -> PixelCheck | None:
 class Thumbnails:
     """Pixel signatures of images, decoded on first use and kept (a benchmark reuses them across settings). The
     coarse ones (`coarse_all`, for proposals: every image) and the full ones (`get`, for confirming: images with a
-    candidate) are kept apart, so holding the coarse ones of a large collection costs little memory."""
+    candidate) are kept apart, so holding the coarse ones of a large collection costs little memory. With `store` (a
+    SQLite file, `indexing.signatures`), both are also kept there by pixel hash, for other calls and processes."""
 
-    def __init__(self, root: Path | None):
+    def __init__(self, root: Path | None, store: Path | None = None):
         self.root = root
+        self.caches = (
+            (
+                SignatureCache(store, "coarse", COARSE_SHAPE, np.float32),
+                SignatureCache(store, "full", FULL_SHAPE, np.uint8),
+            )
+            if store is not None
+            else None
+        )
         self._cache: dict[tuple, np.ndarray | None] = {}
         self._coarse: dict[tuple, np.ndarray | None] = {}
         self._pairs: dict[tuple, list] = {}  # (key, key) -> [correlation, residual or None]
@@ -136,6 +150,21 @@ class Thumbnails:
             if key not in self._coarse:
                 self._coarse[key] = None if self._cache[key] is None else coarse(self._cache[key])
         return self._cache[key]
+
+    def load(self, records: list[ImageRecord]) -> None:
+        """Make the `signature`s of `records` ready for `get`: from the store, else decoded by `DECODERS` threads and
+        put in the store."""
+        todo = {(r.path, r.sha256): r for r in records if (r.path, r.sha256) not in self._cache}
+        if self.caches is not None and todo:
+            stored = self.caches[1].get(r.sha256 for r in todo.values())
+            for key in [k for k in todo if k[1] in stored]:
+                self._cache[key] = stored[key[1]]
+                del todo[key]
+        with ThreadPoolExecutor(max_workers=DECODERS) as pool:
+            for key, full in zip(todo, pool.map(self._decode, todo.values()), strict=True):
+                self._cache[key] = full
+        if self.caches is not None:
+            self.caches[1].put({k[1]: self._cache[k] for k in todo if self._cache[k] is not None})
 
     def compare(
         self, record: ImageRecord, others: list[ImageRecord], above: float, residual: bool
@@ -164,13 +193,21 @@ class Thumbnails:
         return [None if (v := self._pairs.get(p)) is None else (v[0], v[1] if residual else None) for p in pairs]
 
     def coarse_all(self, records: list[ImageRecord]) -> list[np.ndarray | None]:
-        """The `coarse` signatures of the images (None for one that cannot be read), decoded by `DECODERS` threads
-        (Pillow decodes and resizes outside the GIL)."""
+        """The `coarse` signatures of the images (None for one that cannot be read): from memory, else from `cache`
+        (by pixel hash), else decoded by `DECODERS` threads (Pillow decodes and resizes outside the GIL) and stored
+        in `cache`."""
         keys = [(r.path, r.sha256) for r in records]
         todo = {k: r for k, r in zip(keys, records, strict=True) if k not in self._coarse and k not in self._cache}
+        if self.caches is not None and todo:
+            stored = self.caches[0].get(r.sha256 for r in todo.values())
+            for key in [k for k in todo if k[1] in stored]:
+                self._coarse[key] = stored[key[1]]
+                del todo[key]
         with ThreadPoolExecutor(max_workers=DECODERS) as pool:
             for key, full in zip(todo, pool.map(self._decode, todo.values()), strict=True):
                 self._coarse[key] = None if full is None else coarse(full)
+        if self.caches is not None:  # an image that cannot be read is not kept: it is tried again next time
+            self.caches[0].put({k[1]: self._coarse[k] for k in todo if self._coarse[k] is not None})
         for key in keys:
             if key not in self._coarse:
                 self._coarse[key] = None if self._cache[key] is None else coarse(self._cache[key])
@@ -393,6 +430,7 @@ def _confirm(
 ) -> None:
     """Drop from `near` (both directions) the pairs whose pixels do not agree (`check`). A pair with an image that
     cannot be read stays if the vectors proposed it (cosine above `threshold`)."""
+    thumbs.load([record_of(i) for i in near])
     for i in list(near):
         later = [j for j in near[i] if j > i]
         if not later:
