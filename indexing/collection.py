@@ -278,7 +278,7 @@ class Collection(ImageCollection):
             thumbnails = self._thumbnails
         groups = duplicates.find(v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
         for cache in thumbnails.caches or ():
-            if len(cache) > 1.1 * int(v.manifest["count"]) + 100:  # entries of images removed since
+            if cache.stale(int(v.manifest["count"])):  # entries of images removed since
                 cache.prune({r.sha256 for r in v.store.get(v.store.ids().tolist()).values()})
         return groups
 

@@ -32,6 +32,7 @@ LOG = logging.getLogger(__name__)
 SIGNATURES = "signatures.sqlite"  # in a FAISS collection's folder, beside its versions
 _BATCH = 500  # hashes per IN (...) query, below SQLite's variable limit
 _TIMEOUT_S = 5.0  # how long a write waits for another process's transaction
+STALE_SHARE, STALE_SPARE = 0.1, 100  # stale entries tolerated: this share of the collection's images, plus this many
 
 
 class SignatureCache:
@@ -103,16 +104,21 @@ class SignatureCache:
         except sqlite3.Error as e:
             self._broken(e, "write it")
 
-    def prune(self, keep: set[str], slack: float = 0.1) -> int:
-        """Delete the entries whose hash is not in `keep` (the collection's images), when they are more than `slack`
-        of `keep`'s size (so a call does not rewrite the file for a few stale entries); returns how many went."""
+    def stale(self, count: int) -> bool:
+        """Whether the cache holds more entries than a collection of `count` images leaves room for (`prune`)."""
+        return len(self) > (1 + STALE_SHARE) * count + STALE_SPARE
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete the entries whose hash is not in `keep` (the collection's images), when they are more than
+        `STALE_SHARE` of `keep`'s size plus `STALE_SPARE` (so a call does not rewrite the file for a few stale
+        entries); returns how many went."""
         if not self.path.exists():
             return 0
         try:
             with self._connection() as conn, conn:
                 stored = [row[0] for row in conn.execute(f"SELECT sha256 FROM {self.table}")]
                 stale = [(sha,) for sha in stored if sha not in keep]
-                if len(stale) <= slack * len(keep):
+                if len(stale) <= STALE_SHARE * len(keep) + STALE_SPARE:
                     return 0
                 conn.executemany(f"DELETE FROM {self.table} WHERE sha256 = ?", stale)
         except sqlite3.Error as e:

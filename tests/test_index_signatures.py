@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from indexing import duplicates
+from indexing import duplicates, signatures
 from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.signatures import SIGNATURES, SignatureCache
@@ -116,7 +116,8 @@ def test_a_file_edited_in_place_is_compared_by_its_new_pixels(library, decoded, 
     writer.close()
 
 
-def test_stale_entries_are_pruned(tmp_path):
+def test_stale_entries_are_pruned(tmp_path, monkeypatch):
+    monkeypatch.setattr(signatures, "STALE_SPARE", 0)
     cache = SignatureCache(tmp_path / SIGNATURES, "coarse", (2, 3), np.float32)
     rng = np.random.default_rng(0)
     values = {f"{n:064x}": rng.normal(size=(2, 3)).astype(np.float32) for n in range(30)}
@@ -128,3 +129,16 @@ def test_stale_entries_are_pruned(tmp_path):
     assert len(cache) == 10 and set(cache.get(values)) == set(list(values)[:10])
     with pytest.raises(ValueError):
         cache.put({"a" * 64: np.zeros((3, 2), np.float32)})
+
+
+def test_a_collection_prunes_the_entries_of_removed_images(library, monkeypatch):
+    monkeypatch.setattr(signatures, "STALE_SPARE", 0)
+    c, _ = library
+    c.duplicates()
+    cache = SignatureCache(c.root / SIGNATURES, "coarse", duplicates.COARSE_SHAPE, np.float32)
+    assert len(cache) == 8
+    c.remove(paths=["s2.png", "s3.png", "s1_half.png"])
+    c.duplicates()
+    kept = {r.sha256 for r in c.records_view.get(c.records_view.ids().tolist()).values()}
+    assert len(kept) == 5 and set(cache.get([*kept, *(f"{n:064x}" for n in range(3))])) == kept
+    assert len(cache) == 5
