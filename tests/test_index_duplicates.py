@@ -152,3 +152,136 @@ def test_pixels_tell_colours_apart_that_grey_would_not():
     for copy in copies:
         similarity = duplicates.pixel_similarity(reference, duplicates.signature(copy))
         assert similarity > max(0.99, duplicates.PIXEL_THRESHOLD)
+
+
+def test_the_pixels_propose_copies_that_the_vectors_put_far_apart(coll):
+    """A brightened copy that the model puts far from its original (the demo model does, at cosine 0.58-0.84) is
+    still found: the coarse thumbnails propose it. Without pixel proposals, a cosine threshold above every brightened
+    copy's cosine loses them."""
+    truth = families(coll)
+    records = coll.records(range(coll.count))
+    ids = sorted(records)
+    x = coll._v.vectors.get(np.array(ids))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    bright = [n for n, i in enumerate(ids) if records[i].path.endswith("_bright.png")]
+    family = {n: next(g for g in truth if records[ids[n]].path in g) for n in bright}
+    closest = max(
+        float(sims[n, m]) for n in bright for m, i in enumerate(ids) if m != n and records[i].path in family[n]
+    )
+    threshold = closest + (1 - closest) / 2
+    found = {frozenset(r.path for r in g.records) for g in coll.duplicates(threshold)}
+    assert found == truth
+    vectors_propose = coll.duplicates(threshold, pixels=duplicates.PixelCheck(propose=None))
+    grouped = {r.path for g in vectors_propose for r in g.records}
+    assert not grouped & {records[ids[n]].path for n in bright}
+
+
+def ensign(badge: str) -> Image.Image:
+    """A blue ensign (a white canton with a red cross on a blue field) with a white disc holding a green disc or a
+    yellow square: flags of one design that differ in their badge, as seven Twemoji flags do."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (120, 60), (20, 40, 130))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 59, 29), fill=(240, 240, 240))
+    draw.rectangle((26, 0, 33, 29), fill=(200, 30, 40))
+    draw.rectangle((0, 12, 59, 17), fill=(200, 30, 40))
+    draw.ellipse((74, 10, 106, 50), fill=(240, 240, 240))
+    if badge == "green disc":
+        draw.ellipse((81, 17, 99, 43), fill=(30, 140, 60))
+    else:
+        draw.rectangle((82, 18, 98, 42), fill=(230, 170, 30))
+    return image
+
+
+def test_flags_that_differ_in_a_badge_are_not_copies(tmp_path, tiny_encoders):
+    """Two flags alike but for their badge correlate above the pixel threshold (the whole thumbnail agrees but for a
+    patch), so only the worst local residual tells them apart; edited copies of one have a small residual everywhere
+    and stay together."""
+    a, b = ensign("green disc"), ensign("yellow square")
+    sa, sb = duplicates.signature(a), duplicates.signature(b)
+    assert duplicates.pixel_similarity(sa, sb) > duplicates.PIXEL_THRESHOLD  # the correlation alone: "copies"
+    assert duplicates.local_residual(sa, sb) > 1.5 * duplicates.RESIDUAL
+    folder = tmp_path / "flags"
+    folder.mkdir()
+    a.save(folder / "a.png")
+    b.save(folder / "b.png")
+    a.resize((60, 30), Image.Resampling.BICUBIC).save(folder / "a_half.png")
+    a.save(folder / "a_q40.jpg", quality=40)
+    ImageEnhance.Brightness(a).enhance(1.25).save(folder / "a_bright.png")
+    a.crop((7, 4, 113, 56)).save(folder / "a_crop.png")
+    for path in sorted(folder.iterdir()):
+        if path.stem != "b":
+            copy = duplicates.signature(Image.open(path))
+            assert duplicates.local_residual(sa, copy) < duplicates.RESIDUAL / 2
+    c = Collection.create(tmp_path / "c", tiny_encoders, root=folder)
+    c.add(folder, embed=FAST, progress=False)
+    x = c._v.vectors.get(np.arange(c.count))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    threshold = max(float((x @ x.T).min()) - 0.01, 0.001)  # the vectors propose every pair
+    groups = [sorted(r.path for r in g.records) for g in c.duplicates(threshold)]
+    assert groups == [["a.png", "a_bright.png", "a_crop.png", "a_half.png", "a_q40.jpg"]]
+    c.close()
+
+
+def test_bad_pixel_checks_are_refused():
+    for bad in ({"correlation": 1.2}, {"residual": 0.0}, {"residual": 300.0}, {"propose": 0.0}):
+        with pytest.raises(IndexingError):
+            duplicates.PixelCheck(**bad)
+    assert duplicates.as_check(0.8) == duplicates.PixelCheck(correlation=0.8)
+    assert duplicates.as_check(None) is None
+
+
+def test_edited_copies_of_real_photos_pass_both_measures():
+    """Real photos (scikit-learn's samples) and their edited copies, a 10% crop and lower contrast among them: the
+    copies are well within both pixel measures at their defaults, the two photos far outside."""
+    from sklearn.datasets import load_sample_image
+
+    photos = [Image.fromarray(load_sample_image(name)) for name in ("china.jpg", "flower.jpg")]
+    signatures = [duplicates.signature(p) for p in photos]
+    for photo, sig in zip(photos, signatures, strict=True):
+        w, h = photo.size
+        buffer = io.BytesIO()
+        photo.save(buffer, "JPEG", quality=40)
+        copies = [
+            photo.resize((w // 2, h // 2), Image.Resampling.BICUBIC),
+            Image.open(buffer),
+            photo.crop((round(w * 0.06), round(h * 0.06), w - round(w * 0.06), h - round(h * 0.06))),
+            photo.crop((round(w * 0.1), round(h * 0.1), w - round(w * 0.1), h - round(h * 0.1))),
+            ImageEnhance.Brightness(photo).enhance(1.25),
+            ImageEnhance.Contrast(photo).enhance(0.8),
+        ]
+        for copy in copies:
+            other = duplicates.signature(copy)
+            assert duplicates.pixel_similarity(sig, other) > max(0.95, duplicates.PIXEL_THRESHOLD)
+            assert duplicates.local_residual(sig, other) < duplicates.RESIDUAL / 2
+    assert duplicates.pixel_similarity(*signatures) < duplicates.PIXEL_THRESHOLD / 2
+    assert duplicates.local_residual(*signatures) > 1.5 * duplicates.RESIDUAL
+
+
+def test_an_open_collection_decodes_each_image_once(tmp_path, tiny_encoders, monkeypatch):
+    """The pixel proposals read every image; an open collection keeps what it decoded, so asking again reads only the
+    images added since."""
+    decoded = []
+    signature = duplicates.signature
+    monkeypatch.setattr(duplicates, "signature", lambda image: decoded.append(image.size) or signature(image))
+    folder = tmp_path / "flags"
+    folder.mkdir()
+    ensign("green disc").save(folder / "a.png")
+    ensign("green disc").resize((60, 30), Image.Resampling.BICUBIC).save(folder / "a_half.png")
+    ensign("yellow square").save(folder / "b.png")
+    c = Collection.create(tmp_path / "c", tiny_encoders, root=folder)
+    c.add(folder, embed=FAST, progress=False)
+    first = c.duplicates()
+    assert [sorted(r.path for r in g.records) for g in first] == [["a.png", "a_half.png"]]
+    assert 3 <= len(decoded) <= 6  # each image for the proposals, and again those with a candidate for the check
+    decoded.clear()
+    assert [g.ids for g in c.duplicates()] == [g.ids for g in first]
+    assert decoded == []
+    ImageEnhance.Brightness(ensign("green disc")).enhance(1.25).save(folder / "a_bright.png")
+    c.add(folder, embed=FAST, progress=False)
+    groups = c.duplicates()
+    assert [sorted(r.path for r in g.records) for g in groups] == [["a.png", "a_bright.png", "a_half.png"]]
+    assert (120, 60) in decoded and len(decoded) <= 2  # the new image only (for the proposals and the check)
+    c.close()

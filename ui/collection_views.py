@@ -26,7 +26,8 @@ def duplicates_view(default_threshold: float) -> tuple[gr.Number, gr.Button, gr.
                 minimum=MIN_THRESHOLD,
                 maximum=MAX_THRESHOLD,
                 step=0.01,
-                label="Cosine above which two images are copies (default measured by bench/duplicates.py)",
+                label="Cosine above which the vectors propose a pair (small thumbnails propose too; the pixels confirm "
+                "every pair; default measured by bench/duplicates.py)",
                 elem_id="search-dups-threshold",
             )
             button = gr.Button("Find duplicates", elem_id="search-dups-button")
@@ -46,7 +47,8 @@ def render_duplicates(
             items.append((files.thumbnail(coll, record), f"group {n} · {mark} · {printable(record.path)}"))
     extra = sum(len(g.records) - 1 for g in groups)
     status = (
-        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g}, confirmed by the pixels); "
+        f"{len(groups):,} group(s) of near-duplicates (cosine > {threshold:g} or thumbnails alike, confirmed by the "
+        "pixels); "
         f"{extra:,} image(s) beside their keeper."
     )
     if len(groups) > MAX_GROUPS_SHOWN:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
+from indexing import queries
 from indexing.collection import Collection
 from indexing.duplicates import DEFAULT_THRESHOLD
 from indexing.errors import IndexingError
@@ -39,31 +41,57 @@ from vlm.segment.absent import absent_threshold
 LOG = logging.getLogger(__name__)
 
 
-def _filters(
-    caption: str | None, path: str | None, after: str | None, before: str | None, max_chars: int
-) -> Filter | None:
-    """The filters typed in (each bounded like any web text); `IndexingError` (shown) for a malformed date or an
-    impossible range."""
+LARGEST_SIDE = 1_000_000  # px: far beyond any photo; a filter above it is a mistake
+LARGEST_FILE_MB = 1_000_000.0
 
-    def optional(text: str | None, what: str) -> str | None:
-        if not (text or "").strip():
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What every search of the tab takes besides its query, checked: k, the filters, the order, the cut-off."""
+
+    k: int
+    filters: Filter | None
+    sort: str
+    min_score: float | None  # for sort="date"; None: the model's own (`indexing.queries.default_min_score`)
+
+    def search_kwargs(self) -> dict[str, Any]:
+        return {"filters": self.filters, "sort": self.sort, "min_score": self.min_score}
+
+
+def search_options(
+    k: object, caption: str | None, path: str | None, after: str | None, before: str | None, order: str | None,
+    folder: str | None, min_width: object, min_height: object, min_mb: object, min_score: object, limits,
+) -> SearchOptions:  # fmt: skip
+    """The options typed in, each bounded by the shared rules (`ui.inputs`); blank = not used. `ConfigError` or
+    `IndexingError` (shown) for a malformed number or date, or an impossible range."""
+
+    def text(value: str | None, what: str) -> str | None:
+        if not (value or "").strip():
             return None
-        checked_text(text, what, max_chars)  # the shared length bound; a filter keeps its own spacing
-        return text.strip()
+        checked_text(value, what, limits.max_text_chars)  # the shared length bound; a filter keeps its own spacing
+        return value.strip()
 
-    f = Filter(
-        path_contains=optional(path, "path filter"),
-        caption_contains=optional(caption, "caption filter"),
-        after=optional(after, "'after' date"),
-        before=optional(before, "'before' date"),
-    )
-    return None if f.is_empty() else f
+    def number(value: object, what: str, hi: float, whole: bool) -> float | int | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return checked_int(value, what, 0, int(hi)) if whole else checked_float(value, what, 0.0, hi)
 
-
-def _sort(order: str | None) -> str:
     if order not in (None, "", "relevance", "date"):
         raise ConfigError(f"unknown order {printable(str(order))!r}; choose 'relevance' or 'date'")
-    return order or "relevance"
+    mb = number(min_mb, "smallest file size in MB", LARGEST_FILE_MB, whole=False)
+    f = Filter(
+        path_contains=text(path, "path filter"),
+        caption_contains=text(caption, "caption filter"),
+        folder=text(folder, "folder filter"),
+        after=text(after, "'after' date"),
+        before=text(before, "'before' date"),
+        min_width=number(min_width, "smallest width in px", LARGEST_SIDE, whole=True),
+        min_height=number(min_height, "smallest height in px", LARGEST_SIDE, whole=True),
+        min_size=None if mb is None else round(mb * 2**20),
+    )
+    cut = None if min_score is None or min_score == "" else checked_float(min_score, "relevance cut-off", -1.0, 1.0)
+    k = checked_int(k, "the number of results k", 1, limits.max_k)
+    return SearchOptions(k, None if f.is_empty() else f, order or "relevance", cut)
 
 
 def is_arithmetic(text: str) -> bool:
@@ -96,7 +124,7 @@ def _check_nonempty(coll: Collection) -> None:
 
 
 def _render(
-    files: ResultFiles, coll: Collection, hits: Hits, elapsed: float
+    files: ResultFiles, coll: Collection, hits: Hits, elapsed: float, options: SearchOptions
 ) -> tuple[list, list[dict[str, Any]], str, list[int]]:
     """Gallery items, a JSON-ready table, a status line and the ids in rank order."""
     gallery, table, ids = [], [], []
@@ -106,8 +134,14 @@ def _render(
         table.append({"id": record.id, "score": round(float(score), 4), "file": record.path, "caption": caption})
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.count:,} images in {elapsed * 1000:.0f} ms."
+    if options.sort == "date":
+        cut = queries.default_min_score(coll.model) if options.min_score is None else options.min_score
+        whose = "the model's default" if options.min_score is None else "yours"
+        status += f" Newest first among the matches scoring at least {cut:.2f} (the relevance cut-off: {whose})."
     if ids:
         status += " Click a result to see why it matched, or to search for more like it."
+    elif options.sort == "date":
+        status += " Nothing matched the filters above the cut-off: lower it under Filters to see more."
     else:
         status += " Nothing matched the filters."
     return gallery, table, status, ids
@@ -135,9 +169,18 @@ def build(state: AppState) -> None:
                 path_filter = gr.Textbox(label="Path contains")
                 after = gr.Textbox("", label="Taken on or after", placeholder="YYYY-MM-DD", elem_id="search-after")
                 before = gr.Textbox("", label="Taken before", placeholder="YYYY-MM-DD", elem_id="search-before")
+                folder_filter = gr.Textbox("", label="In folder", placeholder="2024/rome", elem_id="search-folder")
+                with gr.Row():
+                    min_width = gr.Number(None, label="Width at least (px)", minimum=0, elem_id="search-min-width")
+                    min_height = gr.Number(None, label="Height at least (px)", minimum=0, elem_id="search-min-height")
+                    min_mb = gr.Number(None, label="File at least (MB)", minimum=0, elem_id="search-min-mb")
                 order = gr.Radio(
                     ["relevance", "date"], value="relevance", label="Order (date: newest of the good matches)",
                     elem_id="search-order",
+                )  # fmt: skip
+                min_score = gr.Number(
+                    None, label="Relevance cut-off for date order (blank: the model's default)", minimum=-1,
+                    maximum=1, step=0.01, elem_id="search-min-score",
                 )  # fmt: skip
             with gr.Accordion("Add images", open=False):
                 folder = gr.Textbox(
@@ -162,22 +205,19 @@ def build(state: AppState) -> None:
                     similar_button = gr.Button("More like this", interactive=False)
                     remove_button = gr.Button("Remove from collection", interactive=False, elem_id="search-remove")
             with gr.Accordion("Results as data", open=False):
-                table = gr.JSON(label="Results")
+                table = gr.JSON(label="Results", elem_id="search-table")
             dup_threshold, dup_button, dup_status, dup_gallery = duplicates_view(DEFAULT_THRESHOLD)
     ids = gr.State([])  # the ids shown, in gallery order
     last_text = gr.State("")  # the text query behind them ("" for an image query)
     # The id clicked: a (hidden) component rather than a State, so that API clients can pass one too.
     selected = gr.Number(value=-1, precision=0, visible="hidden", label="image id")
 
-    def respond(coll: Collection, hits: Hits, start: float, text: str):
-        gallery_items, rows, line, shown_ids = _render(state.files, coll, hits, time.perf_counter() - start)
+    def respond(coll: Collection, hits: Hits, start: float, text: str, options: SearchOptions):
+        gallery_items, rows, line, shown_ids = _render(state.files, coll, hits, time.perf_counter() - start, options)
         off = gr.Button(interactive=False)
         return gallery_items, rows, line, shown_ids, text, None, "", off, off
 
     outputs = [gallery, table, status, ids, last_text, why, why_info, similar_button, remove_button]
-
-    def _k(k: object) -> int:
-        return checked_int(k, "the number of results k", 1, limits.max_k)
 
     def _id(image_id: object) -> int:
         return checked_int(image_id, "the image id", 0, LARGEST_ID)
@@ -185,45 +225,51 @@ def build(state: AppState) -> None:
     @shown
     def search_text(
         text: str, k: float, caption_contains: str, path_contains: str, after: str = "", before: str = "",
-        order: str = "relevance",
+        order: str = "relevance", folder: str = "", min_width: float | None = None, min_height: float | None = None,
+        min_mb: float | None = None, min_score: float | None = None,
     ):  # fmt: skip
         """Text search; `a + b - 0.5*c` is query arithmetic (vlm/query.py; image terms: files the app may read)."""
         text = checked_text(text, "search text", limits.max_text_chars)
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
+        o = search_options(k, caption_contains, path_contains, after, before, order, folder, min_width, min_height,
+                           min_mb, min_score, limits)  # fmt: skip
         if is_arithmetic(text):
             vector = query_vector(text, state.active.encoders, state.allowed_dirs)
-            hits = coll.search_vector(vector, k=_k(k), filters=where, sort=sort)
-            return respond(coll, hits, start, "")
-        hits = coll.search_text(text, k=_k(k), filters=where, sort=sort)
-        return respond(coll, hits, start, text)
+            hits = coll.search_vector(vector, k=o.k, **o.search_kwargs())
+            return respond(coll, hits, start, "", o)
+        hits = coll.search_text(text, k=o.k, **o.search_kwargs())
+        return respond(coll, hits, start, text, o)
 
     @shown
     def search_image(
         image: Image.Image | None, k: float, caption_contains: str, path_contains: str, after: str = "",
-        before: str = "", order: str = "relevance",
+        before: str = "", order: str = "relevance", folder: str = "", min_width: float | None = None,
+        min_height: float | None = None, min_mb: float | None = None, min_score: float | None = None,
     ):  # fmt: skip
         image = require_image(image, "an example image")
         coll = state.active.collection
         _check_nonempty(coll)
         start = time.perf_counter()
-        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
-        hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
-        return respond(coll, hits, start, "")
+        o = search_options(k, caption_contains, path_contains, after, before, order, folder, min_width, min_height,
+                           min_mb, min_score, limits)  # fmt: skip
+        hits = coll.search_image(image, k=o.k, **o.search_kwargs())
+        return respond(coll, hits, start, "", o)
 
     @shown
     def search_similar(
         image_id: float, k: float, caption_contains: str, path_contains: str, after: str = "", before: str = "",
-        order: str = "relevance",
+        order: str = "relevance", folder: str = "", min_width: float | None = None, min_height: float | None = None,
+        min_mb: float | None = None, min_score: float | None = None,
     ):  # fmt: skip
         coll = state.active.collection
         start = time.perf_counter()
         image = coll.open_image(_id(image_id))  # IndexingError for an id not in the collection
-        where, sort = _filters(caption_contains, path_contains, after, before, limits.max_text_chars), _sort(order)
-        hits = coll.search_image(image, k=_k(k), filters=where, sort=sort)
-        return respond(coll, hits, start, "")
+        o = search_options(k, caption_contains, path_contains, after, before, order, folder, min_width, min_height,
+                           min_mb, min_score, limits)  # fmt: skip
+        hits = coll.search_image(image, k=o.k, **o.search_kwargs())
+        return respond(coll, hits, start, "", o)
 
     @shown
     def remove_result(image_id: float):
@@ -303,11 +349,12 @@ def build(state: AppState) -> None:
     def off() -> gr.Button:
         return gr.Button(interactive=False)
 
-    inputs = [k, caption_filter, path_filter, after, before, order]
+    inputs = [k, caption_filter, path_filter, after, before, order, folder_filter, min_width, min_height, min_mb,
+              min_score]  # fmt: skip
     if tries:
         with query_column:
             gr.Examples(
-                [[q, 12, "", "", "", "", "relevance"] for q in tries],
+                [[q, 12, "", "", "", "", "relevance", "", None, None, None, None] for q in tries],
                 [query, *inputs],
                 outputs,
                 fn=search_text,

@@ -137,12 +137,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = actions.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded, cropped copies)")
     d.add_argument("collection")
     d.add_argument(
-        "--threshold", type=float, help="cosine above which two images are copies (default: measured, README)"
+        "--threshold",
+        type=float,
+        help="cosine above which the vectors propose a pair (default: measured, README); small thumbnails propose "
+        "pairs too, and both kinds are confirmed by the pixels",
     )
     d.add_argument(
         "--pixel-threshold",
         type=float,
-        help="thumbnail correlation that confirms a pair (default: measured, README); 0 = the vectors alone",
+        help="thumbnail correlation that confirms a pair (default: measured, README); 0 = the vectors alone (no "
+        "pixel check, and only the vectors propose pairs)",
     )
     d.add_argument("--folder", help="only images under this folder (as stored)")
     d.add_argument("--json", action="store_true", help="print JSON instead of a list")
@@ -390,7 +394,8 @@ def run_duplicates(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
         return
     extra = sum(len(g) - 1 for g in rows)
-    print(f"{len(rows):,} group(s) of near-duplicates (cosine > {threshold}); {extra:,} image(s) beside their keeper")
+    how = f"cosine > {threshold}" + ("" if pixels is None else " or thumbnails alike, confirmed by the pixels")
+    print(f"{len(rows):,} group(s) of near-duplicates ({how}); {extra:,} image(s) beside their keeper")
     for n, group in enumerate(rows, 1):
         print(f"group {n}:")
         for m in group:
