@@ -29,13 +29,12 @@ def threads() -> int:
 
 def applies(index: faiss.Index, nq: int, nprobe: int) -> bool:
     """Whether a search of `nq` queries probing `nprobe` lists of `index` is better split: a plain CPU IVF index
-    (no transform or id map in front), fewer queries than threads, several threads and enough lists."""
-    return (
-        0 < nq < threads()
-        and threads() > 1
-        and nprobe >= SPLIT_MIN_PROBES
-        and isinstance(faiss.downcast_index(index), faiss.IndexIVF)
-    )
+    (no transform or id map in front) on inner products (the merge keeps the largest scores), fewer queries than
+    threads, several threads and enough lists."""
+    if not (0 < nq < threads() and threads() > 1 and nprobe >= SPLIT_MIN_PROBES):
+        return False
+    ivf = faiss.downcast_index(index)
+    return isinstance(ivf, faiss.IndexIVF) and ivf.metric_type == faiss.METRIC_INNER_PRODUCT
 
 
 def _executor() -> ThreadPoolExecutor:

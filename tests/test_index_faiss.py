@@ -304,3 +304,16 @@ def test_single_query_split_over_threads_equals_faiss_plain_search(monkeypatch):
     check_ref_knn_with_draws(*index.search(queries[:1], 10, params=plain), scores, found, rtol=1e-5)
     fi.search(index, info, queries, 10)  # more queries than threads: faiss splits them itself
     assert len(calls) == 1
+
+
+def test_a_split_is_only_taken_where_its_merge_is_right(monkeypatch):
+    """The merge keeps the largest scores: an L2 index (smallest distances best) is never split."""
+    from indexing import split
+
+    monkeypatch.setattr(split, "threads", lambda: 4)
+    vectors = clustered(500, 8, clusters=10, seed=3)
+    for metric, expected in ((faiss.METRIC_INNER_PRODUCT, True), (faiss.METRIC_L2, False)):
+        index = faiss.index_factory(8, "IVF16,Flat", metric)
+        index.train(vectors)
+        assert split.applies(index, 1, 8) is expected
+    assert not split.applies(index, 4, 8) and not split.applies(faiss.IndexFlatIP(8), 1, 8)
