@@ -155,16 +155,23 @@ class Thumbnails:
         """Make the `signature`s of `records` ready for `get`: from the store, else decoded by `DECODERS` threads and
         put in the store."""
         todo = {(r.path, r.sha256): r for r in records if (r.path, r.sha256) not in self._cache}
-        if self.caches is not None and todo:
-            stored = self.caches[1].get(r.sha256 for r in todo.values())
+        self._fill(self._cache, None if self.caches is None else self.caches[1], todo, lambda sig: sig)
+
+    def _fill(self, memory: dict, cache, todo: dict, make) -> None:
+        """Put in `memory` (key -> array or None) an entry per `todo` (key -> record): from `cache` (a
+        `SignatureCache`, or None) by pixel hash, else `make(signature)` of the image decoded by `DECODERS` threads
+        (Pillow decodes and resizes outside the GIL), stored in `cache` too. An image that cannot be read is kept out
+        of `cache`: it is tried again next time."""
+        if cache is not None and todo:
+            stored = cache.get(r.sha256 for r in todo.values())
             for key in [k for k in todo if k[1] in stored]:
-                self._cache[key] = stored[key[1]]
+                memory[key] = stored[key[1]]
                 del todo[key]
         with ThreadPoolExecutor(max_workers=DECODERS) as pool:
             for key, full in zip(todo, pool.map(self._decode, todo.values()), strict=True):
-                self._cache[key] = full
-        if self.caches is not None:
-            self.caches[1].put({k[1]: self._cache[k] for k in todo if self._cache[k] is not None})
+                memory[key] = None if full is None else make(full)
+        if cache is not None:
+            cache.put({k[1]: memory[k] for k in todo if memory[k] is not None})
 
     def compare(
         self, record: ImageRecord, others: list[ImageRecord], above: float, residual: bool
@@ -193,21 +200,11 @@ class Thumbnails:
         return [None if (v := self._pairs.get(p)) is None else (v[0], v[1] if residual else None) for p in pairs]
 
     def coarse_all(self, records: list[ImageRecord]) -> list[np.ndarray | None]:
-        """The `coarse` signatures of the images (None for one that cannot be read): from memory, else from `cache`
-        (by pixel hash), else decoded by `DECODERS` threads (Pillow decodes and resizes outside the GIL) and stored
-        in `cache`."""
+        """The `coarse` signatures of the images (None for one that cannot be read): from memory, else from the
+        cache, else decoded (`_fill`)."""
         keys = [(r.path, r.sha256) for r in records]
         todo = {k: r for k, r in zip(keys, records, strict=True) if k not in self._coarse and k not in self._cache}
-        if self.caches is not None and todo:
-            stored = self.caches[0].get(r.sha256 for r in todo.values())
-            for key in [k for k in todo if k[1] in stored]:
-                self._coarse[key] = stored[key[1]]
-                del todo[key]
-        with ThreadPoolExecutor(max_workers=DECODERS) as pool:
-            for key, full in zip(todo, pool.map(self._decode, todo.values()), strict=True):
-                self._coarse[key] = None if full is None else coarse(full)
-        if self.caches is not None:  # an image that cannot be read is not kept: it is tried again next time
-            self.caches[0].put({k[1]: self._coarse[k] for k in todo if self._coarse[k] is not None})
+        self._fill(self._coarse, None if self.caches is None else self.caches[0], todo, coarse)
         for key in keys:
             if key not in self._coarse:
                 self._coarse[key] = None if self._cache[key] is None else coarse(self._cache[key])
