@@ -49,6 +49,12 @@ def test_build_add_search_remove_info(tmp_path, shapes, model_dir, capsys):
     assert "images/000007.png" in capsys.readouterr().out  # an image is its own nearest neighbour
     assert main(["index", "search", coll, "--query", f"{image} + 0.01*'a red circle'", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["path"] == "images/000007.png"  # the image term dominates
+    assert main(["index", "search", coll, "--text", "a red circle", "--sort", "date", "--min-score", "0.999"]) == 0
+    assert "no matching image scores at least 0.999 (the relevance cut-off of --sort date: --min-score)" in (
+        capsys.readouterr().out
+    )
+    assert main(["index", "search", coll, "--text", "a red circle", "--sort", "date", "--min-score", "-1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 10  # -k 10 by default, newest first
     assert main(["index", "search", coll, "--query", '"a red circle" + nowhere.png']) != 0
     assert "query image not found: nowhere.png" in capsys.readouterr().err
     assert main(["index", "remove", coll, "--id", "7", "--path", "images/000008.png", "nope.png"]) == 0
