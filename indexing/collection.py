@@ -250,7 +250,7 @@ class Collection(ImageCollection):
             return queries.search(v, q, k, filters=filters, nprobe=nprobe, cfg=cfg)
         if sort != "date":
             raise IndexingError(f"unknown sort {sort!r}; choose 'relevance' or 'date' (newest first)")
-        cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
+        cut = queries.cut_off(self.model, min_score)
         return queries.newest_first(v, q, k, min_score=cut, filters=filters, nprobe=nprobe, cfg=cfg)
 
     def duplicates(

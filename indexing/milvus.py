@@ -283,7 +283,7 @@ class MilvusCollection(ImageCollection):
             return self._search(q, k, expr, residual, nprobe)
         if sort != "date":
             raise IndexingError(f"unknown sort {sort!r}; choose 'relevance' or 'date' (newest first)")
-        cut = queries.default_min_score(self.model) if min_score is None else float(min_score)
+        cut = queries.cut_off(self.model, min_score)
         return queries.newest_among(
             lambda want: self._search(q, want, expr, residual, nprobe), self.count, len(q), k, min_score=cut
         )

@@ -93,6 +93,11 @@ def default_min_score(model: ModelSpec) -> float:
     return DEFAULT_MIN_SCORE.get(model.model or "", OTHER_MODELS_MIN_SCORE)
 
 
+def cut_off(model: ModelSpec, min_score: float | None) -> float:
+    """The relevance cut-off a date-sorted search applies: `min_score` when given, else the model's default."""
+    return default_min_score(model) if min_score is None else float(min_score)
+
+
 def newest_first(
     v: Version, queries: np.ndarray, k: int, *, min_score: float, filters: Filter | None, nprobe: int | None,
     cfg: IndexConfig,

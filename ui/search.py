@@ -135,7 +135,7 @@ def _render(
         ids.append(record.id)
     status = f"{len(ids)} result(s) of {coll.count:,} images in {elapsed * 1000:.0f} ms."
     if options.sort == "date":
-        cut = queries.default_min_score(coll.model) if options.min_score is None else options.min_score
+        cut = queries.cut_off(coll.model, options.min_score)
         whose = "the model's default" if options.min_score is None else "yours"
         status += f" Newest first among the matches scoring at least {cut:.2f} (the relevance cut-off: {whose})."
     if ids:

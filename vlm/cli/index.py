@@ -370,9 +370,9 @@ def run_search(args: argparse.Namespace) -> None:
         line = f"{row['rank']:>3}  {row['score']:.4f}  {row['id']:>8}  {row['date'].replace('T', ' ')}  "
         print(line + f"{printable(row['path'])}  {printable(caption)}")
     if not rows and args.sort == "date":
-        from indexing.queries import default_min_score
+        from indexing.queries import cut_off
 
-        cut = default_min_score(coll.model) if args.min_score is None else args.min_score
+        cut = cut_off(coll.model, args.min_score)
         whose = "the model's default" if args.min_score is None else "--min-score"
         print(f"no matching image scores at least {cut:.3g} (the relevance cut-off of --sort date: {whose}); lower it "
               f"with --min-score to see more")  # fmt: skip
