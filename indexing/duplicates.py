@@ -360,6 +360,7 @@ def find(
     if check is not None:
         root = v.manifest["root"]
         thumbs = thumbnails if thumbnails is not None else Thumbnails(Path(root) if root is not None else None)
+    everyone = None  # every record, when the pixels propose: read once, for the confirmation too
     if check is not None and check.propose is not None:
         everyone = v.store.get([int(i) for i in ids])
         for i, j in _pixel_pairs(thumbs.coarse_all([everyone[int(i)] for i in ids]), check.propose):
@@ -368,7 +369,7 @@ def find(
             near.setdefault(j, {})[i] = cosine
     if not near:
         return []
-    records = v.store.get([int(ids[i]) for i in near])
+    records = everyone if everyone is not None else v.store.get([int(ids[i]) for i in near])
     if check is not None:
         _confirm(near, lambda i: records[int(ids[i])], thumbs, check, t)
         if not near:
