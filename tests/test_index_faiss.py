@@ -263,57 +263,34 @@ def test_batched_scan_equals_brute_force_over_the_probed_lists(monkeypatch):
         check_ref_knn_with_draws(ref_scores, ref_ids, scores[q : q + 1], found[q : q + 1], rtol=1e-5)
 
 
-def test_single_query_split_over_threads_equals_faiss_plain_search(monkeypatch):
-    """One query's probed lists scanned in slices (one thread each) and merged give what faiss's own search gives at
-    the same nprobe: same ids and scores up to ties, with and without an id selector, through `fi.search` too."""
-    from indexing import split
-
+def test_built_and_read_indexes_scan_a_querys_lists_on_every_thread_with_faiss_default_results(tmp_path):
+    """`build` and `read` (plain and memory-mapped) set faiss's list-parallel mode, which faiss does not save; a
+    single query's results, with and without an id selector, equal those of faiss's default per-query mode."""
     vectors = clustered(4000, 16, clusters=40, seed=12)
     ids = np.arange(4000, dtype=np.int64) * 5 + 1
-    index = faiss.index_factory(16, "IVF32_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
-    index.train(vectors)
-    index.add_with_ids(vectors, ids)
+    cfg = fi.IndexConfig(exact_threshold=100, nlist=32, rerank=False)
+    index, info = fi.build(vectors, ids, cfg)
+    fi.write(index, str(tmp_path / "index.faiss"))
     queries = clustered(6, 16, clusters=40, seed=13)
-    hnsw = faiss.SearchParametersHNSW(efSearch=64)
-    allowed = ids[::3]
-    for selector in (None, fi.selector_for(allowed)):
-        kwargs = {"sel": selector} if selector is not None else {}
-        ref_scores, ref_ids = index.search(
-            queries, 10, params=faiss.SearchParametersIVF(nprobe=11, quantizer_params=hnsw, **kwargs)
-        )
-        for parts in (2, 3, 11):
+    allowed = fi.selector_for(ids[::3])
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(4)  # the lists really are shared out, whatever the machine (or OMP_NUM_THREADS) has
+    try:
+        _compare_modes(index, info, tmp_path / "index.faiss", queries, allowed, ids[::3])
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _compare_modes(index, info, path, queries, allowed, allowed_ids):
+    for opened in (index, fi.read(str(path)), fi.read(str(path), mmap="ivf")):
+        assert faiss.extract_index_ivf(opened).parallel_mode == 1
+        default = faiss.clone_index(opened) if opened is index else fi.read(str(path))
+        faiss.extract_index_ivf(default).parallel_mode = 0
+        for selector in (None, allowed):
             for q in range(len(queries)):
-                scores, found = split.search(
-                    index, queries[q : q + 1], 10, 11, quantizer_params=hnsw, selector=selector, parts=parts
-                )
-                check_ref_knn_with_draws(ref_scores[q : q + 1], ref_ids[q : q + 1], scores, found, rtol=1e-5)
+                one = queries[q : q + 1]
+                scores, found = fi.search(opened, info, one, 10, nprobe=11, selector=selector)
+                ref = fi.search(default, info, one, 10, nprobe=11, selector=selector)
+                check_ref_knn_with_draws(*ref, scores, found, rtol=1e-5)
                 if selector is not None:
-                    assert np.isin(found[found >= 0], allowed).all()
-    original, calls = split.search, []
-
-    def spy(*args, **kwargs):
-        calls.append(args[2:4])  # (k, nprobe)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(split, "threads", lambda: 4)
-    monkeypatch.setattr(split, "search", spy)
-    info = fi.IndexInfo(factory="IVF32_HNSW32,SQ8", kind="ivf", nlist=32, nprobe=11, ef_search=fi.ef_for(11))
-    scores, found = fi.search(index, info, queries[:1], 10)
-    assert calls == [(10, 11)]
-    plain = faiss.SearchParametersIVF(nprobe=11, quantizer_params=faiss.SearchParametersHNSW(efSearch=fi.ef_for(11)))
-    check_ref_knn_with_draws(*index.search(queries[:1], 10, params=plain), scores, found, rtol=1e-5)
-    fi.search(index, info, queries, 10)  # more queries than threads: faiss splits them itself
-    assert len(calls) == 1
-
-
-def test_a_split_is_only_taken_where_its_merge_is_right(monkeypatch):
-    """The merge keeps the largest scores: an L2 index (smallest distances best) is never split."""
-    from indexing import split
-
-    monkeypatch.setattr(split, "threads", lambda: 4)
-    vectors = clustered(500, 8, clusters=10, seed=3)
-    for metric, expected in ((faiss.METRIC_INNER_PRODUCT, True), (faiss.METRIC_L2, False)):
-        index = faiss.index_factory(8, "IVF16,Flat", metric)
-        index.train(vectors)
-        assert split.applies(index, 1, 8) is expected
-    assert not split.applies(index, 4, 8) and not split.applies(faiss.IndexFlatIP(8), 1, 8)
+                    assert np.isin(found[found >= 0], allowed_ids).all()
