@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     scale.add_argument("--build-memory-gb", type=float, default=4.0, help="autofaiss's current_memory_available")
     scale.add_argument("--no-autofaiss", dest="autofaiss", action="store_false", help="skip the autofaiss peer")
     scale.add_argument(
+        "--also-codes", nargs="*", default=[], help="other codes on the auto plan's lists, e.g. PQ512x4fs (what-ifs)"
+    )
+    scale.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads of both peers (thread_env)"
     )
     args = parser.parse_args(argv)

@@ -10,12 +10,17 @@ N vectors of the documented mixture (`bench.search.clustered`, d = 512) are gene
 - auto: the project's plan for N vectors under the budget (`faiss_index.plan`/`build`: IVF + Flat/SQ8/PQ codes,
   exact re-ranking from the memmap for compressed codes, nprobe and k_factor tuned to recall@10 0.95), written to
   disk and opened memory-mapped, as a collection opens it.
+- `--also-codes C ...`: the auto plan's lists with other codes (e.g. PQ512x4fs, 4-bit fast-scan PQ), built,
+  tuned and re-ranked by the library's own steps: what-ifs for the planner, each in its own row.
 - autofaiss (PyPI) at the same `max_index_memory_usage`, run from its own virtual environment, which the bench
   creates (autofaiss pins numpy < 2); its index is built by `autofaiss.build_index` and opened with IO_FLAG_MMAP.
 
 Per peer: build seconds, peak anonymous RSS of the build above the process's RssAnon before it (sampled every 50
 ms; memory-mapped file pages are page cache, not counted), the index file's size, open milliseconds, recall@10,
-queries/s one at a time (`--single`) and for the batch of 1000.
+queries/s one at a time (`--single`) and for the batch of 1000. Single queries are also timed in faiss's other
+threading mode, interleaved: the auto index scans a query's lists on all threads (`parallel_mode` 1, how the project
+serves) and is also timed in faiss's default (one thread per query); autofaiss serves in the default and is also
+timed with its lists in parallel, so neither peer's figure hides a setting the other could use.
 
 Threads: both peers run under the same settings (`thread_env`): `--threads` OpenMP and BLAS threads (default: all
 cores) and passive OpenMP waiting. The bench re-executes itself under them before faiss
@@ -167,17 +172,37 @@ def run_exact(vectors: np.ndarray, queries: np.ndarray, args) -> tuple[dict, np.
     return row("exact (memmap brute force)", 0.0, 0, 0.0, 1.0, qps_pair, serve_rss=mem.peak - mem.start), truth
 
 
-def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) -> dict:
+def build_with_codes(vectors: np.ndarray, ids: np.ndarray, cfg: IndexConfig, codec: str):
+    """What `faiss_index.build` does, with the plan's lists and quantizer but `codec` (e.g. "PQ512x4fs") as the
+    codes instead of the plan's choice: a what-if the planner does not offer, trained, filled and tuned (re-ranking
+    included) by the library's own steps."""
+    n, d = vectors.shape
+    chosen = faiss_index.plan(n, d, cfg)
+    factory = chosen.factory.rsplit(",", 1)[0] + "," + codec
+    index = faiss_index.scan_lists_in_parallel(faiss.index_factory(d, factory, faiss_index.METRIC))
+    rows = faiss_index.training_rows(n, chosen.nlist, cfg)
+    faiss_index.train(index, vectors[rows], cfg)
+    index.add_with_ids(vectors, ids)
+    tuned = faiss_index.tune(index, vectors, ids, cfg, exclude=rows)
+    info = faiss_index.IndexInfo(factory, "ivf", nlist=chosen.nlist, nprobe=tuned.nprobe, ef_search=tuned.ef_search)
+    info.recall_at_10, info.rerank = tuned.recall, tuned.rerank
+    return index, info
+
+
+def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args, codec: str | None = None) -> dict:
     n, d = vectors.shape
     cfg = IndexConfig(exact_threshold=0, memory_budget_gb=args.budget_gb)
     chosen = faiss_index.plan(n, d, cfg)
-    LOG.info("auto plan for %d x %d under %g GB: %s", n, d, args.budget_gb, chosen)
+    LOG.info("auto plan for %d x %d under %g GB: %s%s", n, d, args.budget_gb, chosen, f"; codes: {codec}" * bool(codec))
     ids = np.arange(n, dtype=np.int64)
     with PeakAnon() as mem:
         start = time.perf_counter()
-        index, info = faiss_index.build(vectors, ids, cfg)
+        if codec:
+            index, info = build_with_codes(vectors, ids, cfg, codec)
+        else:
+            index, info = faiss_index.build(vectors, ids, cfg)
         build_s = time.perf_counter() - start
-    path = args.workdir / "auto.faiss"
+    path = args.workdir / (f"auto-{codec}.faiss" if codec else "auto.faiss")
     faiss_index.write(index, str(path))
     del index
     with PeakAnon() as serve:
@@ -193,16 +218,24 @@ def run_auto(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, args) 
             return faiss_index.search(mapped, info, q, 10, fetch=fetch)
 
         recall = faiss_index.recall_at_k(search(queries)[1], truth)
-        speeds = [qps(search, queries, args.single) for _ in range(args.repeats)]
+        ivf = faiss.extract_index_ivf(mapped)
+        speeds, default_mode = [], []
+        for _ in range(args.repeats):  # interleaved: the project's setting, then faiss's default, each round
+            speeds.append(qps(search, queries, args.single))
+            ivf.parallel_mode = 0
+            default_mode.append(qps(search, queries[: args.single], args.single)[1])
+            ivf.parallel_mode = 1
     median = tuple(float(np.median([s[i] for s in speeds])) for i in (0, 1))
     extra = {
         "index": info.factory,
         "params": f"nprobe={info.nprobe},k_factor={info.rerank}",
+        "qps_single_faiss_default_mode": round(float(np.median(default_mode)), 1),
         "ram_mb_planned": round(chosen.ram_bytes / 2**20),
         "index_bytes": path.stat().st_size,
         "serve_rss": serve.peak - serve.start,
     }
-    return row("auto (this project)", build_s, mem.peak - mem.start, open_ms, recall, median, **extra)
+    name = f"auto, {codec} codes (what-if, not the plan)" if codec else "auto (this project)"
+    return row(name, build_s, mem.peak - mem.start, open_ms, recall, median, **extra)
 
 
 AUTOFAISS_SCRIPT = r"""
@@ -235,16 +268,22 @@ params = infos.get("index_param", "")
 if params: faiss.ParameterSpace().set_index_parameters(index, params)
 _, found = index.search(q, 10)
 recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)]))
-runs = []
-for _ in range(int(repeats)):
-    t = time.perf_counter(); index.search(q, 10); b = len(q) / (time.perf_counter() - t)
+def singles():
     t = time.perf_counter()
     for i in range(int(single)): index.search(q[i:i+1], 10)
-    runs.append((b, int(single) / (time.perf_counter() - t)))
+    return int(single) / (time.perf_counter() - t)
+ivf = faiss.extract_index_ivf(index)
+runs, lists_parallel = [], []
+for _ in range(int(repeats)):  # interleaved: autofaiss as it serves (faiss's default mode), then lists in parallel
+    t = time.perf_counter(); index.search(q, 10); b = len(q) / (time.perf_counter() - t)
+    runs.append((b, singles()))
+    ivf.parallel_mode = 1; lists_parallel.append(singles()); ivf.parallel_mode = 0
 stop.set()
 print("RESULT", json.dumps({"build_s": build_s, "rss": build_rss, "serve_rss": max(peak[0], anon()) - base,
       "open_ms": open_ms, "recall": recall, "qps_batch": float(np.median([r[0] for r in runs])),
-      "qps_single": float(np.median([r[1] for r in runs])), "index": infos.get("index_key"), "params": params}),
+      "qps_single": float(np.median([r[1] for r in runs])),
+      "qps_single_lists_parallel": float(np.median(lists_parallel)), "index": infos.get("index_key"),
+      "params": params}),
       flush=True)
 """
 
@@ -299,6 +338,7 @@ def run_autofaiss(queries: np.ndarray, truth: np.ndarray, args) -> dict:
     extra = {
         "index": r["index"],
         "params": r["params"],
+        "qps_single_lists_parallel": round(r["qps_single_lists_parallel"], 1),
         "index_bytes": (out / "knn.index").stat().st_size,
         "serve_rss": r["serve_rss"],
     }
@@ -325,6 +365,8 @@ def scale(args) -> list[dict]:
     exact_row, truth = run_exact(vectors, queries, args)
     keep(exact_row)
     keep(run_auto(vectors, queries, truth, args))
+    for codec in args.also_codes:
+        keep(run_auto(vectors, queries, truth, args, codec))
     if args.autofaiss:
         try:
             keep(run_autofaiss(queries, truth, args))
