@@ -17,7 +17,7 @@ from torchvision import transforms
 from vlm.config import TrainConfig, from_dict
 from vlm.data import PairDataset, read_pairs
 from vlm.errors import ConfigError
-from vlm.style_augment import StyleAugment, flat_background, outline
+from vlm.style_augment import ZOOM_RANGE, StyleAugment, flat_background, outline, zoom_out
 
 SIZE, R = 64, 20
 
@@ -55,10 +55,34 @@ def test_each_op_at_p_1_changes_the_look_and_keeps_size_and_mode():
     torch.manual_seed(0)
     gray = np.asarray(StyleAugment(["grayscale"], p=1.0)(disc()), dtype=int)
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
-    for op in ("jitter", "posterize", "outline", "background"):
+    for op in ("jitter", "posterize", "outline", "background", "zoom"):
         out = StyleAugment([op], p=1.0)(disc())
         assert (out.size, out.mode) == ((SIZE, SIZE), "RGB")
         assert not np.array_equal(np.asarray(out), np.asarray(disc())), op
+
+
+def test_zoom_out_shrinks_the_drawing_by_the_scale_on_its_background():
+    red = (220, 30, 30)
+    for scale, where in ((0.5, (0.5, 0.5)), (0.6, (0.0, 1.0))):
+        out = np.asarray(zoom_out(disc(red), scale, where))
+        assert out.shape == (SIZE, SIZE, 3)
+        reddish = (out[..., 0] > 150) & (out[..., 1] < 110)
+        area = math.pi * (R * scale) ** 2  # the disc's area shrinks by scale squared
+        assert abs(reddish.sum() - area) < 0.15 * area, (scale, reddish.sum(), area)
+        ys, xs = np.nonzero(reddish)
+        side = SIZE * scale
+        expected_centre = ((SIZE - side) * where[0] + side / 2, (SIZE - side) * where[1] + side / 2)
+        assert abs(xs.mean() - expected_centre[0]) < 1.5 and abs(ys.mean() - expected_centre[1]) < 1.5
+        assert (out[~reddish].min(axis=1) > 100).all()  # everything else is the white background or the disc's rim
+
+
+def test_zoom_draws_its_scale_from_the_documented_range():
+    torch.manual_seed(1)
+    aug = StyleAugment(["zoom"], p=1.0)
+    areas = [int(((np.asarray(aug(disc()))[..., 1]) < 110).sum()) for _ in range(40)]
+    scales = np.sqrt(np.asarray(areas) / (math.pi * R**2))
+    assert ZOOM_RANGE[0] - 0.05 <= scales.min() and scales.max() <= ZOOM_RANGE[1] + 0.05
+    assert scales.max() - scales.min() > 0.25  # spread over the range, not one fixed size
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_another():

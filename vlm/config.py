@@ -437,8 +437,8 @@ class DataConfig:
     style_augment: tuple[str, ...] = dataclasses.field(
         default=(),
         metadata={
-            **_help("style-removing augmentations for drawn artwork (vlm/style_augment.py): grayscale, jitter, "
-                    "posterize, outline, background; repeatable; none = off"),
+            **_help("augmentations for drawn artwork (vlm/style_augment.py): grayscale, jitter, posterize, "
+                    "outline, background, zoom (a zoom-out to 55-100 % of the frame); repeatable; none = off"),
             "repeatable": True,
         },
     )  # fmt: skip

@@ -10,6 +10,10 @@ Apple's and Twitter's emoji barely transfer to OpenMoji's). These augmentations 
                  icon sets outline their shapes
     background   the white background around the drawing (flood-filled from the corners, PIL `ImageDraw.floodfill`)
                  made one random flat colour
+    zoom         the whole picture shrunk to a random 55-100 % of its side and placed at a random spot on its own
+                 corner colour: the drawing at another scale. OpenMoji's artwork fills about 60 % of its frame,
+                 Apple's and Twitter's nearly all of it, and cut to its drawing the held-out OpenMoji set is found
+                 almost twice as often by the shipped model (vlm/README.md, "Part of the gap is scale")
 
 Each named op is applied with probability `p`, in the order above; the randomness comes from torch's generator,
 which `vlm.data.PairDataset` seeds per sample, so a sample is augmented the same way in every run and worker.
@@ -27,7 +31,8 @@ from torchvision import transforms
 
 from vlm.errors import ConfigError
 
-OPS = ("grayscale", "jitter", "posterize", "outline", "background")
+OPS = ("grayscale", "jitter", "posterize", "outline", "background", "zoom")
+ZOOM_RANGE = (0.55, 1.0)  # side of the shrunk picture, as a fraction of the frame
 DEFAULT_PREFIXES = ("emoji/", "icons/")
 
 
@@ -57,6 +62,16 @@ def flat_background(image: Image.Image, colour: tuple[int, int, int], thresh: in
         pixel = out.getpixel(xy)
         if isinstance(pixel, tuple) and min(pixel[:3]) >= 255 - thresh:
             ImageDraw.floodfill(out, xy, colour, thresh=thresh)
+    return out
+
+
+def zoom_out(image: Image.Image, scale: float, where: tuple[float, float] = (0.5, 0.5)) -> Image.Image:
+    """`image` shrunk to `scale` of its size and pasted on its top-left pixel's colour, at the fraction `where`
+    (x, y; 0.5 = centred) of the free margin."""
+    w, h = image.size
+    small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    out = Image.new(image.mode, (w, h), image.getpixel((0, 0)))
+    out.paste(small, (round((w - small.width) * where[0]), round((h - small.height) * where[1])))
     return out
 
 
@@ -95,6 +110,10 @@ class StyleAugment:
                 image = self._posterize(image)
             elif op == "outline":
                 image = outline(image)
+            elif op == "zoom":
+                low, high = ZOOM_RANGE
+                scale = low + (high - low) * float(torch.rand(()))
+                image = zoom_out(image, scale, (float(torch.rand(())), float(torch.rand(()))))
             else:
                 colour = tuple(int(c) for c in torch.randint(0, 256, (3,)))
                 image = flat_background(image, colour)  # type: ignore[arg-type]
