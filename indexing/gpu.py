@@ -39,8 +39,12 @@ FLOAT32_LUT_MAX_SUBQUANTIZERS = 48
 
 def _pq(factory: str) -> tuple[int, int] | None:
     """(sub-quantizers, bits) of a factory string's PQ codec, or None."""
-    match = re.fullmatch(r"PQ(\d+)(?:x(\d+))?", factory.split(",")[-1])
+    match = re.fullmatch(r"PQ(\d+)(?:x(\d+))?(fs)?", factory.split(",")[-1])
     return (int(match[1]), int(match[2] or 8)) if match else None
+
+
+def _fast_scan(factory: str) -> bool:
+    return factory.split(",")[-1].endswith("fs")
 
 
 def gpu_support(factory: str, d: int) -> str | None:
@@ -48,6 +52,8 @@ def gpu_support(factory: str, d: int) -> str | None:
 
     The planner's large collections (above ~8M vectors at d=512 under the default budget) get PQ codes of d/4 or
     d/2 bytes, which the GPU kernels do not support, so such a collection is searched on the CPU."""
+    if _fast_scan(factory):
+        return f"{factory}: faiss has no GPU kernel for fast-scan PQ codes (IndexConfig.fast_scan=False avoids them)"
     pq = _pq(factory)
     if pq is None:
         return None

@@ -13,6 +13,10 @@ The recipe of autofaiss and clip-retrieval (LAION-5B's index), with faiss's own 
    not called because it never releases the shards' mappings). Shards are merged in id order and each list of a
    shard keeps its ids in order, so every list equals the one-process build's, code for code: searches give the
    same ids and scores (`tests/test_index_parallel.py`). Then `folder/build/` is deleted.
+   Fast-scan codes (`faiss_index.plan`'s compressed codes on the CPU) are kept by faiss in blocks of 32 codes that
+   an `OnDiskInvertedLists` file cannot hold and faiss cannot memory-map: their shards are merged in memory
+   (`IndexIVF.merge_from`, same order, so again code for code) and written as one `index.faiss`. The plan counts
+   those codes in the memory budget, so the merged lists fit.
 4. Tune, as `faiss_index.build` does, on the merged index read back memory-mapped and read-only.
 
 `folder` is the version being written (`indexing.versions.publish`): everything happens inside it, so a crash
@@ -167,9 +171,18 @@ def merge_on_disk(trained: faiss.Index, shard_paths: list[str], lists_path: Path
     del pointers, shards  # unmaps the shard files
 
 
+def merge_in_memory(trained: faiss.Index, shard_paths: list[str]) -> None:
+    """Append the shards' inverted lists, list by list in shard order, to the empty `trained` index in memory."""
+    for path in shard_paths:
+        shard = faiss.read_index(path)
+        trained.merge_from(shard, 0)
+        del shard
+
+
 def build(vectors: Vectors, ids: np.ndarray, cfg: IndexConfig, folder: Path) -> tuple[faiss.Index, IndexInfo]:
     """The IVF index `faiss_index.build` makes of `vectors.get(ids)` under `ids`, built by `cfg.build_workers`
-    processes into `folder` (its `index.faiss` and `index.ivfdata`); returned memory-mapped, read-only. The plan for
+    processes into `folder` (its `index.faiss` and, but for fast-scan codes, `index.ivfdata`); returned memory-mapped,
+    read-only. The plan for
     len(ids) vectors must be IVF (an exact index is built in-process: `faiss_index.build`)."""
     ids = np.sort(np.asarray(ids, dtype=np.int64))
     n, d = len(ids), vectors.dim
@@ -194,7 +207,10 @@ def build(vectors: Vectors, ids: np.ndarray, cfg: IndexConfig, folder: Path) -> 
         ]  # fmt: skip
         LOG.info("filling %d IVF shards of %s in %d processes", len(shards), chosen.factory, len(shards))
         fill_all(shards, scratch)
-        merge_on_disk(index, [s.out for s in shards], folder / faiss_index.IVFDATA)
+        if faiss_index.fast_scan(index):
+            merge_in_memory(index, [s.out for s in shards])
+        else:
+            merge_on_disk(index, [s.out for s in shards], folder / faiss_index.IVFDATA)
         if index.ntotal != n:
             raise IndexingError(f"the merged shards hold {index.ntotal} vectors, not {n}")
         faiss_index.write(index, str(folder / INDEX))

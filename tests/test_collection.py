@@ -79,16 +79,23 @@ def test_filtered_search_through_an_ivf_index_equals_brute_force(tmp_path, shape
     assert (none.ids == -1).all() and np.isneginf(none.scores).all() and none.records == [[], []]
 
 
-def test_compressed_codes_are_reranked_from_the_stored_vectors(tmp_path, shapes, tiny_encoders, shape_vectors):
-    """A budget that only SQ8 codes fit: searches (plain, through a filter's selector, after reopening) return
-    exact inner products read from the chunks, and the true neighbours."""
+@pytest.mark.parametrize("fast_scan", [False, True])
+def test_compressed_codes_are_reranked_from_the_stored_vectors(
+    tmp_path, shapes, tiny_encoders, shape_vectors, fast_scan
+):
+    """A budget that SQ8 codes (or, on the CPU's ladder, fast-scan PQ codes) fit, Flat not: searches (plain,
+    through a filter's selector, after reopening) return exact inner products read from the chunks, and the true
+    neighbours."""
     d, nlist = shape_vectors.shape[1], 16
     budget = (nlist * (4 * d + 8 * 32) + 150 * (d + 8 + 16)) / 2**30  # SQ8 codes and the re-ranking table fit
-    cfg = IndexConfig(exact_threshold=40, nlist=nlist, memory_budget_gb=budget, tune_queries=100, exact_filter_limit=30)
+    cfg = IndexConfig(
+        exact_threshold=40, nlist=nlist, memory_budget_gb=budget, tune_queries=100, exact_filter_limit=30,
+        fast_scan=fast_scan,
+    )  # fmt: skip
     coll = Collection.create(tmp_path / "c", tiny_encoders, root=shapes, index=cfg)
     coll.add(shapes / "pairs.csv", embed=FAST, progress=False)
     info = coll.stats().index
-    assert info.factory.endswith(",SQ8") and info.rerank >= 1
+    assert info.factory.endswith("x4fs" if fast_scan else ",SQ8") and info.rerank >= 1
     queries = tiny_encoders.encode_text(["a red circle", "a green cross", "a blue square"]).numpy()
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     truth = brute_force(queries, shape_vectors, np.arange(150), 8)[1]
@@ -96,7 +103,7 @@ def test_compressed_codes_are_reranked_from_the_stored_vectors(tmp_path, shapes,
         for where in (None, Filter(path_contains="0")):  # every path has a 0: 150 > 30, the selector path
             hits = searcher.search_vector(queries, k=8, filters=where, nprobe=nlist)
             exact = np.einsum("qd,qkd->qk", queries, shape_vectors[hits.ids])
-            np.testing.assert_allclose(hits.scores, exact, rtol=0, atol=2e-5)  # SQ8 scores alone are off ~1e-3
+            np.testing.assert_allclose(hits.scores, exact, rtol=0, atol=2e-5)  # the codes' scores are off ~1e-3
             assert np.mean([len(set(f) & set(t)) for f, t in zip(hits.ids, truth, strict=True)]) / 8 >= 0.9
 
 

@@ -77,8 +77,9 @@ def test_plan_follows_size_and_memory_budget():
     assert nlist == 2048  # 2 * sqrt(1e6) = 2000, nearest power of two
     fixed = nlist * (4 * d + 8 * 32)
 
-    def codec(budget_gb: float) -> str:
-        return fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=budget_gb)).factory.split(",")[1]
+    def codec(budget_gb: float, fast_scan: bool = False) -> str:
+        cfg = fi.IndexConfig(exact_threshold=1000, memory_budget_gb=budget_gb, fast_scan=fast_scan)
+        return fi.plan(n, d, cfg).factory.split(",")[1]
 
     table = 16  # compressed codes keep an id -> row table in memory to re-rank from the vectors on disk
     assert codec((fixed + n * (4 * d + 8)) / gb) == "Flat"  # exactly fits
@@ -88,11 +89,26 @@ def test_plan_follows_size_and_memory_budget():
     smallest = f"{(fixed + n * (32 + 8 + table)) / gb:.3g}"  # the error names the smallest feasible budget
     with pytest.raises(IndexingError, match=f"need at least {smallest} GB even as PQ32x8"):
         codec((fixed + n * (32 + 8 + table)) / gb - 0.01)
-    chosen = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5))
+
+    # Re-ranked codes on the CPU: 4-bit fast-scan PQ, d/2 bytes down to d/16, each list's last block of 32 padded.
+    def fast(code_bytes: int) -> float:
+        return (fixed + nlist * 32 * code_bytes + n * (code_bytes + 8 + table)) / gb
+
+    assert codec((fixed + n * (4 * d + 8)) / gb, fast_scan=True) == "Flat"
+    assert codec((fixed + n * (4 * d + 8)) / gb - 0.01, fast_scan=True) == "PQ512x4fs"
+    assert codec(fast(256) - 0.01, fast_scan=True) == "PQ256x4fs"
+    assert codec(fast(32), fast_scan=True) == "PQ64x4fs"
+    with pytest.raises(IndexingError, match=f"need at least {fast(32):.3g} GB even as PQ64x4fs"):
+        codec(fast(32) - 0.01, fast_scan=True)
+    # The default: fast-scan unless faiss sees a GPU (which has no kernel for it); never without re-ranking.
+    default = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5)).factory
+    assert default.endswith("x4fs") == (fi.gpu_count() == 0)
+    chosen = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5, fast_scan=False))
     assert chosen.rerank and chosen.ram_bytes == fixed + n * (chosen.code_bytes + 8 + table) <= 0.5 * gb
     assert chosen.disk_bytes == n * (8 + 4 * d)  # the full vectors, read only to re-rank
-    no_rerank = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5, rerank=False))
+    no_rerank = fi.plan(n, d, fi.IndexConfig(exact_threshold=1000, memory_budget_gb=0.5, rerank=False, fast_scan=True))
     assert not no_rerank.rerank and no_rerank.ram_bytes == fixed + n * (no_rerank.code_bytes + 8)
+    assert "fs" not in no_rerank.factory
 
 
 def test_approximate_index_reaches_target_recall_on_fresh_queries():
@@ -167,7 +183,8 @@ def test_ivf_training_gives_faiss_own_centroids_and_owns_no_clustering_index(cod
     it was never freed)."""
     vectors = clustered(3000, 32, 20, seed=4)
     ids = np.arange(3000, dtype=np.int64)
-    cfg = fi.IndexConfig(exact_threshold=100, nlist=16, memory_budget_gb=1e-4 if codec != "Flat" else 4.0)
+    budget = 1e-4 if codec != "Flat" else 4.0
+    cfg = fi.IndexConfig(exact_threshold=100, nlist=16, memory_budget_gb=budget, fast_scan=False)
     index, info = fi.build(vectors, ids, cfg)
     assert info.factory.split(",")[1].startswith(codec)
     ivf = faiss.extract_index_ivf(index)
@@ -203,6 +220,34 @@ def test_refine_ranks_candidates_exactly():
     assert list(found[3, 5:]) == [-1] * 5 and np.isneginf(scores[3, 5:]).all()
 
 
+def test_fast_scan_plan_reaches_the_target_recall_on_fresh_queries():
+    """Where Flat codes do not fit, the CPU plan's 4-bit fast-scan codes rank far below the target alone; the tuned
+    number of candidates re-ranked from the full vectors reaches it on queries tuning never saw, and a search with
+    an id selector stays inside it."""
+    d, n = 32, 10_000
+    data = clustered(n + 500, d, clusters=100, seed=9)
+    vectors, queries = data[:n], data[n:]
+    ids = np.arange(n, dtype=np.int64) * 2 + 1
+    fetch = rerank.array_fetch(vectors, ids)
+    nlist = fi.default_nlist(n)
+    budget_gb = (nlist * (4 * d + 8 * 32) + n * (4 * d + 8)) / 2**30 - 1e-6  # Flat just does not fit
+    cfg = fi.IndexConfig(
+        exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500, fast_scan=True
+    )
+    index, info = fi.build(vectors, ids, cfg)
+    assert info.factory == f"IVF{nlist}_HNSW32,PQ32x4fs" and fi.fast_scan(index) and info.rerank >= 1
+    _, truth = brute_force(queries, vectors, ids, 10)
+    _, found = fi.search(index, info, queries, 10, fetch=fetch)
+    assert fi.recall_at_k(found, truth) >= 0.95
+    _, by_codes = fi.search(index, dataclasses.replace(info, rerank=0), queries, 10)
+    assert fi.recall_at_k(by_codes, truth) < 0.9
+    allowed = ids[::4]
+    _, kept = fi.search(index, info, queries, 10, fetch=fetch, selector=fi.selector_for(allowed))
+    assert np.isin(kept[kept >= 0], allowed).all()
+    _, truth_kept = brute_force(queries, vectors[::4], allowed, 10)
+    assert fi.recall_at_k(kept, truth_kept) >= 0.9
+
+
 def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
     """The memory budget forces PQ8 codes, which alone rank far below the target; re-ranking the tuned number of
     candidates from the full vectors reaches it on queries tuning never saw."""
@@ -213,7 +258,9 @@ def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
     fetch = rerank.array_fetch(vectors, ids)
     nlist = fi.default_nlist(n)
     budget_gb = (nlist * (4 * d + 8 * 32) + n * (4 + 8 + fi.LOOKUP_BYTES)) / 2**30  # PQ4x8 exactly fits
-    cfg = fi.IndexConfig(exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500)
+    cfg = fi.IndexConfig(
+        exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500, fast_scan=False
+    )
     index, info = fi.build(vectors, ids, cfg)
     assert info.factory == f"IVF{nlist}_HNSW32,PQ4x8" and 1 <= info.rerank <= cfg.rerank_max_factor
     assert info.recall_at_10 >= 0.95

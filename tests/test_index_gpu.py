@@ -105,6 +105,7 @@ def test_searches_never_overlap_on_one_copy():
         ("IVF4096_HNSW32,PQ256x8", 512, False),
         ("IVF4096_HNSW32,PQ16x4", 512, False),  # 4-bit codes
         ("IVF1024_HNSW32,PQ8x8", 384, False),  # 48 dims per sub-quantizer
+        ("IVF4096_HNSW32,PQ512x4fs", 512, False),  # fast-scan: the CPU plan's compressed codes
     ],
 )
 def test_gpu_support(factory, d, supported):

@@ -46,7 +46,13 @@ def lists(index: faiss.Index) -> list[tuple[np.ndarray, bytes]]:
     for i in range(ivf.nlist):
         size = ivf.invlists.list_size(i)
         ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(i), size).copy()
-        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), size * ivf.code_size).tobytes()
+        if fi.fast_scan(index) and size:  # blocks of 32 codes, interleaved: each code unpacked (not the padding)
+            packer = ivf.get_CodePacker()
+            blocks = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), -(-size // 32) * packer.block_size)
+            blocks = blocks.reshape(-1, packer.block_size)
+            codes = b"".join(packer.unpack_1(blocks, j).tobytes() for j in range(size))
+        else:
+            codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), size * ivf.code_size).tobytes()
         out.append((ids, codes))
     return out
 
@@ -59,7 +65,7 @@ def test_two_process_build_equals_the_one_process_build(tmp_path, capfd, caplog)
     vectors, fresh = data[:n], data[n:]
     ids = np.arange(n, dtype=np.int64) * 3 + 1  # not row numbers
     budget = (nlist * (4 * d + 8 * 32) + n * (d + 8 + fi.LOOKUP_BYTES)) / 2**30  # SQ8 fits, Flat does not
-    cfg = IndexConfig(exact_threshold=1000, nlist=nlist, tune_queries=200, memory_budget_gb=budget)
+    cfg = IndexConfig(exact_threshold=1000, nlist=nlist, tune_queries=200, memory_budget_gb=budget, fast_scan=False)
     (tmp_path / "chunks").mkdir()
     for name, part in (("a.npy", slice(0, 2500)), ("b.npy", slice(2500, n))):  # two chunk files, like a collection
         vectors_module.write_chunk(tmp_path, name, ids[part], vectors[part], "float32")
@@ -98,6 +104,31 @@ def test_two_process_build_equals_the_one_process_build(tmp_path, capfd, caplog)
     writable = fi.read(str(folder / "index.faiss"))  # as the next writer reads it: the lists copied into memory
     writable.remove_ids(fi.selector_for(ids[:100]))
     assert writable.ntotal == n - 100 and reopened.ntotal == n  # the file's lists are untouched
+
+
+def test_two_process_fast_scan_build_equals_the_one_process_build(tmp_path):
+    """Fast-scan codes (the CPU plan's compressed codes) cannot live in an on-disk lists file: the shards are
+    merged in memory, into one index file, and the lists equal the one-process build's, code for code."""
+    n, d, nlist = 6000, 32, 32
+    data = clustered(n + 200, d, seed=5)
+    vectors, fresh = data[:n], data[n:]
+    ids = np.arange(n, dtype=np.int64) * 3 + 1
+    budget = (nlist * (4 * d + 8 * 32) + n * (4 * d + 8)) / 2**30 - 1e-6  # Flat just does not fit
+    cfg = IndexConfig(exact_threshold=1000, nlist=nlist, tune_queries=200, memory_budget_gb=budget, fast_scan=True)
+    (tmp_path / "chunks").mkdir()
+    vectors_module.write_chunk(tmp_path, "a.npy", ids, vectors, "float32")
+    stored = vectors_module.Vectors(tmp_path / "chunks", ["a.npy"], d)
+    one, one_info = fi.build(vectors, ids, cfg)
+    folder = tmp_path / "v"
+    folder.mkdir()
+    two, two_info = parallel.build(stored, ids[::-1], dataclasses.replace(cfg, build_workers=2), folder)
+    assert one_info.factory.endswith("x4fs") and fi.fast_scan(two) and two_info.factory == one_info.factory
+    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss"]
+    assert [(a.tolist(), b) for a, b in lists(two)] == [(a.tolist(), b) for a, b in lists(one)]
+    assert (two_info.nprobe, two_info.rerank) == (one_info.nprobe, one_info.rerank)
+    want = fi.search(one, one_info, fresh, 10, fetch=stored.get)
+    got = fi.search(fi.read(str(folder / "index.faiss"), mmap="ivf"), two_info, fresh, 10, fetch=stored.get)
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_a_failing_worker_is_reported_with_its_error_and_leaves_no_shards(tmp_path):
