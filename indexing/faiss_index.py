@@ -20,9 +20,9 @@ fastest, 4-bit PQ in faiss's fast-scan layout (SIMD lookups over blocks of 32 co
 dimension (`PQ512x4fs`: d/2 bytes a vector) or fewer where the budget demands. At 5M vectors of d = 512 under 4 GB
 (`bench.search --scale`, indexing/README.md), against the SQ8 codes (d bytes) this replaced: recall@10 0.958 both,
 single queries 279 vs 96/s, batches 624 vs 116/s, an index of 1.3 vs 2.5 GB; the costs are 32 candidates re-ranked
-per result instead of 2 and lists read into memory when a collection opens (0.5 s; faiss keeps fast-scan lists in
-blocks it cannot memory-map). Coarser fast-scan codes (PQ256x4fs there) stop near recall 0.86, as 8-bit PQ did
-before re-ranking. faiss has no GPU kernel for fast-scan codes, so where faiss sees a GPU (or with
+per result instead of 2 and lists read into memory when a collection opens (1.3 GB, 0.5-1.4 s; faiss keeps
+fast-scan lists in blocks it cannot memory-map). Coarser fast-scan codes (PQ256x4fs there) stop near recall 0.86,
+as 8-bit PQ did before re-ranking. faiss has no GPU kernel for fast-scan codes, so where faiss sees a GPU (or with
 `fast_scan=False`, or without re-ranking) the ladder is the precision ladder SQ8, then PQ with 8-bit codes.
 
 Held-out queries: `tune` draws database vectors as queries and leaves each query's own id out of both the exact and
