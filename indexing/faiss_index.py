@@ -29,7 +29,7 @@ Held-out queries: `tune` draws database vectors as queries and leaves each query
 the approximate top-k, so recall counts only true neighbours (a query always finds itself, which would flatter the
 approximate index by one in k).
 
-Size (~465 lines, over the ~400 guide): plan, build, tune, search and read share the index-string grammar and
+Size (~515 lines, over the ~400 guide): plan, build, tune, search and read share the index-string grammar and
 `IndexInfo`; re-ranking (`indexing/rerank.py`), batched scans (`indexing/batch.py`) and GPU copies
 (`indexing/gpu.py`) already live apart.
 
