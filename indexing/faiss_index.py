@@ -72,7 +72,9 @@ class IndexConfig:
         default=20_000, metadata=_help("below this many vectors the index is exact (bench/search.py: crossover)")
     )
     target_recall: float = field(default=0.95, metadata=_help("recall@10 against exact search that tuning reaches"))
-    memory_budget_gb: float = field(default=4.0, metadata=_help("memory for IVF codes: picks Flat, SQ8 or PQ"))
+    memory_budget_gb: float = field(
+        default=4.0, metadata=_help("memory for IVF codes: Flat if they fit, else compressed")
+    )
     nlist: int | None = field(default=None, metadata=_help("IVF lists; none: a power of two near 2 sqrt(n)"))
     hnsw_m: int = field(default=32, metadata=_help("neighbours per node of the HNSW coarse quantizer"))
     train_per_list: int = field(default=40, metadata=_help("IVF training vectors per list (faiss warns below 39)"))
