@@ -36,8 +36,10 @@ Size (~515 lines, over the ~400 guide): plan, build, tune, search and read share
 Threads: every IVF index this module builds or reads scans a query's probed lists on all threads (faiss
 `parallel_mode` 1, `scan_lists_in_parallel`). faiss's default, one thread per query, leaves a single query (the app's
 every search) on one core: at 1M vectors (SQ8, nprobe 64, 2 cores) 400 queries/s against 742 in mode 1, and 526
-for our own earlier split of the lists over Python threads, which this replaces. A batch of 300 runs as fast in
-either mode (845 vs 844/s), so one setting serves both. It is set once, before the index is shared, never per call.
+for our own earlier split of the lists over Python threads, which this replaces. Batches: at 1M a batch of 300 ran
+as fast in either mode (845 vs 844/s); at 5M fast-scan codes (the CPU plan) too (650 vs 650/s for 1000 queries),
+while SQ8 codes lose about a sixth in mode 1 (131 vs 158/s; single queries 99 vs 67/s). Single queries are what the
+app and the CLI send, so mode 1 it is. It is set once, before the index is shared, never per call.
 """
 
 from __future__ import annotations
