@@ -220,16 +220,23 @@ def test_refine_ranks_candidates_exactly():
     assert list(found[3, 5:]) == [-1] * 5 and np.isneginf(scores[3, 5:]).all()
 
 
-def test_fast_scan_plan_reaches_the_target_recall_on_fresh_queries():
-    """Where Flat codes do not fit, the CPU plan's 4-bit fast-scan codes rank far below the target alone; the tuned
-    number of candidates re-ranked from the full vectors reaches it on queries tuning never saw, and a search with
-    an id selector stays inside it."""
+def mixture_for_compressed_codes():
+    """(d, n, nlist, vectors, queries, ids, fetch): 10,000 mixture vectors of d = 32 under odd ids, 500 fresh
+    queries, and a fetch of the full vectors for re-ranking."""
     d, n = 32, 10_000
     data = clustered(n + 500, d, clusters=100, seed=9)
     vectors, queries = data[:n], data[n:]
     ids = np.arange(n, dtype=np.int64) * 2 + 1
     fetch = rerank.array_fetch(vectors, ids)
     nlist = fi.default_nlist(n)
+    return d, n, nlist, vectors, queries, ids, fetch
+
+
+def test_fast_scan_plan_reaches_the_target_recall_on_fresh_queries():
+    """Where Flat codes do not fit, the CPU plan's 4-bit fast-scan codes rank far below the target alone; the tuned
+    number of candidates re-ranked from the full vectors reaches it on queries tuning never saw, and a search with
+    an id selector stays inside it."""
+    d, n, nlist, vectors, queries, ids, fetch = mixture_for_compressed_codes()
     budget_gb = (nlist * (4 * d + 8 * 32) + n * (4 * d + 8)) / 2**30 - 1e-6  # Flat just does not fit
     cfg = fi.IndexConfig(
         exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500, fast_scan=True
@@ -251,12 +258,7 @@ def test_fast_scan_plan_reaches_the_target_recall_on_fresh_queries():
 def test_pq_plan_reaches_the_target_recall_on_fresh_queries():
     """The memory budget forces PQ8 codes, which alone rank far below the target; re-ranking the tuned number of
     candidates from the full vectors reaches it on queries tuning never saw."""
-    d, n = 32, 10_000
-    data = clustered(n + 500, d, clusters=100, seed=9)
-    vectors, queries = data[:n], data[n:]
-    ids = np.arange(n, dtype=np.int64) * 2 + 1
-    fetch = rerank.array_fetch(vectors, ids)
-    nlist = fi.default_nlist(n)
+    d, n, nlist, vectors, queries, ids, fetch = mixture_for_compressed_codes()
     budget_gb = (nlist * (4 * d + 8 * 32) + n * (4 + 8 + fi.LOOKUP_BYTES)) / 2**30  # PQ4x8 exactly fits
     cfg = fi.IndexConfig(
         exact_threshold=1000, target_recall=0.95, memory_budget_gb=budget_gb, tune_queries=500, fast_scan=False
