@@ -7,7 +7,7 @@ N vectors of the documented mixture (`bench.search.clustered`, d = 512) are gene
 `.npy` memmap under `--workdir`, with 1000 fresh queries. Three peers answer the same queries in one run:
 
 - exact: brute force over the memmap, block by block (BLAS); its results are the truth for recall@10.
-- auto: the project's plan for N vectors under the budget (`faiss_index.plan`/`build`: IVF + Flat/SQ8/PQ codes,
+- auto: the project's plan for N vectors under the budget (`faiss_index.plan`/`build`: IVF + Flat or compressed codes,
   exact re-ranking from the memmap for compressed codes, nprobe and k_factor tuned to recall@10 0.95), written to
   disk and opened memory-mapped, as a collection opens it.
 - `--also-codes C ...`: the auto plan's lists with other codes (e.g. PQ512x4fs, 4-bit fast-scan PQ), built,

@@ -182,8 +182,7 @@ def merge_in_memory(trained: faiss.Index, shard_paths: list[str]) -> None:
 def build(vectors: Vectors, ids: np.ndarray, cfg: IndexConfig, folder: Path) -> tuple[faiss.Index, IndexInfo]:
     """The IVF index `faiss_index.build` makes of `vectors.get(ids)` under `ids`, built by `cfg.build_workers`
     processes into `folder` (its `index.faiss` and, but for fast-scan codes, `index.ivfdata`); returned memory-mapped,
-    read-only. The plan for
-    len(ids) vectors must be IVF (an exact index is built in-process: `faiss_index.build`)."""
+    read-only. The plan for len(ids) vectors must be IVF (an exact index is built in-process: `faiss_index.build`)."""
     ids = np.sort(np.asarray(ids, dtype=np.int64))
     n, d = len(ids), vectors.dim
     chosen = faiss_index.plan(n, d, cfg)
