@@ -271,8 +271,7 @@ class Collection(ImageCollection):
         t = duplicates.DEFAULT_THRESHOLD if threshold is None else threshold
         v = self._v
         if thumbnails is None:
-            root = v.manifest["root"]
-            root = Path(root) if root is not None else None
+            root = self.root_dir
             if self._thumbnails is None or self._thumbnails.root != root:
                 self._thumbnails = duplicates.Thumbnails(root, self.root / SIGNATURES)
             thumbnails = self._thumbnails
