@@ -21,7 +21,7 @@ from PIL import Image
 
 from vlm.data import read_pairs
 from vlm.demo_corpus import build_corpus, build_demo_icons, held_out, read_card
-from vlm.demo_sources import LANGUAGES, SOURCES, Source, integrity, refuse_forbidden
+from vlm.demo_sources import LANGUAGES, MORE_STYLES, SOURCES, Source, integrity, refuse_forbidden
 from vlm.errors import ConfigError, DataError
 
 EMOJI = {"1F355": ("pizza", ["cheese", "food"], 4), "1F408": ("cat", ["pet"], 3), "1F680": ("rocket", ["space"], 5)}
@@ -201,6 +201,54 @@ def test_category_captions_and_artwork_pairs_are_options_that_leave_the_default_
     assert card_b["build"]["category_captions"] is True and card_b["build"]["artwork_pairs"] is True
     # the held-out category labels are the evaluation's, whatever the captions
     assert rows(tmp_path / "a/heldout/openmoji/labels.csv") == rows(tmp_path / "b/heldout/openmoji/labels.csv")
+
+
+def iconify_set() -> dict[str, bytes]:
+    """An Iconify emoji set: names by CLDR name, by Unicode character name, numbered variants, a skin tone, an
+    unknown name, an alias (the same drawing again), and one non-square icon (a red bar 100 wide in a 500-high box)."""
+    rect = '<rect x="0" y="0" width="{}" height="{}" fill="#{}"/>'
+    icons = {
+        "slice-of-pizza": {"body": rect.format(512, 512, "00f")},  # Unicode's name for 1F355 (CLDR: "pizza")
+        "cat-1": {"body": rect.format(512, 512, "0f0")},
+        "cat-2": {"body": rect.format(512, 512, "0a0")},
+        "rocket": {"body": rect.format(100, 500, "f00"), "width": 100, "height": 500},
+        "rocket-medium-skin-tone": {"body": rect.format(512, 512, "000")},
+        "flying-saucer": {"body": rect.format(512, 512, "000")},
+    }
+    data = {"prefix": "fake", "width": 512, "height": 512, "icons": icons, "aliases": {"pizza": {"parent": "rocket"}}}
+    return {"icons.json": json.dumps(data).encode(), "info.json": b"{}"}
+
+
+def test_more_styles_name_iconify_emoji_by_cldr_and_unicode_names(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    style = Source("@iconify-json/fake-emoji", "1.0.0", "iconify-emoji", "train", "CC-BY 4.0")
+    write_tarball(cache / style.tarball, style.package, style.version, iconify_set())
+    kw = {"scenes": 1, "held_out_fraction": 0.3, "download": False}
+    build_corpus(tmp_path / "a", cache, sources=sources, **kw)
+    build_corpus(
+        tmp_path / "b", cache, sources=[*sources, replace(style, integrity=integrity(cache / style.tarball))], **kw
+    )
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert set(b) - set(a) == {f"emoji/fake-emoji/{n}.png" for n in ("1f355", "1f408", "1f408-2", "1f680")}
+    assert {k: v for k, v in b.items() if k in a} == {**a, **{k: b[k] for k in ("pairs.csv", "data_card.json",
+                                                                                "DATA_CARD.md")}}  # fmt: skip
+    train = rows(tmp_path / "b/pairs.csv")
+    for code in ("1f355", "1f408", "1f680"):  # the same CLDR captions as the other styles' drawing of that emoji
+        captions = [r["caption"] for r in train if r["path"] == f"emoji/fake-emoji/{code}.png"]
+        assert captions == [r["caption"] for r in train if r["path"] == f"emoji/twitter/{code}.png"]
+    with Image.open(tmp_path / "b/emoji/fake-emoji/1f680.png") as im:  # kept its aspect: a centred bar, white sides
+        assert im.getpixel((32, 32)) == (255, 0, 0) and im.getpixel((32, 1)) == (255, 0, 0)
+        assert im.getpixel((4, 32)) == im.getpixel((59, 32)) == (255, 255, 255)
+    with Image.open(tmp_path / "b/emoji/fake-emoji/1f408-2.png") as im:
+        assert im.getpixel((32, 32)) == (0, 170, 0)
+    card = {s["package"]: s for s in json.loads((tmp_path / "b/data_card.json").read_text("utf-8"))["sources"]}
+    own_rows = sum(r["path"].startswith("emoji/fake-emoji/") for r in train)
+    assert card[style.package]["counts"] == {"training images": 4, "training captions": own_rows}
+    # the pinned sets are training styles, none of them refused artwork, none of them in the default build
+    assert {s.role for s in MORE_STYLES} == {"train"} and not {s.package for s in MORE_STYLES} & {s.package for s in
+                                                                                                 SOURCES}  # fmt: skip
+    for s in MORE_STYLES:
+        refuse_forbidden(s.package)
 
 
 def test_a_missing_package_is_named(fake_sources, tmp_path):

@@ -4,7 +4,8 @@ Layout of the output folder (every CSV path is relative to it; the same inputs g
 
     pairs.csv                  training pairs: path,caption (several rows per image), sorted
     shapes/                    the synthetic shapes world (`vlm.synth`), so the segmentation demo keeps working
-    emoji/<vendor>/*.png       emoji artwork of the trained styles (Apple, Twitter) at 64 px on white
+    emoji/<vendor>/*.png       emoji artwork of the trained styles (Apple, Twitter; with `--more-styles` also Emoji
+                               One 1 and 2, Firefox OS, Streamline) at 64 px on white
     icons/<set>/*.png          icon sets rasterised from SVG with resvg (`resvg-py`) at 64 px, black on white
     heldout/openmoji/          the unseen style, NEVER in pairs.csv: pairs.csv (path,caption = the English CLDR
                                name), labels.csv (path,label = the emoji category), names.csv (path,lang,caption)
@@ -33,6 +34,7 @@ from PIL import Image
 from vlm.atomic import atomic_dir
 from vlm.demo_sources import (
     LANGUAGES,
+    MORE_STYLES,
     READERS,
     SOURCES,
     Cldr,
@@ -62,7 +64,7 @@ def read_card(path: str | Path) -> dict:
         card = json.loads((Path(path) / "data_card.json").read_text("utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: no readable data_card.json ({e}); is it a `vlm demo corpus` folder?") from e
-    pins = {(s.package, s.version): s.restriction for s in SOURCES}
+    pins = {(s.package, s.version): s.restriction for s in SOURCES + MORE_STYLES}
     for s in card.get("sources", []):
         s.setdefault("restriction", pins.get((s["package"], s["version"]), ""))
     return card

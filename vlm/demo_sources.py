@@ -19,6 +19,8 @@ import json
 import re
 import subprocess
 import tarfile
+import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,21 @@ SOURCES: tuple[Source, ...] = (
            "sha512-fAU1Ly3dH7hwRg+CB8EZ0Vl0fF80zgXHeUVJyfUOKzoURr+TbwISbCW5tKUoQLERaWYG2emTCybcPbD96hdD1A=="),
     Source("@phosphor-icons/core", "2.1.1", "phosphor", "train", "MIT",
            "sha512-v4ARvrip4qBCImOE5rmPUylOEK4iiED9ZyKjcvzuezqMaiRASCHKcRIuvvxL/twvLpkfnEODCOJp5dM4eZilxQ=="),
+)  # fmt: skip
+
+
+# More emoji styles, drawn by other vendors, in Iconify's JSON packaging (SVG bodies named after the emoji). Not in
+# SOURCES, so the default build stays the shipped model's corpus byte for byte: `vlm demo corpus --more-styles`.
+MORE_STYLES: tuple[Source, ...] = (
+    Source("@iconify-json/emojione", "1.2.3", "iconify-emoji", "train", "CC-BY 4.0 (Emoji One 2.3, EmojiTwo)",
+           "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg=="),
+    Source("@iconify-json/emojione-v1", "1.2.3", "iconify-emoji", "train",
+           "CC-BY-SA 4.0 (Emoji One 1, joypixels/emojione-legacy)",
+           "sha512-UjI2VQEXVtGlPBvQuxEizro7QCgBcJDOYwKUupquvvZ8UV4xOlvm45IU82JYWegiAWLerY79gFLMZ26U6Ms+ww=="),
+    Source("@iconify-json/fxemoji", "1.2.2", "iconify-emoji", "train", "Apache-2.0 (Mozilla's Firefox OS emoji)",
+           "sha512-UAasRaxzFUKfIGSmLwnoarsssA4LX0VLLuEmplIqM6ZNQqIQRtav8tZ4H1neTlBreXuMQyAifr5jP4kn78DpiQ=="),
+    Source("@iconify-json/streamline-emojis", "1.2.4", "iconify-emoji", "train", "CC-BY 4.0 (Streamline emojis)",
+           "sha512-iNr9T9XuZVTyQPJO8ZlLxBzPkpi7qMl+z1l0C31vpEMqhPMelth3n7CeWQYtixdetDPdI81yeG4ROqjWpYJE6A=="),
 )  # fmt: skip
 
 
@@ -255,6 +272,66 @@ def read_openmoji(source: Source, path: Path, cldr: Cldr) -> list[Item]:
     return items
 
 
+def _slug(text: str) -> str:
+    """Lower-case ASCII letters and digits only, so differently spelt names meet: "Flag: Åland Islands",
+    "flag-aland-islands" and "flagalandislands" all give "flagalandislands"."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("&", "and")
+    return re.sub(r"[^a-z0-9]+", "", text)
+
+
+def emoji_by_name(cldr: Cldr) -> dict[str, str]:
+    """Slugged name -> hexcode (without FE0F): each emoji's English CLDR name and, for a single code point, its
+    Unicode character name, which older sets name their files after (Firefox's "bactriancamel"). CLDR names win."""
+    table: dict[str, str] = {}
+    for code, (label, _) in cldr.names.get("en", {}).items():
+        table.setdefault(_slug(label), code)
+    for code in cldr.names.get("en", {}):
+        unicode_name = _slug(unicodedata.name(chr(int(code, 16)), "")) if "-" not in code else ""
+        if unicode_name:
+            table.setdefault(unicode_name, code)
+    return table
+
+
+def iconify_svg(icon: Mapping, icon_set: Mapping) -> bytes:
+    """An Iconify icon's SVG body as a standalone SVG, its box made square around the drawing (the few non-square
+    icons keep their aspect when rasterised to a square)."""
+    left, top = icon.get("left", icon_set.get("left", 0)), icon.get("top", icon_set.get("top", 0))
+    width, height = icon.get("width", icon_set.get("width", 16)), icon.get("height", icon_set.get("height", 16))
+    side = max(width, height)
+    box = f"{left - (side - width) / 2:g} {top - (side - height) / 2:g} {side:g} {side:g}"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{box}" '
+            f'width="{side:g}" height="{side:g}">{icon["body"]}</svg>').encode()  # fmt: skip
+
+
+def read_iconify_emoji(source: Source, path: Path, cldr: Cldr) -> list[Item]:
+    """An Iconify emoji set (`@iconify-json/<set>`: icons.json of SVG bodies): every icon named after an emoji that
+    CLDR names (its English name or Unicode character name; "flag-for-x" as "flag-x"; a numbered variant such as
+    Streamline's "baby-2" as "baby"), with that emoji's CLDR captions. Skin-tone variants, aliases (the same
+    drawing under another name) and names CLDR does not know are left out."""
+    files = read_package(source, path, lambda n: n == "icons.json")
+    try:
+        icon_set = json.loads(files["icons.json"])
+        icons = icon_set["icons"]
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{source.package}: no readable icons.json in {path} ({e!r})") from e
+    style = source.package.rsplit("/", 1)[-1]
+    table = emoji_by_name(cldr)
+    drawn: Counter = Counter()
+    items = []
+    for name in sorted(icons):
+        if "skin-tone" in name:
+            continue
+        plain = re.sub(r"^flag-for-", "flag-", name)
+        code = table.get(_slug(plain)) or table.get(_slug(re.sub(r"-\d+$", "", plain)))
+        if code is None:
+            continue
+        drawn[code] += 1
+        stem = code.lower() if drawn[code] == 1 else f"{code.lower()}-{drawn[code]}"
+        items.append(Item(f"emoji/{style}", stem, iconify_svg(icons[name], icon_set), "svg",
+                          cldr.captions(code, _words(name)), code, cldr.extra(code)))  # fmt: skip
+    return items
+
+
 def _words(name: str) -> str:
     return re.sub(r"[-_]+", " ", name).strip()
 
@@ -340,6 +417,7 @@ def read_phosphor(source: Source, path: Path, cldr: Cldr) -> list[Item]:
 
 READERS: dict[str, Callable[[Source, Path, Cldr], list[Item]]] = {
     "emoji-datasource": read_emoji_datasource,
+    "iconify-emoji": read_iconify_emoji,
     "openmoji": read_openmoji,
     "tabler": read_tabler,
     "mdi": read_mdi,

@@ -6,7 +6,8 @@ vlm demo export runs/demo/final                fp16 copy to vlm/demo_model with 
 
 vlm demo corpus runs/demo-corpus               issue 18's corpus from pinned npm packages (emoji styles, icon sets,
                                                CLDR names in 6 languages) + shapes, held-out sets, a data card;
-                                               --exclude PACKAGE (repeatable) leaves a training source out
+                                               --exclude PACKAGE (repeatable) leaves a training source out;
+                                               --more-styles adds four more emoji styles (configs/demo-next.yaml)
 vlm demo collection runs/demo-corpus           the held-out icons, with their licences, into vlm/demo_data/icons
                                                (the app's demo collection)
 """
@@ -43,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "subgroup ('food & drink', 'food fruit') to its captions (configs/demo-next.yaml)")  # fmt: skip
     c.add_argument("--artwork-pairs", action="store_true", help="also write pairs-artwork.csv (the training rows "
                    "without the shapes), to weight the shapes with keep_data (configs/demo-next.yaml)")  # fmt: skip
+    c.add_argument("--more-styles", action="store_true", help="add four more emoji styles as training sources "
+                   "(Emoji One 1 and 2, Firefox OS, Streamline; vlm.demo_sources.MORE_STYLES)")  # fmt: skip
     c.set_defaults(run=run_corpus)
     col = steps.add_parser("collection", help="copy a corpus's held-out icons and their licences into the app's demo "
                            "collection (vlm/demo_data/icons)")  # fmt: skip
@@ -69,11 +72,14 @@ def run_corpus(args: argparse.Namespace) -> None:
     import time
 
     from vlm.demo_corpus import build_corpus
+    from vlm.demo_sources import MORE_STYLES, SOURCES
 
     start = time.perf_counter()
-    card = build_corpus(args.out_dir, args.cache, scenes=args.scenes, seed=args.seed, held_out_fraction=args.held_out,
-                        limit=args.limit, download=not args.offline, exclude=args.exclude,
-                        category_captions=args.category_captions, artwork_pairs=args.artwork_pairs)  # fmt: skip
+    sources = SOURCES + (MORE_STYLES if args.more_styles else ())
+    card = build_corpus(args.out_dir, args.cache, sources=sources, scenes=args.scenes, seed=args.seed,
+                        held_out_fraction=args.held_out, limit=args.limit, download=not args.offline,
+                        exclude=args.exclude, category_captions=args.category_captions,
+                        artwork_pairs=args.artwork_pairs)  # fmt: skip
     for s in card["sources"]:
         print(f"  {s['package']}@{s['version']}: " + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "names"))
         if s["restriction"]:
