@@ -416,6 +416,7 @@ def test_export_writes_the_corpus_card_with_figures_and_restrictions(fake_source
     assert "vlm demo corpus runs/demo-corpus" in card and "| `openmoji` | 17.0.0 | held-out |" in card
     assert "not licensed for commercial use" in card and "--exclude emoji-datasource-apple" in card
     assert "This model was trained on that artwork" in card
+    assert "emoji drawn in 2 styles (Apple, Twitter) and 5 icon sets" in card  # named from the data card's sources
     record = checkpoint.read_config(path)
     assert record["provenance"]["demo_data_card"]["sources"][1]["package"] == "emoji-datasource-apple"
     assert record["provenance"]["demo_showcase"] == showcase and "## What to try" in card

@@ -1,7 +1,7 @@
 """The embedded demo: what the demo model is trained on, and how it is exported with its model card.
 
 Two recipes, told apart by the training folder (`vlm.demo_corpus.is_corpus`):
-- the demo corpus (`vlm demo corpus`, vlm/demo_corpus.py): emoji in two vendors' styles, five icon sets, CLDR names
+- the demo corpus (`vlm demo corpus`, vlm/demo_corpus.py): emoji in several vendors' styles, five icon sets, CLDR names
   in six languages and synthetic shapes, with OpenMoji and a seeded part of every icon set held out; its card
   reports `eval.demo.corpus_figures` on them and carries the corpus's licences and restrictions;
 - the first recipe (`vlm demo data`, `build_training_data`): the synthetic shapes world and the Twemoji icons with
@@ -277,6 +277,17 @@ def describe(provenance: dict[str, Any]) -> DemoDescription:
                            ", ".join(lacks))  # fmt: skip
 
 
+def trained_sources(data_card: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The emoji styles ("Apple") and the other training packages (the icon sets) of a corpus's data card, as the
+    pins (`demo_sources`) name them; a package no longer pinned counts by its own name."""
+    from vlm.demo_sources import MORE_STYLES, SOURCES
+
+    pins = {s.package: s for s in SOURCES + MORE_STYLES}
+    trained = [s["package"] for s in data_card.get("sources", []) if s.get("role") == "train"]
+    styles = [pins[p].style for p in trained if p in pins and pins[p].style]
+    return styles, [p for p in trained if p not in pins or not pins[p].style]
+
+
 def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[str, Any] | None = None,
                showcase: dict[str, Any] | None = None) -> str:  # fmt: skip
     from vlm.demo_corpus import restrictions
@@ -284,10 +295,12 @@ def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[
     prov = record.get("provenance", {})
     cfg = prov.get("config", {})
     if data_card is not None:
+        styles, icon_sets = trained_sources(data_card)
         knows = (
-            "It was trained on the demo corpus (`vlm demo corpus`): emoji drawn by two vendors (Apple, Twitter) and "
-            "five icon sets with their names and keywords, emoji names in English, German, French, Spanish, Chinese "
-            "and Japanese (CLDR), and synthetic coloured shapes. It has never seen a photo"
+            f"It was trained on the demo corpus (`vlm demo corpus`): emoji drawn in {len(styles)} styles "
+            f"({', '.join(styles)}) and {len(icon_sets)} icon sets with their names and keywords, emoji names in "
+            "English, German, French, Spanish, Chinese and Japanese (CLDR), and synthetic coloured shapes. It has "
+            "never seen a photo"
         )
         recipe = RECIPES["corpus"]
     else:

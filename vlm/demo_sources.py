@@ -42,6 +42,7 @@ class Source:
     licence: str  # as the package states it, for the data card
     integrity: str | None = None  # npm's "sha512-..." of the tarball; None only for a package made locally in tests
     restriction: str = ""  # a limit on use that its licence sets (shown in the data and model cards); "" if none
+    style: str = ""  # for emoji artwork, whose drawing style it is ("Apple"), as the model card names it
 
     @property
     def tarball(self) -> str:
@@ -58,10 +59,11 @@ SOURCES: tuple[Source, ...] = (
            "sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA=="),
     Source("emoji-datasource-apple", "16.0.0", "emoji-datasource", "train", APPLE_TERMS,
            "sha512-dVYjsK0FnCry9F+PBtnivhG2K0xdwlmqYaSgiUtztUdAGPYiHYhZcVKvNBqC791g2qyEcFNTBO6utg4eQ3uLTw==",
-           APPLE_RESTRICTION),
+           APPLE_RESTRICTION, "Apple"),
     Source("emoji-datasource-twitter", "16.0.0", "emoji-datasource", "train",
            "package MIT; Twitter (Twemoji) images CC-BY 4.0, Copyright Twitter, Inc. and other contributors",
-           "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ=="),
+           "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
+           style="Twitter"),
     Source("openmoji", "17.0.0", "openmoji", "held-out", "CC-BY-SA 4.0 (OpenMoji, HfG Schwäbisch Gmünd)",
            "sha512-EBnYrNGdcdw+OSXmENeNE1yBNRu6tOraTmoOyUbJkTmvT/+XETp8RZLSJFzD3lrPc5N9CzsyPnRTk0Vp4UaI9w=="),
     Source("@tabler/icons", "3.52.0", "tabler", "train", "MIT",
@@ -81,14 +83,18 @@ SOURCES: tuple[Source, ...] = (
 # SOURCES, so the default build stays the shipped model's corpus byte for byte: `vlm demo corpus --more-styles`.
 MORE_STYLES: tuple[Source, ...] = (
     Source("@iconify-json/emojione", "1.2.3", "iconify-emoji", "train", "CC-BY 4.0 (Emoji One 2.3, EmojiTwo)",
-           "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg=="),
+           "sha512-T9+T3HIbJNLKKsmxYKlaYhvnHYkz/HNYTV7SHCXVZPfeUi4FqskY70YeN8yYAZT8cCv7w5vJxS4Q1m8zb9CMMg==",
+           style="Emoji One 2"),
     Source("@iconify-json/emojione-v1", "1.2.3", "iconify-emoji", "train",
            "CC-BY-SA 4.0 (Emoji One 1, joypixels/emojione-legacy)",
-           "sha512-UjI2VQEXVtGlPBvQuxEizro7QCgBcJDOYwKUupquvvZ8UV4xOlvm45IU82JYWegiAWLerY79gFLMZ26U6Ms+ww=="),
+           "sha512-UjI2VQEXVtGlPBvQuxEizro7QCgBcJDOYwKUupquvvZ8UV4xOlvm45IU82JYWegiAWLerY79gFLMZ26U6Ms+ww==",
+           style="Emoji One 1"),
     Source("@iconify-json/fxemoji", "1.2.2", "iconify-emoji", "train", "Apache-2.0 (Mozilla's Firefox OS emoji)",
-           "sha512-UAasRaxzFUKfIGSmLwnoarsssA4LX0VLLuEmplIqM6ZNQqIQRtav8tZ4H1neTlBreXuMQyAifr5jP4kn78DpiQ=="),
+           "sha512-UAasRaxzFUKfIGSmLwnoarsssA4LX0VLLuEmplIqM6ZNQqIQRtav8tZ4H1neTlBreXuMQyAifr5jP4kn78DpiQ==",
+           style="Firefox OS"),
     Source("@iconify-json/streamline-emojis", "1.2.4", "iconify-emoji", "train", "CC-BY 4.0 (Streamline emojis)",
-           "sha512-iNr9T9XuZVTyQPJO8ZlLxBzPkpi7qMl+z1l0C31vpEMqhPMelth3n7CeWQYtixdetDPdI81yeG4ROqjWpYJE6A=="),
+           "sha512-iNr9T9XuZVTyQPJO8ZlLxBzPkpi7qMl+z1l0C31vpEMqhPMelth3n7CeWQYtixdetDPdI81yeG4ROqjWpYJE6A==",
+           style="Streamline"),
 )  # fmt: skip
 
 
