@@ -287,7 +287,8 @@ def _slug(text: str) -> str:
 
 def emoji_by_name(cldr: Cldr) -> dict[str, str]:
     """Slugged name -> hexcode (without FE0F): each emoji's English CLDR name and, for a single code point, its
-    Unicode character name, which older sets name their files after (Firefox's "bactriancamel"). CLDR names win."""
+    Unicode character name, which older sets name their files after (Firefox's "bactriancamel"). CLDR names win.
+    The character names come from Python's `unicodedata`, so a Python with a newer Unicode may match a few more."""
     table: dict[str, str] = {}
     for code, (label, _) in cldr.names.get("en", {}).items():
         table.setdefault(_slug(label), code)
