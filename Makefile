@@ -27,7 +27,7 @@ run: setup
 # --resume` continues an interrupted run), and the fp16 export with its model card.
 # The first demo model's recipe, offline from this repository alone: configs/demo-first.yaml.
 demo: setup
-	$(BIN)/vlm demo corpus runs/demo-corpus
+	$(BIN)/vlm demo corpus runs/demo-corpus --category-captions --artwork-pairs --more-styles
 	$(BIN)/vlm demo collection runs/demo-corpus
 	$(BIN)/vlm train --config configs/demo.yaml
 	$(BIN)/vlm demo export runs/demo/final

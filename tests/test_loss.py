@@ -329,6 +329,11 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         except ConfigError as exc:
             results["wrong_rank_error"] = str(exc)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        # Teardown in step: one clone run lost a worker to SIGABRT ("terminate called without an active exception")
+        # here. Drop the last DDP wrapper (its reducer holds the group), then let neither rank close its gloo pairs
+        # while the other may still use them.
+        del model
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

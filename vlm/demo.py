@@ -191,7 +191,8 @@ def build_training_data(out_dir: str | Path, *, scenes: int = 40000, seed: int =
 
 # `make demo`: how the shipped model is made (the Makefile runs these; the model card quotes them).
 RECIPES = {
-    "corpus": ("vlm demo corpus runs/demo-corpus", "vlm demo collection runs/demo-corpus",
+    "corpus": ("vlm demo corpus runs/demo-corpus --category-captions --artwork-pairs --more-styles",
+               "vlm demo collection runs/demo-corpus",
                "vlm train --config configs/demo.yaml", "vlm demo export runs/demo/final"),
     "shapes+twemoji": ("vlm demo data runs/demo-data", "vlm train --config configs/demo-first.yaml",
                        "vlm demo export runs/demo-first/final"),
@@ -277,6 +278,18 @@ def describe(provenance: dict[str, Any]) -> DemoDescription:
                            ", ".join(lacks))  # fmt: skip
 
 
+def _card_mix(cfg: dict[str, Any]) -> str:
+    """What the card's data line adds for a run that also drew from `keep_data` or augmented the artwork's style."""
+    data = cfg.get("data", {})
+    out = ""
+    if data.get("keep_data"):
+        out += f"; and {data['keep_data']}, drawn as {data.get('keep_fraction', 0):.0%} of every batch"
+    if data.get("style_augment"):
+        out += (f"; style augmentation {', '.join(data['style_augment'])} on {data.get('style_augment_p', 0):.0%} of "
+                f"the images under {', '.join(data.get('style_augment_prefixes') or ['any folder'])}")  # fmt: skip
+    return out
+
+
 def trained_sources(data_card: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The emoji styles ("Apple") and the other training packages (the icon sets) of a corpus's data card, as the
     pins (`demo_sources`) name them; a package no longer pinned counts by its own name."""
@@ -322,7 +335,7 @@ def model_card(record: dict[str, Any], figures: dict[str, Any], data_card: dict[
         "```",
         "",
         f"- data: {prov.get('train_pairs')} training images ({prov.get('train_data')}), "
-        f"{prov.get('val_pairs')} held out (a deterministic hash split of the same sources)",
+        f"{prov.get('val_pairs')} held out (a deterministic hash split of the same sources)" + _card_mix(cfg),
         f"- steps: {prov.get('steps')} at batch {prov.get('batch_size')}, seed {prov.get('seed')}, "
         f"lr {cfg.get('optim', {}).get('lr')}, loss {cfg.get('loss', {}).get('loss')}",
         f"- weights stored as float16 ({record['fingerprint']} is the fingerprint of the stored weights)",
