@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from vlm import data
+from vlm.config import DataConfig
 from vlm.data import Pair, PairDataset, read_pairs
 from vlm.errors import DataError
 from vlm.readers import webdataset
@@ -585,6 +586,24 @@ def test_pair_dataset_is_seeded_per_epoch_and_index(big_pairs, tiny_encoders):
     assert any(not torch.equal(images[0], im) for im in images[1:])
     with pytest.raises(TypeError, match=r"\(epoch, index\)"):
         ds[3]
+
+
+def test_first_caption_p_draws_the_first_caption_that_often_and_0_changes_nothing(big_pairs):
+    def captions(**kw):
+        ds = PairDataset(big_pairs, lambda im: 0, lambda caps: caps, seed=3, **kw)  # the caption itself as tokens
+        return [ds[(epoch, 3)][1] for epoch in range(2000)]
+
+    caps = CONTENT[3][1]
+    assert len(caps) > 1
+    assert captions(first_caption_p=0.0) == captions()  # the default draw, sample for sample
+    assert set(captions(first_caption_p=1.0)) == {caps[0]}
+    drawn = captions(first_caption_p=0.5)
+    expected = 0.5 + 0.5 / len(caps)  # the first caption by choice, or by the uniform draw
+    sd = (expected * (1 - expected) / len(drawn)) ** 0.5
+    assert abs(drawn.count(caps[0]) / len(drawn) - expected) < 4 * sd
+    assert set(drawn) == set(caps)
+    with pytest.raises(ValueError, match="first_caption_p"):
+        DataConfig(train_data="x.csv", first_caption_p=1.5)
 
 
 def test_pair_dataset_same_samples_with_workers(big_pairs, tiny_encoders):

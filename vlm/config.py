@@ -468,6 +468,10 @@ class DataConfig:
     keep_fraction: float = dataclasses.field(
         default=0.5, metadata=_help("share of each batch drawn from keep_data (used only with keep_data)")
     )
+    first_caption_p: float = dataclasses.field(
+        default=0.0, metadata=_help("chance that a sample takes its image's first caption (in the demo corpus, the "
+                                    "name); otherwise one of all its captions at random. 0 = always at random")
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -476,6 +480,8 @@ class DataConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0.0 < self.keep_fraction < 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1), got {self.keep_fraction}")
+        if not 0.0 <= self.first_caption_p <= 1.0:
+            raise ValueError(f"first_caption_p must be in [0, 1], got {self.first_caption_p}")
         if self.style_augment:
             from vlm.style_augment import StyleAugment  # torchvision: only when asked
 

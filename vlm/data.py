@@ -229,8 +229,9 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, pairs: Sequence[Pair], transform: Callable, tokenizer: Callable, *, seed: int = 0,
-                 style: StyleAugment | None = None):  # fmt: skip
+                 style: StyleAugment | None = None, first_caption_p: float = 0.0):  # fmt: skip
         self.pairs = list(pairs)
+        self.first_caption_p = first_caption_p  # chance of the first caption; else one of all, uniformly
         self.transform = transform
         self.style = style  # applied before `transform` to the pairs it `applies` to (vlm/style_augment.py)
         self.tokenizer = tokenizer
@@ -245,7 +246,10 @@ class PairDataset(torch.utils.data.Dataset):
         epoch, index = item
         pair = self.pairs[index]
         sample_seed = stable_hash(self.seed, epoch, index)
-        caption = pair.captions[random.Random(sample_seed).randrange(len(pair.captions))]
+        rng = random.Random(sample_seed)
+        # with first_caption_p 0 no extra draw is made, so the captions are those of runs made before the option
+        first = self.first_caption_p > 0 and rng.random() < self.first_caption_p
+        caption = pair.captions[0 if first else rng.randrange(len(pair.captions))]
         image = pair.image.open()
         with seeded_rngs(sample_seed):
             if self.style is not None and self.style.applies(pair.key):

@@ -237,7 +237,8 @@ class ContrastiveTask(Task):
         pairs = list(self.train_items) + self.keep_pairs  # keep pairs follow: ReplaySampler's indices from len(train)
         ops, p, prefixes = dc.style_augment, dc.style_augment_p, dc.style_augment_prefixes
         style = StyleAugment(ops, p, prefixes) if ops else None
-        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed, style=style)
+        self.dataset = PairDataset(pairs, transform, self.encoders.tokenizer, seed=cfg.seed, style=style,
+                                   first_caption_p=dc.first_caption_p)  # fmt: skip
 
     def items_per_batch(self) -> int:
         return new_per_batch(self.cfg)
