@@ -202,8 +202,9 @@ def _demo_like(folder: Path, train_data: str, corpus: bool) -> Path:
     return folder
 
 
-def test_demo_replay_is_the_training_data_its_card_names_else_says_what_part_is_rebuilt(tmp_path):
+def test_demo_replay_is_the_training_data_its_card_names_else_says_what_part_is_rebuilt(tmp_path, monkeypatch):
     assert "demo_data_card" in checkpoint.read_config(demo.DEMO_MODEL)["provenance"]  # the shipped one: corpus
+    monkeypatch.setattr(demo, "DEMO_CORPUS_PAIRS", tmp_path / "no-make-demo" / "pairs.csv")  # not this machine's
     corpus = tmp_path / "demo-corpus" / "pairs.csv"
     corpus.parent.mkdir()
     corpus.write_text("path,caption\n")
@@ -217,3 +218,14 @@ def test_demo_replay_is_the_training_data_its_card_names_else_says_what_part_is_
     assert path == rebuilt and "part of" in line and "not its icon sets" in line and gone in line
     path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "first", gone, corpus=False))
     assert path == rebuilt and "own training recipe" in line
+    # a run that drew its shapes through keep_data names pairs-artwork.csv: the corpus's pairs.csv holds both
+    (corpus.parent / "pairs-artwork.csv").write_text("path,caption\n")
+    named = str(corpus.parent / "pairs-artwork.csv")
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "artwork", named, corpus=True))
+    assert path == corpus and "own training data" in line
+    # the named corpus is gone, but `make demo` built one where it writes it
+    monkeypatch.setattr(demo, "DEMO_CORPUS_PAIRS", corpus)
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "made", gone, corpus=True))
+    assert path == corpus and "make demo" in line and gone in line
+    path, line = demo.replay_data(tmp_path / "replay", _demo_like(tmp_path / "first2", gone, corpus=False))
+    assert path == rebuilt  # the first recipe's model was not trained on the corpus

@@ -90,18 +90,33 @@ def replay_set(dest: str | Path, scenes: int = 2000) -> Path:
     return dest / "pairs.csv"
 
 
+DEMO_CORPUS_PAIRS = Path("runs/demo-corpus/pairs.csv")  # what `make demo` trains a corpus model on (RECIPES)
+
+
 def replay_data(dest: str | Path, model: str | Path = DEMO_MODEL) -> tuple[Path, str]:
     """What a fine-tune of the demo model `model` replays, and a line saying what it is: the training data its card
-    names (`provenance.config.data.train_data`, e.g. `runs/demo-corpus/pairs.csv` after `make demo`) where it exists,
-    relative to the working folder or the repository; otherwise what can be rebuilt offline, `replay_set` under
+    names (`provenance.config.data.train_data`; for a corpus's `pairs-artwork.csv`, the `pairs.csv` beside it, which
+    adds the shapes) where it exists, relative to the working folder or the repository; for a corpus-trained model
+    then the corpus `make demo` writes (`DEMO_CORPUS_PAIRS`); otherwise what can be rebuilt offline, `replay_set` under
     `dest`: all of the first recipe's data, but for a corpus-trained model (its card has a data card) only the
     shapes and Twemoji part of its corpus, which the line says."""
     record = checkpoint.read_config(model)
     named = record.get("provenance", {}).get("config", {}).get("data", {}).get("train_data")
+    repo = Path(__file__).resolve().parent.parent
     if named:
-        for candidate in (Path(named).expanduser(), Path(__file__).resolve().parent.parent / named):
+        for candidate in (Path(named).expanduser(), repo / named):
+            # A run that drew its shapes through keep_data names the corpus's pairs-artwork.csv; the corpus's
+            # pairs.csv beside it holds the artwork and the shapes, all that the model was trained on.
+            whole = candidate.with_name("pairs.csv")
+            if candidate.name == "pairs-artwork.csv" and whole.is_file():
+                candidate = whole
             if candidate.is_file():
                 return candidate, f"the demo model's own training data ({candidate})"
+    if "demo_data_card" in record.get("provenance", {}):
+        for candidate in (DEMO_CORPUS_PAIRS, repo / DEMO_CORPUS_PAIRS):
+            if candidate.is_file():
+                card_named = named or "no file"
+                return candidate, f"the demo corpus as `make demo` builds it ({candidate}; the card names {card_named})"
     rebuilt = replay_set(dest)
     if "demo_data_card" in record.get("provenance", {}):
         return rebuilt, (
