@@ -101,24 +101,31 @@ def replay_data(dest: str | Path, model: str | Path = DEMO_MODEL) -> tuple[Path,
     `dest`: all of the first recipe's data, but for a corpus-trained model (its card has a data card) only the
     shapes and Twemoji part of its corpus, which the line says."""
     record = checkpoint.read_config(model)
-    named = record.get("provenance", {}).get("config", {}).get("data", {}).get("train_data")
+    prov = record.get("provenance", {})
+    named = prov.get("config", {}).get("data", {}).get("train_data")
+    corpus_model = "demo_data_card" in prov
     repo = Path(__file__).resolve().parent.parent
-    if named:
-        for candidate in (Path(named).expanduser(), repo / named):
+
+    def found(path: Path) -> Path | None:
+        """The file `path` names, relative to the working folder or else the repository, if there."""
+        for candidate in (path.expanduser(), repo / path):
             # A run that drew its shapes through keep_data names the corpus's pairs-artwork.csv; the corpus's
             # pairs.csv beside it holds the artwork and the shapes, all that the model was trained on.
             whole = candidate.with_name("pairs.csv")
             if candidate.name == "pairs-artwork.csv" and whole.is_file():
-                candidate = whole
+                return whole
             if candidate.is_file():
-                return candidate, f"the demo model's own training data ({candidate})"
-    if "demo_data_card" in record.get("provenance", {}):
-        for candidate in (DEMO_CORPUS_PAIRS, repo / DEMO_CORPUS_PAIRS):
-            if candidate.is_file():
-                card_named = named or "no file"
-                return candidate, f"the demo corpus as `make demo` builds it ({candidate}; the card names {card_named})"
+                return candidate
+        return None
+
+    own = found(Path(named)) if named else None
+    if own is not None:
+        return own, f"the demo model's own training data ({own})"
+    made = found(DEMO_CORPUS_PAIRS) if corpus_model else None
+    if made is not None:
+        return made, f"the demo corpus as `make demo` builds it ({made}; the card names {named or 'no file'})"
     rebuilt = replay_set(dest)
-    if "demo_data_card" in record.get("provenance", {}):
+    if corpus_model:
         return rebuilt, (
             f"part of the demo model's training data, rebuilt offline ({rebuilt}): its shapes and Twemoji icons, not "
             f"its icon sets, Apple emoji and translated names ({named or 'the demo corpus'} is not here; "
@@ -308,9 +315,9 @@ def _card_mix(cfg: dict[str, Any]) -> str:
 def trained_sources(data_card: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The emoji styles ("Apple") and the other training packages (the icon sets) of a corpus's data card, as the
     pins (`demo_sources`) name them; a package no longer pinned counts by its own name."""
-    from vlm.demo_sources import MORE_STYLES, SOURCES
+    from vlm.demo_sources import PINNED
 
-    pins = {s.package: s for s in SOURCES + MORE_STYLES}
+    pins = {s.package: s for s in PINNED}
     trained = [s["package"] for s in data_card.get("sources", []) if s.get("role") == "train"]
     styles = [pins[p].style for p in trained if p in pins and pins[p].style]
     return styles, [p for p in trained if p not in pins or not pins[p].style]

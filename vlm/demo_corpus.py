@@ -34,7 +34,7 @@ from PIL import Image
 from vlm.atomic import atomic_dir
 from vlm.demo_sources import (
     LANGUAGES,
-    MORE_STYLES,
+    PINNED,
     READERS,
     SOURCES,
     Cldr,
@@ -64,7 +64,7 @@ def read_card(path: str | Path) -> dict:
         card = json.loads((Path(path) / "data_card.json").read_text("utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: no readable data_card.json ({e}); is it a `vlm demo corpus` folder?") from e
-    pins = {(s.package, s.version): s.restriction for s in SOURCES + MORE_STYLES}
+    pins = {(s.package, s.version): s.restriction for s in PINNED}
     for s in card.get("sources", []):
         s.setdefault("restriction", pins.get((s["package"], s["version"]), ""))
     return card

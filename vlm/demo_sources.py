@@ -96,6 +96,7 @@ MORE_STYLES: tuple[Source, ...] = (
            "sha512-iNr9T9XuZVTyQPJO8ZlLxBzPkpi7qMl+z1l0C31vpEMqhPMelth3n7CeWQYtixdetDPdI81yeG4ROqjWpYJE6A==",
            style="Streamline"),
 )  # fmt: skip
+PINNED = SOURCES + MORE_STYLES  # every package the corpus may be built from, as its cards look them up
 
 
 def refuse_forbidden(package: str) -> None:
