@@ -251,6 +251,18 @@ def test_more_styles_name_iconify_emoji_by_cldr_and_unicode_names(fake_sources, 
         refuse_forbidden(s.package)
 
 
+def test_a_malformed_iconify_set_is_named(fake_sources, tmp_path):
+    sources, cache = fake_sources
+    for name, files in (("not-json", {"icons.json": b"{not json"}), ("no-icons", {"icons.json": b'{"prefix": "x"}'}),
+                        ("no-file", {"info.json": b"{}"})):  # fmt: skip
+        style = Source(f"@iconify-json/{name}", "1.0.0", "iconify-emoji", "train", "CC-BY 4.0")
+        write_tarball(cache / style.tarball, style.package, style.version, files)
+        bad = [*sources, replace(style, integrity=integrity(cache / style.tarball))]
+        with pytest.raises(DataError, match=f"@iconify-json/{name}: no readable icons.json"):
+            build_corpus(tmp_path / name, cache, sources=bad, scenes=1, download=False)
+        assert not (tmp_path / name).exists()  # nothing half-written
+
+
 def test_a_missing_package_is_named(fake_sources, tmp_path):
     sources, cache = fake_sources
     partial = tmp_path / "cache"
