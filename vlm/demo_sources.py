@@ -30,7 +30,8 @@ from vlm.errors import DataError
 # Languages of the emoji captions (emojibase-data's CLDR names and keywords); English first.
 LANGUAGES = ("en", "de", "fr", "es", "zh", "ja")
 
-FORBIDDEN = re.compile(r"^@svgmoji/|noto|google|android|facebook|messenger|fluent|microsoft")
+# "noto" only where a name starts with it or a non-letter precedes it: "emojione-monotone" holds the letters too
+FORBIDDEN = re.compile(r"^@svgmoji/|(?<![a-z])noto|google|android|facebook|messenger|fluent|microsoft")
 
 
 @dataclass(frozen=True)
