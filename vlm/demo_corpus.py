@@ -5,7 +5,7 @@ Layout of the output folder (every CSV path is relative to it; the same inputs g
     pairs.csv                  training pairs: path,caption (several rows per image), sorted
     shapes/                    the synthetic shapes world (`vlm.synth`), so the segmentation demo keeps working
     emoji/<vendor>/*.png       emoji artwork of the trained styles (Apple, Twitter; with `--more-styles` also Emoji
-                               One 1 and 2, Firefox OS, Streamline) at 64 px on white
+                               One 1, 2 and 2 monotone, Firefox OS, Streamline) at 64 px on white
     icons/<set>/*.png          icon sets rasterised from SVG with resvg (`resvg-py`) at 64 px, black on white
     heldout/openmoji/          the unseen style, NEVER in pairs.csv: pairs.csv (path,caption = the English CLDR
                                name), labels.csv (path,label = the emoji category), names.csv (path,lang,caption)

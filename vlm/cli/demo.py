@@ -7,7 +7,7 @@ vlm demo export runs/demo/final                fp16 copy to vlm/demo_model with 
 vlm demo corpus runs/demo-corpus               issue 18's corpus from pinned npm packages (emoji styles, icon sets,
                                                CLDR names in 6 languages) + shapes, held-out sets, a data card;
                                                --exclude PACKAGE (repeatable) leaves a training source out;
-                                               --more-styles adds four more emoji styles (configs/demo.yaml)
+                                               --more-styles adds five more emoji styles (configs/demo.yaml)
 vlm demo collection runs/demo-corpus           the held-out icons, with their licences, into vlm/demo_data/icons
                                                (the app's demo collection)
 """
@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "subgroup ('food & drink', 'food fruit') to its captions (configs/demo.yaml)")  # fmt: skip
     c.add_argument("--artwork-pairs", action="store_true", help="also write pairs-artwork.csv (the training rows "
                    "without the shapes), to weight the shapes with keep_data (configs/demo.yaml)")  # fmt: skip
-    c.add_argument("--more-styles", action="store_true", help="add four more emoji styles as training sources "
-                   "(Emoji One 1 and 2, Firefox OS, Streamline; vlm.demo_sources.MORE_STYLES)")  # fmt: skip
+    c.add_argument("--more-styles", action="store_true", help="add five more emoji styles as training sources "
+                   "(Emoji One 1, 2 and 2 monotone, Firefox OS, Streamline; vlm.demo_sources.MORE_STYLES)")  # fmt: skip
     c.set_defaults(run=run_corpus)
     col = steps.add_parser("collection", help="copy a corpus's held-out icons and their licences into the app's demo "
                            "collection (vlm/demo_data/icons)")  # fmt: skip
