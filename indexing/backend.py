@@ -490,11 +490,18 @@ def reloadable(model: str) -> str:
 
 
 def model_spec(model: str | Encoders, pretrained: str | None, encoders: Encoders) -> ModelSpec:
-    """What a new collection records about the model that embeds it (`model`: a name or the Encoders object)."""
-    named = not isinstance(model, Encoders)
+    """What a new collection records about the model that embeds it (`model`: a name or the Encoders object).
+
+    An Encoders object is recorded by what `vlm.models.load` loaded it from (`Encoders.loaded_from`), so that the
+    collection opens later without it, from the command line too (opening checks the fingerprint of what loads);
+    one with no such record (weights changed in memory, e.g. a merged LoRA) or built with random weights, which no
+    load gives back, stays in-memory: it opens only with `encoders=`."""
+    if isinstance(model, Encoders):
+        loadable = bool(model.loaded_from[0]) and not model.random_weights
+        model, pretrained = model.loaded_from if loadable else (None, None)
     return ModelSpec(
-        model=reloadable(model) if named else None,
-        pretrained=pretrained if named else None,
+        model=reloadable(model) if model is not None else None,
+        pretrained=pretrained if model is not None else None,
         source=encoders.source,
         fingerprint=encoders.fingerprint,
         embed_dim=encoders.embed_dim,

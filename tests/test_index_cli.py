@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from indexing.collection import Collection
+from indexing.embed import EmbedConfig
 from vlm import models
 from vlm.cli import main
 from vlm.synth import generate
@@ -67,6 +69,28 @@ def test_build_add_search_remove_info(tmp_path, shapes, model_dir, capsys):
         and info["verified"]
         and info["model"]["fingerprint"] == models.load(str(model_dir), device="cpu").fingerprint
     )
+
+
+def test_a_collection_built_from_loaded_encoders_opens_without_them(tmp_path, shapes, model_dir, capsys, tiny_encoders):
+    """The app embeds with the model it holds (an Encoders object): the collection records what that was loaded
+    from, so `vlm index search` opens it; weights no load gives back (random, changed in memory) stay in-memory."""
+    encoders = models.load(str(model_dir), device="cpu")
+    images = [str(shapes / "images" / f"{i:06d}.png") for i in range(6)]
+    with Collection.create(tmp_path / "c", encoders, root=shapes) as coll:
+        coll.add(images, embed=EmbedConfig(workers=0, batch_size=8), progress=False)
+        expected = coll.search_text(["a red circle"], 3)
+    assert Collection.open(tmp_path / "c").model.model == str(model_dir.resolve())
+    assert main(["index", "search", str(tmp_path / "c"), "--text", "a red circle", "-k", "3", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [h["path"] for h in found] == [r.path for r in expected.records[0]]
+
+    changed = dataclasses.replace(encoders, loaded_from=("", None))  # e.g. `vlm.lora.merged_encoders`
+    for name, enc in (("random", tiny_encoders), ("changed", changed)):
+        assert enc.random_weights == (name == "random")
+        Collection.create(tmp_path / name, enc).close()
+        assert Collection.open(tmp_path / name).model.model is None
+        assert main(["index", "search", str(tmp_path / name), "--text", "a red circle"]) == 2
+        assert "in-memory model" in capsys.readouterr().err
 
 
 def test_errors_are_reported_without_a_traceback(tmp_path, shapes, capsys):

@@ -180,7 +180,10 @@ def merged_model(handle: LoraHandle) -> nn.Module:
 
 def merged_encoders(handle: LoraHandle) -> models.Encoders:
     merged = merged_model(handle)
-    return dataclasses.replace(handle.encoders, model=merged, fingerprint=models.weights_fingerprint(merged))
+    # Weights no checkpoint holds: nothing to load them from again (a collection it embeds records it as in-memory).
+    return dataclasses.replace(
+        handle.encoders, model=merged, fingerprint=models.weights_fingerprint(merged), loaded_from=("", None)
+    )
 
 
 def export_merged(

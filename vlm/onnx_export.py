@@ -55,6 +55,8 @@ def int8_fingerprint(fingerprint: str) -> str:
 
 def default_folder(model: str, pretrained: str | None = None) -> Path | None:
     """Where the export of this model lives "next to the model", or None when the model has no folder of its own."""
+    if not model:  # not loaded by `vlm.models.load` (Encoders.loaded_from's default)
+        return None
     if model == "demo":
         from vlm.models import DEMO_CHECKPOINT
 
