@@ -501,7 +501,7 @@ def model_spec(model: str | Encoders, pretrained: str | None, encoders: Encoders
         model, pretrained = model.loaded_from if loadable else (None, None)
     return ModelSpec(
         model=reloadable(model) if model is not None else None,
-        pretrained=pretrained if model is not None else None,
+        pretrained=pretrained,
         source=encoders.source,
         fingerprint=encoders.fingerprint,
         embed_dim=encoders.embed_dim,
