@@ -103,3 +103,16 @@ def test_wise_ft_after_the_fine_tune_scores_each_alpha_and_uses_the_chosen_one(a
     assert checkpoint.read_config(exported)["provenance"]["wise_ft"]["alpha"] == 0.5
     with pytest.raises(Exception, match=r"greater than maximum|between 0"):  # refused by Gradio or by us
         client.predict(1.5, api_name="/train_wise_use")
+
+
+def test_the_demo_apps_api_keeps_its_documented_names(app):
+    """The demo model's card gives the Search tab clickable examples, whose click runs `search_text` in an event of
+    its own. Registered first, that event took the name "search_text": the public endpoint became "/search_text_1"
+    and a client's "/search_text" reached the examples' event, which fills no defaults (ui/README.md's call failed)."""
+    state, client, _ = app
+    assert demo.describe(state.active.encoders.provenance).queries  # the examples this is about are there
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/classify", "/search_text", "/search_image", "/explain", "/segment"} <= named
+    assert not [name for name in named if re.search(r"_\d+$", name)], named  # none renamed by a clash
+    gallery, table, *_ = client.predict("a red circle", 3, "", "", api_name="/search_text")  # the README's call
+    assert len(table) == 3 and len(gallery) == 3

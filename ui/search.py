@@ -351,6 +351,10 @@ def build(state: AppState) -> None:
 
     inputs = [k, caption_filter, path_filter, after, before, order, folder_filter, min_width, min_height, min_mb,
               min_score]  # fmt: skip
+    # Before the examples: their click runs `search_text` too, and Gradio names an event after its function
+    # unless told otherwise, so an earlier examples event would take "search_text" and the public API would
+    # become "/search_text_1" (tests/test_app_finetune.py checks the names on the demo model's app).
+    gr.on([text_button.click, query.submit], search_text, [query, *inputs], outputs, api_name="search_text")
     if tries:
         with query_column:
             gr.Examples(
@@ -364,7 +368,6 @@ def build(state: AppState) -> None:
                 elem_id="search-examples",
                 api_visibility="private",
             )
-    gr.on([text_button.click, query.submit], search_text, [query, *inputs], outputs, api_name="search_text")
     gr.on([image_button.click, example.upload], search_image, [example, *inputs], outputs, api_name="search_image")
     similar_button.click(search_similar, [selected, *inputs], outputs, api_name="search_similar")
     chosen = [selected, why, why_info, similar_button, remove_button]
