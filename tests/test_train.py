@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -22,7 +23,7 @@ from vlm import checkpoint, models
 from vlm.config import TrainConfig, from_dict
 from vlm.errors import CheckpointError, ConfigError, DataError
 from vlm.synth import generate
-from vlm.train import StepSampler, lr_at, param_groups, train
+from vlm.train import ContrastiveTask, StepSampler, lr_at, param_groups, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,6 +164,28 @@ def test_accumulation_equals_one_big_batch(tmp_path, shapes):
         progress=False,
     )
     assert_same_weights(a.final_checkpoint, b.final_checkpoint, atol=2e-6)
+
+
+def test_channels_last_trains_the_same_model(tmp_path, shapes):
+    """`model.channels_last` changes the memory layout of a CNN tower and its batches, not the arithmetic: the loss of
+    every step equals the default layout's up to float rounding, and the checkpoint loads and embeds as usual.
+    (Weights are not compared: Adam's first steps move each weight by about lr times the sign of its gradient, so
+    rounding flips the sign of near-zero gradients into differences of lr.)"""
+    common = {"steps": 4, "data": {"val_fraction": 0.0}}
+    runs = [train(make_cfg(tmp_path / name, shapes, model={"model": "vlm-rn", "channels_last": on}, **common),
+                  progress=False) for name, on in (("a", False), ("b", True))]  # fmt: skip
+    losses = [[json.loads(ln)["train/loss"] for ln in (Path(r.final_checkpoint).parent / "metrics.jsonl")
+               .read_text().splitlines() if "train/loss" in ln] for r in runs]  # fmt: skip
+    assert len(losses[0]) == 4 and losses[0][0] != losses[0][-1]  # it trained
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)  # the same forward
+    assert losses[1] == pytest.approx(losses[0], rel=3e-3)  # then rounding compounds; a step moves it by 10-20 %
+    default, channels_last = (models.load(str(r.final_checkpoint), device="cpu") for r in runs)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(channels_last.encode_image(x), default.encode_image(x), atol=1e-3, rtol=0)
+    task = ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-rn", "channels_last": True}))
+    task.dist = task.setup()
+    task.build_model()  # the option is applied, not only harmless
+    assert task.encoders.model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_lock_image_tower_keeps_it_fixed(tmp_path, shapes):

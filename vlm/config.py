@@ -395,6 +395,11 @@ class ModelConfig:
         metadata=_help("auto = bf16 autocast on GPUs that have it, fp16 autocast on older GPUs, fp32 on CPU"),
     )
     grad_checkpointing: bool = dataclasses.field(default=False, metadata=_help("trade compute for activation memory"))
+    channels_last: bool = dataclasses.field(
+        default=False,
+        metadata=_help("image tower and its batches in channels-last (NHWC) memory: faster convolutions (oneDNN on "
+                       "CPU, tensor cores on GPU); the same model and numbers up to float rounding"),
+    )  # fmt: skip
     lock_image: bool = dataclasses.field(default=False, metadata=_help("freeze the image tower (LiT)"))
     lock_image_unlocked_groups: int = dataclasses.field(
         default=0, metadata=_help("last N image layer groups left trainable")
