@@ -230,6 +230,7 @@ def add_arguments(
         default = _default_at(cls, path, f)
         if name not in required:
             help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help ("55-100 % of" broke `vlm train --help`)
         kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
         if name in required:
             kwargs["required"] = True
