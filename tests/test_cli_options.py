@@ -57,3 +57,21 @@ def test_index_build_still_requires_a_model(capsys):
     assert e.value.code == 2 and "--model" in capsys.readouterr().err
     args = build_parser().parse_args(["info", "demo", "--device", "cpu", "--precision", "fp32"])
     assert (args.model, config.resolve(config.ModelOptions, args).precision) == ("demo", "fp32")
+
+
+def test_every_commands_help_renders():
+    """`vlm X --help` for every command and subcommand (argparse %-formats help texts; one stray "%" in a field's
+    help once made `vlm train --help` raise instead of printing)."""
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> list[str]:
+        parser.format_help()  # raises on a help text argparse cannot format
+        names = [name]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, sub_parser in action.choices.items():
+                    names += walk(sub_parser, f"{name} {sub}")
+        return names
+
+    names = walk(build_parser(), "vlm")
+    assert {"vlm train", "vlm eval retrieval", "vlm index search"} <= set(names)
