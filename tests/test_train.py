@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from eval.retrieval import evaluate_pairs
 from vlm import checkpoint, models
-from vlm.config import TrainConfig, from_dict
+from vlm.config import TrainConfig, from_dict, to_dict
 from vlm.errors import CheckpointError, ConfigError, DataError
 from vlm.synth import generate
 from vlm.train import ContrastiveTask, StepSampler, lr_at, param_groups, train
+from vlm.training import config_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,6 +187,10 @@ def test_channels_last_trains_the_same_model(tmp_path, shapes):
     task.dist = task.setup()
     task.build_model()  # the option is applied, not only harmless
     assert task.encoders.model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # A resume may switch it, and a run saved before the option existed (no such key) resumes with it on or off.
+    saved = to_dict(ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-rn"})).cfg)
+    del saved["model"]["channels_last"]
+    assert config_differences(saved, to_dict(task.cfg), ContrastiveTask.resume_free) == []
 
 
 def test_lock_image_tower_keeps_it_fixed(tmp_path, shapes):

@@ -63,7 +63,14 @@ __all__ = [
 ]  # fmt: skip
 
 # Fields that may change between a run and its resume without changing what is being computed.
-RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {"strict", "peak_tflops", "dist_timeout_minutes", "reference"}
+# channels_last changes only the memory layout; free also lets a run saved before the option existed resume.
+RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {
+    "strict",
+    "peak_tflops",
+    "dist_timeout_minutes",
+    "reference",
+    "channels_last",
+}
 
 
 class Validate(Protocol):
@@ -183,7 +190,7 @@ class ContrastiveTask(Task):
         if mc.grad_checkpointing:
             clip.set_grad_checkpointing(True)
         # Only the layout of the 4-d tensors changes (weights here, batches in `step`), so neither a checkpoint nor a
-        # resume sees it. A CNN tower gains most: on 2 CPU cores a vlm-rn-wide step at batch 128 takes about 0.85x
+        # resume sees it. A CNN tower gains most: on 2 CPU cores a vlm-rn-wide step at batch 128 takes about 0.82x
         # the time, in fp32 and under bf16 autocast alike (bench/train_step.py).
         self.memory_format = torch.channels_last if mc.channels_last else torch.contiguous_format
         if mc.channels_last:
