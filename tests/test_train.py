@@ -187,7 +187,7 @@ def test_channels_last_trains_the_same_model(tmp_path, shapes):
     task.dist = task.setup()
     task.build_model()  # the option is applied, not only harmless
     assert task.encoders.model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    # A resume may switch it, and a run saved before the option existed (no such key) resumes with it on or off.
+    # A resume may switch it, also on a run saved before the option existed (no such key there).
     saved = to_dict(ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-rn"})).cfg)
     del saved["model"]["channels_last"]
     assert config_differences(saved, to_dict(task.cfg), ContrastiveTask.resume_free) == []
@@ -219,6 +219,22 @@ def test_refuses_to_overwrite_and_to_resume_a_different_run(tmp_path, shapes):
         train(make_cfg(tmp_path, shapes, steps=2), progress=False)
     with pytest.raises(CheckpointError, match=r"optim\.lr: checkpoint 0\.001 vs now 0\.002"):
         train(make_cfg(tmp_path, shapes, steps=2, resume=True, optim={"lr": 2e-3}), progress=False)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes(tmp_path, shapes):
+    """A checkpoint written by older code lacks the settings added since; they count as their defaults (which keep
+    the older behaviour), so the run resumes, and a changed setting is still refused."""
+    train(make_cfg(tmp_path, shapes, steps=2, save_every=1), progress=False)
+    (_, first), (_, last) = checkpoint.list_step_checkpoints(tmp_path / "run")
+    shutil.rmtree(last)  # as if stopped after step 1
+    state_file = first / checkpoint.TRAIN_STATE_NAME
+    state = torch.load(state_file, weights_only=True)
+    del state["config"]["data"]["first_caption_p"]  # as a checkpoint from before the option was added
+    torch.save(state, state_file)
+    with pytest.raises(CheckpointError, match=r"first_caption_p: checkpoint 0\.0 vs now 0\.5"):
+        train(make_cfg(tmp_path, shapes, steps=2, resume=True, data={"first_caption_p": 0.5}), progress=False)
+    assert train(make_cfg(tmp_path, shapes, steps=2, resume=True), progress=False).steps == 2
+    assert [s for s, _ in checkpoint.list_step_checkpoints(tmp_path / "run")] == [1, 2]  # step 2 was trained again
 
 
 def test_bad_rows_are_skipped_and_reported(tmp_path, shapes):

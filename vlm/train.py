@@ -63,7 +63,7 @@ __all__ = [
 ]  # fmt: skip
 
 # Fields that may change between a run and its resume without changing what is being computed.
-# channels_last changes only the memory layout; free also lets a run saved before the option existed resume.
+# channels_last changes only the memory layout, so a resume may switch it.
 RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {
     "strict",
     "peak_tflops",

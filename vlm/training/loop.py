@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from vlm import __version__, checkpoint, distributed
 from vlm.atomic import atomic_write_json
-from vlm.config import RunConfig, to_dict
-from vlm.errors import CheckpointError, DataError, VLMError
+from vlm.config import RunConfig, from_dict, to_dict
+from vlm.errors import CheckpointError, ConfigError, DataError, VLMError
 from vlm.rundir import RunDir
 from vlm.training.metrics import MetricsLog
 from vlm.training.sampler import StepSampler
@@ -244,7 +244,7 @@ class Loop:
             return 0
         task = self.task
         state = checkpoint.load_train_state(path)
-        diffs = config_differences(state["config"], to_dict(self.cfg), task.resume_free)
+        diffs = config_differences(self._as_current_config(state["config"]), to_dict(self.cfg), task.resume_free)
         if state.get("train_keys") != keys_digest(item.key for item in task.train_items):
             diffs.append(f"the training {task.items} differ from the checkpoint's")
         diffs += task.resume_differences(path)
@@ -254,6 +254,15 @@ class Loop:
         restore_rng(state["rng"], self.dist.rank, self.dist.device)
         LOG.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])
+
+    def _as_current_config(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's config read through this code's config class: a setting added since the checkpoint was
+        written (absent there) takes its default, which by this project's rule keeps the older behaviour, so the
+        run resumes unless the setting was changed. A config this code cannot read is compared as saved."""
+        try:
+            return to_dict(from_dict(type(self.cfg), saved, "the checkpoint's config"))
+        except ConfigError:  # a setting removed or renamed since: the comparison names it
+            return saved
 
     def _provenance(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
