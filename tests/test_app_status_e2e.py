@@ -20,6 +20,7 @@ from test_app_e2e import open_tab, upload  # noqa: E402
 from bench.common import SHARED_DATA  # noqa: E402
 from ui.app import create_state  # noqa: E402
 from vlm.demo_examples import demo_examples  # noqa: E402
+from vlm.segment.absent import CALIBRATION_SCENES  # noqa: E402
 from vlm.synth import LABELS, generate  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")]
@@ -124,7 +125,7 @@ def test_a_phrase_not_in_the_image_gets_no_mask(page, served):
     # the threshold is measured on the synthetic world on first use: that takes a while on a loaded machine
     expect(summary.locator("li").last).to_contain_text("a red circle: not found in this image", timeout=120_000)
     expect(summary.locator("li").first).to_contain_text(re.compile(r"a green star: \d+\.\d% of the image"))
-    expect(summary).to_contain_text("absent phrases on 100 synthetic scenes")
+    expect(summary).to_contain_text(f"absent phrases on {CALIBRATION_SCENES} synthetic scenes")
 
 
 def labelled_scene() -> Path:
