@@ -19,6 +19,7 @@ from indexing.collection import Collection
 from indexing.embed import EmbedConfig
 from indexing.errors import IndexingError
 from indexing.photo import header_meta, photo_meta
+from indexing.sources import Item
 from indexing.store import Filter, ImageRecord, Store
 from vlm.cli import main
 from vlm.readers.images import ImageRef
@@ -225,3 +226,19 @@ def test_draft_decoding_keeps_the_files_dimensions(tmp_path, tiny_encoders):
     (record,) = coll.records([0]).values()
     assert (record.width, record.height, record.taken) == (120, 200, "2022-02-02T02:02:02")
     coll.close()
+
+
+def test_only_a_jpeg_has_its_header_read_again(tmp_path, monkeypatch):
+    """The file's header is read for its stored size only where a draft decode may have shrunk the image: a JPEG.
+    Reading a PNG's header for EXIF costs about a decode again (bench.embed on 512 px PNGs)."""
+    from indexing import embed
+
+    Image.new("RGB", (200, 120), "blue").save(tmp_path / "a.jpg")
+    Image.new("RGB", (200, 120), "red").save(tmp_path / "b.png")
+    Image.new("RGB", (200, 120), "red").save(tmp_path / "c.jpg.png", format="JPEG")  # content, not name, decides
+    read = []
+    monkeypatch.setattr(embed, "header_meta", lambda path: read.append(Path(path).name) or header_meta(path))
+    refs = [Item(str(p), ImageRef("file", str(p))) for p in sorted(tmp_path.iterdir())]
+    samples = [embed.ItemDataset(refs, lambda im: im.size, draft=16)[i] for i in range(3)]
+    assert read == ["a.jpg", "c.jpg.png"]
+    assert [s.meta.width for s in samples] == [200, 200, 200] and samples[0].pixels == (50, 30)  # 1/4 draft
