@@ -2,14 +2,17 @@
 
     python -m bench.train_step                                   # vlm-rn-wide (the demo model's architecture), 128
     python -m bench.train_step --model vlm-small --batch 64 --rounds 5
+    python -m bench.train_step --compile                         # + bf16, channels-last and torch.compile
 
 The step is the trainer's: `vlm.models.load` (random weights), `vlm.train.ClipForward`, `vlm.loss.ClipLoss` and the
 trainer's fused AdamW (`vlm.training.adamw`), on one fixed random batch (the data loader is left out: this measures
 the model's arithmetic). Variants, as `vlm train` sets them: `model.precision` fp32 or amp_bf16 (autocast; on CPU it
 needs AVX-512 BF16 or AMX to pay), and `model.channels_last` off or on (the image tower and its batches in NHWC
-layout). Each variant owns its own copy of the model and optimizer, so no variant trains another's weights; the
-variants take turns, one step each per round, after one warm-up step each; the median per variant is reported, and
-the ratio to fp32 in the default layout is the claim (absolute seconds depend on the machine and its load).
+layout); with `--compile` also both under `model.compile` (torch.compile of the step's forward and backward; the
+compiling, a minute or more, happens in its warm-up step, reported as warmup_s). Each variant owns its own copy of the
+model and optimizer, so no variant trains another's weights; the variants take turns, one step each per round, after
+one warm-up step each; the median per variant is reported, and the ratio to fp32 in the default layout is the claim
+(absolute seconds depend on the machine and its load).
 """
 
 from __future__ import annotations
@@ -31,16 +34,18 @@ VARIANTS = [("fp32", False), ("fp32", True), ("amp_bf16", False), ("amp_bf16", T
 
 
 class Variant:
-    def __init__(self, model: str, precision: str, channels_last: bool, seed: int):
+    def __init__(self, model: str, precision: str, channels_last: bool, seed: int, compiled: bool = False):
         torch.manual_seed(seed)  # every variant starts from the same weights
         self.encoders = models.load(model, device="cpu", precision=precision)
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.encoders.model.visual.to(memory_format=self.layout)
         self.encoders.model.train()
         self.forward = ClipForward(self.encoders.model)
+        if compiled:  # as `vlm train` does with model.compile
+            self.forward = torch.compile(self.forward)
         self.optimizer = adamw(self.encoders.model, OptimConfig(lr=1e-4, weight_decay=0.1))
         self.loss = ClipLoss()
-        self.name = f"{precision}{', channels-last' if channels_last else ''}"
+        self.name = f"{precision}{', channels-last' if channels_last else ''}{', compiled' if compiled else ''}"
 
     def step(self, images: torch.Tensor, tokens: torch.Tensor) -> float:
         start = time.perf_counter()
@@ -59,11 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=8, help="timed steps per variant, interleaved (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="add amp_bf16 + channels-last under torch.compile")
     args = p.parse_args(argv)
     if args.batch < 2 or args.rounds < 1:
         p.error("--batch must be at least 2 and --rounds at least 1")
 
     variants = [Variant(args.model, precision, cl, args.seed) for precision, cl in VARIANTS]
+    if args.compile:
+        variants.append(Variant(args.model, "amp_bf16", True, args.seed, compiled=True))
     size = variants[0].encoders.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     generator = torch.Generator().manual_seed(args.seed)
@@ -72,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     tokens = torch.randint(1, vocab, (args.batch, variants[0].encoders.context_length), generator=generator)
 
     seconds: dict[str, list[float]] = {v.name: [] for v in variants}
-    for v in variants:
-        v.step(images, tokens)  # warm-up: oneDNN picks its kernels, the optimizer makes its state
+    warmup = {}
+    for v in variants:  # warm-up: oneDNN picks its kernels, the optimizer makes its state, torch.compile compiles
+        warmup[v.name] = v.step(images, tokens)
     for _ in range(args.rounds):
         for v in variants:
             seconds[v.name].append(v.step(images, tokens))
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             "best_s": round(min(times), 4),
             "samples_per_s": round(args.batch / statistics.median(times), 1),
             "time_vs_fp32": round(statistics.median(times) / base, 3),
+            "warmup_s": round(warmup[name], 1),
         }
         for name, times in seconds.items()
     ]

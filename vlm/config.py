@@ -401,6 +401,11 @@ class ModelConfig:
         metadata=_help("image tower and its batches in channels-last (NHWC) memory: faster convolutions (oneDNN on "
                        "CPU, tensor cores on GPU); the same model and numbers up to float rounding"),
     )  # fmt: skip
+    compile: bool = dataclasses.field(
+        default=False,
+        metadata=_help("torch.compile the training step's forward and backward (open_clip_train's --torchcompile): "
+                       "fused kernels, the same model; compiling takes a minute or two at the start"),
+    )  # fmt: skip
     lock_image: bool = dataclasses.field(default=False, metadata=_help("freeze the image tower (LiT)"))
     lock_image_unlocked_groups: int = dataclasses.field(
         default=0, metadata=_help("last N image layer groups left trainable")

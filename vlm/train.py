@@ -63,13 +63,14 @@ __all__ = [
 ]  # fmt: skip
 
 # Fields that may change between a run and its resume without changing what is being computed.
-# channels_last changes only the memory layout, so a resume may switch it.
+# channels_last changes only the memory layout and compile only how the same step is run, so a resume may switch them.
 RESUME_FREE_FIELDS = RUN_RESUME_FREE_FIELDS | {
     "strict",
     "peak_tflops",
     "dist_timeout_minutes",
     "reference",
     "channels_last",
+    "compile",
 }
 
 
@@ -301,6 +302,11 @@ class ContrastiveTask(Task):
             if self.dist.distributed
             else clip_forward
         )
+        if self.cfg.model.compile:
+            # After the DDP wrap, as PyTorch and open_clip_train do: Dynamo then splits the graph at DDP's buckets.
+            # Only the step runs compiled; validation, FLOP counting and checkpoints use the plain modules.
+            LOG.info("model.compile: the first step compiles the forward and backward (a minute or two on a CPU)")
+            self.model = torch.compile(self.model)
 
     # -- the step -----------------------------------------------------------------------------------------------
 
