@@ -157,30 +157,37 @@ def test_training_learns_the_pairs(tmp_path, shapes):
     assert after["image_retrieval_recall@5"] > max(0.25, 3 * before["image_retrieval_recall@5"])
 
 
+def runs_off_and_on(tmp_path: Path, shapes: Path, option: str, steps: int, model: str = "vlm-rn") -> tuple[list, list]:
+    """Two runs of `model` identical but for the boolean model `option` (off, then on): their results and the training
+    loss of every step of each."""
+    runs = [train(make_cfg(tmp_path / f"{option}-{on}", shapes, model={"model": model, option: on}, steps=steps,
+                           data={"val_fraction": 0.0}), progress=False) for on in (False, True)]  # fmt: skip
+    losses = [[json.loads(ln)["train/loss"] for ln in (Path(r.final_checkpoint).parent / "metrics.jsonl")
+               .read_text().splitlines() if "train/loss" in ln] for r in runs]  # fmt: skip
+    return runs, losses
+
+
 @pytest.mark.slow
 def test_compiled_step_trains_the_same_model(tmp_path, shapes):
     """`model.compile` runs the same step through torch.compile: every step's loss equals the eager run's up to float
     rounding (fused kernels sum in another order), the checkpoint holds the plain model's weights under their own
     names (it loads strictly), and a resume may switch the option, also on a run saved before it existed."""
-    common = {"steps": 3, "data": {"val_fraction": 0.0}}
-    runs = [train(make_cfg(tmp_path / name, shapes, model={"model": "vlm-rn", "compile": on}, **common),
-                  progress=False) for name, on in (("eager", False), ("compiled", True))]  # fmt: skip
-    losses = [[json.loads(ln)["train/loss"] for ln in (Path(r.final_checkpoint).parent / "metrics.jsonl")
-               .read_text().splitlines() if "train/loss" in ln] for r in runs]  # fmt: skip
+    runs, losses = runs_off_and_on(tmp_path, shapes, "compile", steps=3, model="vlm-tiny")  # the least to compile
     assert len(losses[1]) == 3 and losses[0][0] != losses[0][-1]  # both trained
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
     assert losses[1] == pytest.approx(losses[0], rel=3e-3)
     eager, compiled = (load_file(str(Path(r.final_checkpoint) / checkpoint.WEIGHTS_NAME)) for r in runs)
     assert sorted(compiled) == sorted(eager)  # no torch.compile wrapper prefix (_orig_mod.) in the names
-    x = torch.rand(2, 3, 64, 64)
     a, b = (models.load(str(r.final_checkpoint), device="cpu") for r in runs)
+    size = a.image_size if isinstance(a.image_size, tuple) else (a.image_size, a.image_size)
+    x = torch.rand(2, 3, *size)
     torch.testing.assert_close(b.encode_image(x), a.encode_image(x), atol=1e-3, rtol=0)
-    task = ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-rn", "compile": True}))
+    task = ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-tiny", "compile": True}))
     task.dist = task.setup()
     task.build_model()
     task.start_training()  # the option is applied, not only harmless: the step calls the compiled module
     assert task.model is not task.forward and task.model._orig_mod is task.forward
-    saved = to_dict(ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-rn"})).cfg)
+    saved = to_dict(ContrastiveTask(make_cfg(tmp_path / "c", shapes, model={"model": "vlm-tiny"})).cfg)
     del saved["model"]["compile"]
     assert config_differences(saved, to_dict(task.cfg), ContrastiveTask.resume_free) == []
 
@@ -200,11 +207,7 @@ def test_channels_last_trains_the_same_model(tmp_path, shapes):
     every step equals the default layout's up to float rounding, and the checkpoint loads and embeds as usual.
     (Weights are not compared: Adam's first steps move each weight by about lr times the sign of its gradient, so
     rounding flips the sign of near-zero gradients into differences of lr.)"""
-    common = {"steps": 4, "data": {"val_fraction": 0.0}}
-    runs = [train(make_cfg(tmp_path / name, shapes, model={"model": "vlm-rn", "channels_last": on}, **common),
-                  progress=False) for name, on in (("a", False), ("b", True))]  # fmt: skip
-    losses = [[json.loads(ln)["train/loss"] for ln in (Path(r.final_checkpoint).parent / "metrics.jsonl")
-               .read_text().splitlines() if "train/loss" in ln] for r in runs]  # fmt: skip
+    runs, losses = runs_off_and_on(tmp_path, shapes, "channels_last", steps=4)
     assert len(losses[0]) == 4 and losses[0][0] != losses[0][-1]  # it trained
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)  # the same forward
     assert losses[1] == pytest.approx(losses[0], rel=3e-3)  # then rounding compounds; a step moves it by 10-20 %
